@@ -1,0 +1,170 @@
+"""timm encoders by name, with the heads CASS compares, and offline weight loading.
+
+Heads:
+- ``logits``: the paper's choice. The timm classifier output (``head_dim`` wide, 1000 by
+  default, as the ImageNet head the paper keeps); both arms' vectors are compared directly.
+- ``projector``: pooled features followed by a 2-layer MLP to a shared ``head_dim``.
+- ``features``: the pooled features themselves; only valid when both arms have the same width.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import timm
+from torch import nn
+
+HEAD_KINDS = ("logits", "projector", "features")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+class HubUnreachableError(RuntimeError):
+    """Pretrained weights were asked for without a ``weights_file`` and the hub is unreachable."""
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """What is needed to rebuild an encoder with plain timm (written to ``meta.json``)."""
+
+    timm_name: str
+    img_size: int | None
+    in_chans: int
+    num_classes: int
+    num_features: int
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """True when the Hugging Face endpoint answers a TCP connection within ``timeout_s``.
+
+    timm retries a dead hub for about 45 s before failing; this probe makes the failure fast.
+    When huggingface_hub is in offline mode, weights can only come from its cache: let timm try.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
+        return False
+    if constants.HF_HUB_OFFLINE:
+        return True
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _check_weights_file(weights_file: str | Path) -> Path:
+    path = Path(weights_file).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights_file not found: {path}")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise ValueError(
+            f"weights_file {path} has suffix {path.suffix!r}; expected one of {WEIGHT_SUFFIXES}"
+        )
+    return path
+
+
+def create_timm_model(
+    name: str,
+    *,
+    pretrained: bool = False,
+    weights_file: str | Path | None = None,
+    num_classes: int = 1000,
+    img_size: int | None = None,
+    in_chans: int = 3,
+    **timm_kwargs: Any,
+) -> nn.Module:
+    """``timm.create_model`` that never waits on a missing network.
+
+    ``weights_file`` (``.safetensors`` or a ``.pth`` state dict, loaded with ``weights_only``)
+    supplies pretrained weights offline; timm adapts the classifier, input channels and ViT
+    position embeddings to the requested shapes. ``img_size`` is passed only to models that take
+    it (ViTs); CNNs are size-agnostic.
+    """
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown timm model {name!r}; similar names: {close}")
+    kwargs: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
+    if weights_file is not None:
+        path = _check_weights_file(weights_file)
+        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        pretrained = True
+    elif pretrained and not _hub_reachable():
+        raise HubUnreachableError(
+            f"pretrained=True for {name!r} but the model hub cannot be reached and no "
+            "weights_file was given. Download the weights elsewhere (e.g. "
+            f"timm.create_model({name!r}, pretrained=True) then save_file(model.state_dict(), "
+            "'x.safetensors')) and pass weights_file=<path>, or set pretrained=false."
+        )
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except TypeError as err:
+        if "img_size" not in str(err):
+            raise
+        kwargs.pop("img_size")
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def build_projector(in_dim: int, out_dim: int, hidden_dim: int = 2048) -> nn.Sequential:
+    """Linear-BN-ReLU-Linear, the usual SSL projector (SimCLR/BYOL style)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+def build_encoder(
+    name: str,
+    *,
+    head: str = "logits",
+    head_dim: int = 1000,
+    pretrained: bool = False,
+    weights_file: str | Path | None = None,
+    img_size: int | None = None,
+    in_chans: int = 3,
+    projector_hidden_dim: int = 2048,
+    **timm_kwargs: Any,
+) -> tuple[nn.Module, nn.Module]:
+    """Build ``(backbone, head)`` for one arm.
+
+    ``backbone`` is the plain timm model (what gets exported). For ``head="logits"`` it carries
+    the ``head_dim``-way classifier and ``head`` is an identity; otherwise the backbone outputs
+    pooled features and ``head`` is a projector MLP or an identity.
+    """
+    if head not in HEAD_KINDS:
+        raise ValueError(f"head must be one of {HEAD_KINDS}, got {head!r}")
+    num_classes = head_dim if head == "logits" else 0
+    backbone = create_timm_model(
+        name,
+        pretrained=pretrained,
+        weights_file=weights_file,
+        num_classes=num_classes,
+        img_size=img_size,
+        in_chans=in_chans,
+        **timm_kwargs,
+    )
+    if head == "projector":
+        return backbone, build_projector(backbone.num_features, head_dim, projector_hidden_dim)
+    return backbone, nn.Identity()
+
+
+def encoder_spec(
+    name: str, backbone: nn.Module, img_size: int | None, in_chans: int
+) -> EncoderSpec:
+    """Describe a built backbone so plain timm can rebuild it."""
+    return EncoderSpec(
+        timm_name=name,
+        img_size=img_size,
+        in_chans=in_chans,
+        num_classes=int(getattr(backbone, "num_classes", 0)),
+        num_features=int(getattr(backbone, "num_features", 0)),
+    )

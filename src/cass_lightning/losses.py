@@ -1,0 +1,70 @@
+"""The CASS objective, framework-free.
+
+CASS feeds one augmented view to a CNN and to a ViT and pulls their outputs together with
+``2 - 2 * cos(T(x'), R(x'))`` per sample, averaged over the batch (range [0, 4]). Both arms
+receive gradients; there is no stop-gradient, predictor or momentum target in the paper's loss.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Lower bound on the norm used for L2 normalisation. Large enough that the gradient of a
+#: (near-)zero vector, about 1/eps, stays finite when cast back to fp16 (max 65504); far below
+#: the norm of any real logit or projector vector, so it does not change the loss in practice.
+DEFAULT_EPS = 1e-4
+
+
+def cass_loss(z_cnn: Tensor, z_vit: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Mean over the batch of ``2 - 2 * cos(z_cnn, z_vit)``.
+
+    Computed in fp32 whatever the input dtype (also under autocast), so bf16/fp16 embeddings
+    with tiny norms do not underflow to 0/0.
+
+    Args:
+        z_cnn: ``(batch, dim)`` output of the CNN arm.
+        z_vit: ``(batch, dim)`` output of the ViT arm, same shape.
+        eps: floor on the vector norm before dividing.
+    """
+    if z_cnn.shape != z_vit.shape:
+        raise ValueError(
+            "cass_loss needs equal shapes, got "
+            f"CNN {tuple(z_cnn.shape)} and ViT {tuple(z_vit.shape)}"
+        )
+    if z_cnn.ndim != 2:
+        raise ValueError(f"cass_loss expects (batch, dim) tensors, got {z_cnn.ndim} dims")
+    with torch.autocast(device_type=z_cnn.device.type, enabled=False):
+        cnn = F.normalize(z_cnn.float(), dim=-1, eps=eps)
+        vit = F.normalize(z_vit.float(), dim=-1, eps=eps)
+        return (2.0 - 2.0 * (cnn * vit).sum(dim=-1)).mean()
+
+
+def cosine_similarity(z_cnn: Tensor, z_vit: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Mean cosine between the two arms' outputs (1.0 means the arms agree fully)."""
+    with torch.no_grad(), torch.autocast(device_type=z_cnn.device.type, enabled=False):
+        cnn = F.normalize(z_cnn.float(), dim=-1, eps=eps)
+        vit = F.normalize(z_vit.float(), dim=-1, eps=eps)
+        return (cnn * vit).sum(dim=-1).mean()
+
+
+def normalized_std(z: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Std over the batch of the L2-normalised embeddings, averaged over dimensions.
+
+    A collapse alarm (as in SimSiam): about ``1/sqrt(dim)`` for well-spread outputs, falling to 0
+    when every image maps to the same direction.
+    """
+    with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
+        return F.normalize(z.float(), dim=-1, eps=eps).std(dim=0).mean()
+
+
+class CASSLoss(nn.Module):
+    """``nn.Module`` wrapper of :func:`cass_loss` for code that wants a loss object."""
+
+    def __init__(self, eps: float = DEFAULT_EPS) -> None:
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, z_cnn: Tensor, z_vit: Tensor) -> Tensor:
+        return cass_loss(z_cnn, z_vit, eps=self.eps)
