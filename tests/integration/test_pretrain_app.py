@@ -90,7 +90,7 @@ def test_overrides_reach_the_objects(tmp_path):
 
 
 def test_fast_dev_run_of_the_task(tmp_path):
-    cfg = compose_cfg(tmp_path, ["debug=tiny", "+trainer.fast_dev_run=true", "print_config=false"])
+    cfg = compose_cfg(tmp_path, ["debug=tiny", "trainer.fast_dev_run=true", "print_config=false"])
     result = pretrain(cfg)
     assert result["metrics"]["train/loss"] >= 0.0
     assert result["run_dir"] == str(tmp_path / "run")
