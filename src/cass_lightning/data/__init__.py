@@ -1,7 +1,15 @@
-"""Data: the paper's transforms, an ImageFolder dataset, and Lightning data modules."""
+"""Data: dataset layouts, splits and label fractions, the paper's transforms, datamodules."""
 
-from cass_lightning.data.base import ImageFolderDataModule, SyntheticDataModule
+from cass_lightning.data.base import (
+    ImageFolderDataModule,
+    IndexedImageDataset,
+    MedicalDataModule,
+    MedMNISTDataModule,
+    SyntheticDataModule,
+)
 from cass_lightning.data.datasets import ImageFolderDataset
+from cass_lightning.data.index import SampleIndex
+from cass_lightning.data.layouts import LAYOUTS, build_index
 from cass_lightning.data.synthetic import write_synthetic_dataset
 from cass_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -13,9 +21,15 @@ from cass_lightning.data.transforms import (
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LAYOUTS",
     "ImageFolderDataModule",
     "ImageFolderDataset",
+    "IndexedImageDataset",
+    "MedMNISTDataModule",
+    "MedicalDataModule",
+    "SampleIndex",
     "SyntheticDataModule",
+    "build_index",
     "eval_transform",
     "paper_train_transform",
     "write_synthetic_dataset",

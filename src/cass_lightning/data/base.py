@@ -1,27 +1,56 @@
-"""Lightning data modules: any ImageFolder tree, or the built-in synthetic set."""
+"""The shared datamodule: any layout -> validated index -> splits, label fractions, loaders.
+
+One :class:`MedicalDataModule` serves every dataset (``layout`` picks the reader in
+``layouts.py``). At setup it indexes the root, checks every image (or builds/reuses the decoded
+cache, which checks them too), makes the splits, picks the labelled subset and writes
+``splits.csv`` and ``data_report.json`` into ``output_dir`` so results can be traced.
+
+- ``train_dataloader``: every training image (pretraining never uses labels, whatever
+  ``label_fraction`` says).
+- ``labelled_train_dataloader``: the ``label_fraction`` subset, for fine-tuning and probes.
+- ``val_dataloader`` / ``test_dataloader``: deterministic resize and normalise.
+"""
 
 from __future__ import annotations
 
+import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from cass_lightning.data.datasets import ImageFolderDataset
-from cass_lightning.data.synthetic import write_synthetic_dataset
+from cass_lightning.data.cache import ImageCache, build_cache, cache_size_for
+from cass_lightning.data.index import ImageReader, SampleIndex
+from cass_lightning.data.layouts import LAYOUTS, build_index
+from cass_lightning.data.splits import (
+    CLASS_WEIGHT_KINDS,
+    assign_splits,
+    class_weights,
+    label_subset,
+    write_split_csv,
+)
 from cass_lightning.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     eval_transform,
     paper_train_transform,
 )
+from cass_lightning.data.validate import (
+    CHECK_LEVELS,
+    DataReport,
+    probe_images,
+    summarise_split,
+)
+
+BAD_FILE_POLICIES = ("error", "skip")
 
 
-def _resolve_workers(num_workers: int) -> int:
+def resolve_workers(num_workers: int) -> int:
     """-1 means "a sensible default": up to 4 workers, never more than the CPUs present."""
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < -1:
         raise ValueError(f"num_workers must be an int >= 0, or -1 for auto; got {num_workers!r}")
@@ -30,16 +59,57 @@ def _resolve_workers(num_workers: int) -> int:
     return num_workers
 
 
-class ImageFolderDataModule(L.LightningDataModule):
-    """`<root>/<train_dir>/<class>/<image>` for training, optional `<root>/<val_dir>/...`.
+class IndexedImageDataset(Dataset):
+    """``(image, target)`` for a subset of an index, read through any :class:`ImageReader`."""
 
-    Training uses the paper's augmentation; validation a deterministic resize. Labels are kept
-    for evaluation (e.g. linear probes) even though self-supervised pretraining ignores them.
+    def __init__(
+        self, reader: ImageReader, keys: list[str], targets: np.ndarray, transform: Any
+    ) -> None:
+        self.reader = reader
+        self.keys = keys
+        self.targets = targets
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        image = self.transform(self.reader(self.keys[i]))
+        target = self.targets[i]
+        if target.ndim:  # multi-hot row
+            return image, torch.as_tensor(target, dtype=torch.float32)
+        return image, int(target)
+
+
+class MedicalDataModule(L.LightningDataModule):
+    """Datasets of the paper and your own, behind one datamodule.
+
+    Args:
+        layout: ``isic2019``, ``brain_mri``, ``dermofit``, ``autoimmune``, ``medmnist``,
+            ``image_folder``, ``csv`` or ``synthetic``.
+        root: the dataset root, as distributed (never written to).
+        options: layout-specific options (CSV file and columns, MedMNIST name and size, ...).
+        img_size: training/eval input size (follows the model's).
+        batch_size: the global batch; under DDP each device gets ``batch_size / world_size``.
+        num_workers: loader processes per device; -1 picks ``min(4, CPUs)``.
+        val_fraction, test_fraction: of the whole set, for layouts without official splits.
+        split_seed: seed of those splits (the paper: 77).
+        label_fraction: share of the training split that carries labels for fine-tuning.
+        label_seed: seed of the labelled subset (nested across fractions for one seed).
+        on_bad_file: ``error`` (default: stop, naming every bad file) or ``skip`` (drop them
+            and write ``skipped.csv`` to ``output_dir``).
+        check_images: ``full`` (decode every image at setup), ``header`` or ``none``.
+        cache_dir: decode and resize each image once into this folder, reused across runs.
+        cache_size: side of the cached images (>= img_size; default img_size).
+        output_dir: where ``splits.csv``, ``data_report.json`` and ``skipped.csv`` go.
+        class_weight: ``none``, ``inverse`` or ``paper`` (see ``splits.class_weights``).
     """
 
     def __init__(
         self,
+        layout: str,
         root: str | Path,
+        options: dict[str, Any] | None = None,
         img_size: int = 224,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -47,57 +117,139 @@ class ImageFolderDataModule(L.LightningDataModule):
         persistent_workers: bool = True,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
-        train_dir: str = "train",
-        val_dir: str = "val",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 77,
+        label_fraction: float = 1.0,
+        label_seed: int = 0,
+        on_bad_file: str = "error",
+        check_images: str = "full",
+        cache_dir: str | Path | None = None,
+        cache_size: int | None = None,
+        output_dir: str | Path | None = None,
+        class_weight: str = "inverse",
         drop_last: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown data layout {layout!r}; known: {sorted(LAYOUTS)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        self.root = Path(root)
+        if on_bad_file not in BAD_FILE_POLICIES:
+            raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
+        if check_images not in CHECK_LEVELS:
+            raise ValueError(f"check_images must be one of {CHECK_LEVELS}, got {check_images!r}")
+        if class_weight not in CLASS_WEIGHT_KINDS:
+            raise ValueError(f"class_weight must be one of {CLASS_WEIGHT_KINDS}")
+        if not 0.0 < label_fraction <= 1.0:
+            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
+        self.layout = layout
+        self.root = Path(root).expanduser()
+        self.options = dict(options or {})
         self.img_size = img_size
         self.batch_size = batch_size
-        self.num_workers = _resolve_workers(num_workers)
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
-        self.mean = tuple(mean)
-        self.std = tuple(std)
-        self.train_dir = train_dir
-        self.val_dir = val_dir
-        self.drop_last = drop_last
-        self.train_dataset: ImageFolderDataset | None = None
-        self.val_dataset: ImageFolderDataset | None = None
+        self.num_workers = resolve_workers(num_workers)
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.cache_size = cache_size_for(img_size, cache_size) if cache_dir else None
         # Fail on a bad size now rather than on the first batch.
-        paper_train_transform(img_size, self.mean, self.std)
+        self.train_transform = paper_train_transform(img_size, self.mean, self.std)
+        self.eval_transform = eval_transform(img_size, self.mean, self.std)
+        self.index: SampleIndex | None = None
+        self.reader: ImageReader | None = None
+        self.splits: np.ndarray | None = None
+        self.labelled: np.ndarray | None = None
+        self.report: DataReport | None = None
 
-    def dataset_root(self) -> Path:
-        """The folder that holds `train_dir`/`val_dir`; subclasses may create it first."""
-        return self.root
+    # ------------------------------------------------------------------ building
+    def build_index(self) -> SampleIndex:
+        return build_index(
+            self.layout, self.root, on_bad_file=self.hparams.on_bad_file, **self.options
+        )
+
+    def prepare_data(self) -> None:
+        """One process writes what is shared: the synthetic images, the decoded cache."""
+        index = self.build_index()
+        if self.hparams.cache_dir:
+            build_cache(index, self.hparams.cache_dir, self.cache_size, on_bad_file="skip")
 
     def setup(self, stage: str | None = None) -> None:
-        """Index the image folders (once); cheap, so every stage gets both splits."""
-        if self.train_dataset is not None:
+        """Index, check, split and pick labels once; every stage reuses the result."""
+        if self.index is not None:
             return
-        data_root = self.dataset_root()
-        train = ImageFolderDataset(
-            data_root / self.train_dir, paper_train_transform(self.img_size, self.mean, self.std)
+        index = self.build_index()
+        bad, sizes = self._check(index)
+        splits = assign_splits(
+            index, self.hparams.val_fraction, self.hparams.test_fraction, self.hparams.split_seed
         )
-        val = None
-        val_root = data_root / self.val_dir
-        if val_root.exists():
-            val = ImageFolderDataset(val_root, eval_transform(self.img_size, self.mean, self.std))
-            if val.classes != train.classes:
-                raise ValueError(
-                    f"class folders differ between {train.root} {train.classes} and "
-                    f"{val.root} {val.classes}; labels would not line up"
-                )
-        self.train_dataset, self.val_dataset = train, val
+        keep = np.array([key not in bad for key in index.keys], dtype=bool)
+        train = np.flatnonzero((splits == "train") & keep)
+        labelled = label_subset(index, train, self.hparams.label_fraction, self.hparams.label_seed)
+        report = DataReport(
+            dataset=index.name,
+            root=str(index.root),
+            classes=list(index.classes),
+            multi_label=index.multi_label,
+            bad_files=[(index.reader.describe(k), why) for k, why in bad.items()],
+            skipped=list(index.skipped),
+        )
+        for name in ("train", "val", "test"):
+            members = np.flatnonzero((splits == name) & keep)
+            if len(members):
+                report.splits[name] = summarise_split(index, members, sizes)
+        report.labelled["train"] = len(labelled)
+        if bad and self.hparams.on_bad_file == "error":
+            report.problems.append(
+                f"{len(bad)} unreadable image(s); fix or remove them, or set "
+                "data.on_bad_file=skip to train without them"
+            )
+        self._write_outputs(index, splits, labelled, keep, report, bad)
+        if not report.ok:
+            raise ValueError(report.format())
+        self.index, self.splits, self.labelled, self.report = index, splits, labelled, report
+        self._keep = keep
 
-    def _require_setup(self) -> ImageFolderDataset:
-        if self.train_dataset is None:
+    def _check(self, index: SampleIndex) -> tuple[dict[str, str], list[Any]]:
+        """Bad keys with reasons, and each image's size where known."""
+        if self.hparams.cache_dir:
+            cache: ImageCache = build_cache(
+                index, self.hparams.cache_dir, self.cache_size, on_bad_file="skip"
+            )
+            self.reader = cache.reader()
+            return dict(cache.bad), [None] * len(index)
+        self.reader = index.reader
+        probes = probe_images(
+            index.reader, index.keys, self.hparams.check_images, workers=self.num_workers
+        )
+        bad = {key: why for key, (_, why) in zip(index.keys, probes) if why is not None}
+        return bad, [size for size, _ in probes]
+
+    def _write_outputs(
+        self,
+        index: SampleIndex,
+        splits: np.ndarray,
+        labelled: np.ndarray,
+        keep: np.ndarray,
+        report: DataReport,
+        bad: dict[str, str],
+    ) -> None:
+        out = self.hparams.output_dir
+        if out is None or (self.trainer is not None and not self.trainer.is_global_zero):
+            return
+        out = Path(out)
+        write_split_csv(index, np.where(keep, splits, "excluded"), labelled, out / "splits.csv")
+        report.write(out / "data_report.json")
+        if self.hparams.on_bad_file == "skip" and (bad or index.skipped):
+            with (out / "skipped.csv").open("w", newline="") as fh:
+                writer = csv.writer(fh)
+                writer.writerow(["file", "reason"])
+                writer.writerows(report.bad_files + report.skipped)
+
+    # ------------------------------------------------------------------ accessors
+    def _require_setup(self) -> SampleIndex:
+        if self.index is None:
             raise RuntimeError(f"{type(self).__name__}.setup() must run before using the data")
-        return self.train_dataset
+        return self.index
 
     @property
     def classes(self) -> list[str]:
@@ -105,37 +257,83 @@ class ImageFolderDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        return len(self._require_setup().classes)
+        return self._require_setup().num_classes
 
-    def _loader_kwargs(self) -> dict[str, Any]:
-        pin = torch.cuda.is_available() if self.pin_memory is None else self.pin_memory
-        workers = self.num_workers
-        return {
-            "batch_size": self.batch_size,
-            "num_workers": workers,
-            "pin_memory": pin,
-            "persistent_workers": self.persistent_workers and workers > 0,
-        }
+    @property
+    def multi_label(self) -> bool:
+        return self._require_setup().multi_label
+
+    def split_indices(self, split: str) -> np.ndarray:
+        self._require_setup()
+        return np.flatnonzero((self.splits == split) & self._keep)
+
+    def class_weights(self, kind: str | None = None) -> torch.Tensor:
+        """Loss weights from the labelled training subset's class counts."""
+        index = self._require_setup()
+        counts = index.class_counts(self.labelled)
+        return torch.from_numpy(class_weights(counts, kind or self.hparams.class_weight))
+
+    def per_device_batch_size(self) -> int:
+        """The global batch split over the devices of the attached trainer."""
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(
+                f"data.batch_size={self.batch_size} (global) does not divide over {world} "
+                "devices; choose a multiple of the device count"
+            )
+        return self.batch_size // world
+
+    # ------------------------------------------------------------------ loaders
+    def dataset(self, indices: np.ndarray, train: bool) -> IndexedImageDataset:
+        index = self._require_setup()
+        keys = [index.keys[i] for i in indices]
+        transform = self.train_transform if train else self.eval_transform
+        return IndexedImageDataset(self.reader, keys, index.targets[indices], transform)
+
+    def _loader(self, indices: np.ndarray, train: bool, what: str) -> DataLoader:
+        batch = self.per_device_batch_size()
+        drop_last = train and self.hparams.drop_last
+        if drop_last and len(indices) < batch:
+            raise ValueError(
+                f"{what} of {self.root} has {len(indices)} images, fewer than one batch of "
+                f"{batch}; with drop_last=True no batch would be produced. Lower "
+                "data.batch_size, add images, or set data.drop_last=false."
+            )
+        pin = (
+            torch.cuda.is_available()
+            if self.hparams.pin_memory is None
+            else self.hparams.pin_memory
+        )
+        return DataLoader(
+            self.dataset(indices, train),
+            batch_size=batch,
+            shuffle=train,
+            drop_last=drop_last,
+            num_workers=self.num_workers,
+            pin_memory=pin,
+            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
-        train = self._require_setup()
-        if self.drop_last and len(train) < self.batch_size:
-            raise ValueError(
-                f"training set {train.root} has {len(train)} images, fewer than "
-                f"batch_size={self.batch_size}; with drop_last=True no batch would be produced. "
-                "Lower batch_size, add images, or set drop_last=False."
-            )
-        return DataLoader(train, shuffle=True, drop_last=self.drop_last, **self._loader_kwargs())
+        """Every training image, augmented; labels ride along but pretraining ignores them."""
+        return self._loader(self.split_indices("train"), True, "the training split")
+
+    def labelled_train_dataloader(self) -> DataLoader:
+        """The ``label_fraction`` subset of the training split, augmented."""
+        self._require_setup()
+        return self._loader(self.labelled, True, "the labelled training subset")
 
     def val_dataloader(self) -> DataLoader | list:
-        self._require_setup()
-        if self.val_dataset is None:
-            return []
-        return DataLoader(self.val_dataset, shuffle=False, drop_last=False, **self._loader_kwargs())
+        indices = self.split_indices("val")
+        return self._loader(indices, False, "the validation split") if len(indices) else []
+
+    def test_dataloader(self) -> DataLoader | list:
+        indices = self.split_indices("test")
+        return self._loader(indices, False, "the test split") if len(indices) else []
 
 
-class SyntheticDataModule(ImageFolderDataModule):
-    """The seeded synthetic set from `write_synthetic_dataset`, cached under `root`."""
+class SyntheticDataModule(MedicalDataModule):
+    """The seeded synthetic set (6 classes), written once under ``root``; train/val splits."""
 
     def __init__(
         self,
@@ -146,19 +344,33 @@ class SyntheticDataModule(ImageFolderDataModule):
         seed: int = 77,
         **kwargs: Any,
     ) -> None:
-        super().__init__(root, **kwargs)
-        self.save_hyperparameters()
-        self.synthetic_params = {
-            "images_per_class": images_per_class,
-            "val_images_per_class": val_images_per_class,
-            "image_size": image_size,
-            "seed": seed,
-        }
+        options = dict(
+            images_per_class=images_per_class,
+            val_images_per_class=val_images_per_class,
+            image_size=image_size,
+            seed=seed,
+        )
+        kwargs.setdefault("test_fraction", 0.0)
+        super().__init__("synthetic", root, options=options, **kwargs)
 
-    def prepare_data(self) -> None:
-        """Runs on one process only (Lightning's rule), so only it writes to disk."""
-        write_synthetic_dataset(self.root, **self.synthetic_params)
 
-    def dataset_root(self) -> Path:
-        # Returns the existing folder without writing when prepare_data already ran.
-        return write_synthetic_dataset(self.root, **self.synthetic_params)
+class ImageFolderDataModule(MedicalDataModule):
+    """``<root>/<class>/<image>``, or ``<root>/{train,val,test}/<class>/<image>``."""
+
+    def __init__(self, root: str | Path, **kwargs: Any) -> None:
+        super().__init__("image_folder", root, **kwargs)
+
+
+class MedMNISTDataModule(MedicalDataModule):
+    """A local MedMNIST ``<root>/<name>[_<size>].npz``; official train/val/test splits."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        name: str,
+        size: int | None = None,
+        class_names: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        options = dict(name=name, size=size, class_names=class_names)
+        super().__init__("medmnist", root, options=options, **kwargs)

@@ -1,0 +1,119 @@
+"""The index of a dataset: every sample's key, labels and official split, plus how to read it.
+
+Every on-disk layout (ISIC-2019, Brain-MRI, Dermofit, Autoimmune, MedMNIST, folders, CSVs) is
+turned into one :class:`SampleIndex`; splitting, label fractions, validation, caching and the
+datamodule then work on that one shape, whatever the layout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from cass_lightning.data.datasets import load_rgb
+
+SPLITS = ("train", "val", "test")
+
+
+class ImageReader(Protocol):
+    """Reads one sample by key as an RGB PIL image, and fingerprints it for the cache."""
+
+    def __call__(self, key: str) -> Image.Image: ...
+
+    def describe(self, key: str) -> str:
+        """Where the sample lives, for error messages (a file path, or array and row)."""
+        ...
+
+    def fingerprint(self, key: str) -> str:
+        """Changes whenever the sample's bytes may have changed (size and mtime for files)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FileReader:
+    """Keys are paths relative to ``root``; images open through :func:`load_rgb`."""
+
+    root: Path
+
+    def __call__(self, key: str) -> Image.Image:
+        return load_rgb(self.root / key)
+
+    def describe(self, key: str) -> str:
+        return str(self.root / key)
+
+    def fingerprint(self, key: str) -> str:
+        stat = os.stat(self.root / key)
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+@dataclass
+class SampleIndex:
+    """All samples of one dataset.
+
+    Attributes:
+        name: the layout's name (``isic2019``, ``brain_mri``, ...).
+        root: the dataset root the keys are relative to (never written to).
+        keys: one key per sample (a relative file path for files).
+        targets: ``(N,)`` int64 class indices, or ``(N, C)`` float32 multi-hot for multi-label.
+        classes: class names; ``targets`` index into this list.
+        splits: the official split of each sample (``train``/``val``/``test``) or ``None`` where
+            the distribution has none (then seeded stratified splits are made).
+        reader: reads a key as an RGB image.
+        skipped: ``(where, why)`` for entries the layout reader dropped under ``on_bad_file=skip``.
+    """
+
+    name: str
+    root: Path
+    keys: list[str]
+    targets: np.ndarray
+    classes: list[str]
+    reader: ImageReader
+    splits: np.ndarray | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        if len(self.targets) != n:
+            raise ValueError(f"{self.name}: {n} keys but {len(self.targets)} targets")
+        if self.splits is not None and len(self.splits) != n:
+            raise ValueError(f"{self.name}: {n} keys but {len(self.splits)} split entries")
+        if self.multi_label and self.targets.shape[1] != len(self.classes):
+            raise ValueError(
+                f"{self.name}: multi-hot targets have {self.targets.shape[1]} columns "
+                f"for {len(self.classes)} classes"
+            )
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def multi_label(self) -> bool:
+        return self.targets.ndim == 2
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def stratum(self) -> np.ndarray:
+        """One integer per sample to stratify on: the class, or for multi-label data the
+        rarest positive label (a sample without labels gets its own stratum)."""
+        if not self.multi_label:
+            return self.targets.astype(np.int64)
+        counts = self.targets.sum(axis=0)
+        rarity = np.where(self.targets > 0, counts[None, :], np.inf)
+        strata = np.argmin(rarity, axis=1).astype(np.int64)
+        strata[~(self.targets > 0).any(axis=1)] = self.num_classes
+        return strata
+
+    def class_counts(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """Samples per class (positives per label for multi-label data)."""
+        targets = self.targets if indices is None else self.targets[np.asarray(indices, int)]
+        if self.multi_label:
+            return (targets > 0).sum(axis=0).astype(np.int64)
+        return np.bincount(targets.astype(np.int64), minlength=self.num_classes)

@@ -1,0 +1,142 @@
+"""Check that every image of a dataset can be read, and summarise each split.
+
+Runs at the start of every training run (and as ``cass-data check``), so a truncated JPEG or a
+zero-byte file is reported, with every bad file named, before any training step rather than
+hours into a run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cass_lightning.data.index import FileReader, ImageReader, SampleIndex
+
+CHECK_LEVELS = ("full", "header", "none")
+
+
+def _probe(reader: ImageReader, key: str, level: str) -> tuple[tuple[int, int] | None, str | None]:
+    """``(size, None)`` for a readable image, ``(None, reason)`` otherwise."""
+    try:
+        if level == "header" and isinstance(reader, FileReader):
+            with Image.open(reader.root / key) as image:
+                image.verify()
+                return image.size, None
+        image = reader(key)
+        return image.size, None
+    except Exception as exc:  # any failure to read is a bad file, named with its reason
+        reason = str(exc).replace(reader.describe(key), "").strip(" :") or type(exc).__name__
+        return None, reason
+
+
+def _probe_chunk(reader: ImageReader, keys: list[str], level: str) -> list[Any]:
+    return [_probe(reader, key, level) for key in keys]
+
+
+def probe_images(
+    reader: ImageReader, keys: list[str], level: str = "full", workers: int = 0
+) -> list[tuple[tuple[int, int] | None, str | None]]:
+    """Open every key (``full``: decode all pixels; ``header``: read headers only)."""
+    if level not in CHECK_LEVELS:
+        raise ValueError(f"check_images must be one of {CHECK_LEVELS}, got {level!r}")
+    if level == "none":
+        return [(None, None)] * len(keys)
+    if workers <= 1 or len(keys) < 256:
+        return _probe_chunk(reader, keys, level)
+    chunks = [keys[i : i + 256] for i in range(0, len(keys), 256)]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = pool.map(_probe_chunk, [reader] * len(chunks), chunks, [level] * len(chunks))
+        return [item for chunk in results for item in chunk]
+
+
+@dataclass
+class SplitSummary:
+    images: int
+    class_counts: dict[str, int]
+    sizes: dict[str, int]  # "WxH" -> images, the most common first
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"images": self.images, "class_counts": self.class_counts, "sizes": self.sizes}
+
+
+@dataclass
+class DataReport:
+    """What ``cass-data check`` prints and what a run writes to ``data_report.json``."""
+
+    dataset: str
+    root: str
+    classes: list[str]
+    multi_label: bool
+    splits: dict[str, SplitSummary] = field(default_factory=dict)
+    labelled: dict[str, int] = field(default_factory=dict)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "classes": self.classes,
+            "multi_label": self.multi_label,
+            "splits": {k: v.as_dict() for k, v in self.splits.items()},
+            "labelled": self.labelled,
+            "bad_files": [{"file": f, "reason": r} for f, r in self.bad_files],
+            "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
+            "problems": self.problems,
+        }
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.as_dict(), indent=2))
+        return path
+
+    def format(self) -> str:
+        lines = [
+            f"dataset {self.dataset} at {self.root}",
+            f"  {len(self.classes)} classes{' (multi-label)' if self.multi_label else ''}: "
+            + ", ".join(self.classes),
+        ]
+        for name, split in self.splits.items():
+            sizes = ", ".join(f"{s} ({n})" for s, n in list(split.sizes.items())[:4]) or "-"
+            more = len(split.sizes) - 4
+            if more > 0:
+                sizes += f", and {more} other sizes"
+            counts = ", ".join(f"{c} {n}" for c, n in split.class_counts.items())
+            lines.append(f"  {name:5s} {split.images:7d} images | {counts}")
+            lines.append(f"        sizes seen: {sizes}")
+            if name in self.labelled:
+                lines.append(f"        labelled for fine-tuning: {self.labelled[name]}")
+        for title, entries in (("unreadable", self.bad_files), ("skipped", self.skipped)):
+            if entries:
+                lines.append(f"  {title} files: {len(entries)}")
+                lines += [f"    {f}: {r}" for f, r in entries[:50]]
+                if len(entries) > 50:
+                    lines.append(f"    ... and {len(entries) - 50} more")
+        lines += [f"  PROBLEM: {p}" for p in self.problems]
+        lines.append("  OK" if self.ok else "  NOT OK")
+        return "\n".join(lines)
+
+
+def summarise_split(
+    index: SampleIndex, indices: np.ndarray, sizes: list[tuple[int, int] | None]
+) -> SplitSummary:
+    counts = index.class_counts(indices)
+    seen = Counter(f"{sizes[i][0]}x{sizes[i][1]}" for i in indices if sizes[i] is not None)
+    return SplitSummary(
+        images=len(indices),
+        class_counts={c: int(n) for c, n in zip(index.classes, counts)},
+        sizes=dict(seen.most_common()),
+    )

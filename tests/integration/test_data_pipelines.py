@@ -1,0 +1,161 @@
+"""Pretraining through every datamodule (fast_dev_run) and the cass-data app."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from cass_lightning import CASSModule
+from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.data import check
+from cass_lightning.data import MedicalDataModule
+from data_fixtures import ISIC_INPUT, autoimmune, brain, dermofit, image, isic, npz, snapshot
+
+
+def folder(root: Path) -> Path:
+    for split in ("train", "val"):
+        for cls in ("benign", "malignant"):
+            for i in range(4):
+                image(root / split / cls / f"{cls}_{i}.png", size=(20, 16), seed=i)
+    return root
+
+
+def csv_layout(root: Path) -> Path:
+    lines = ["path,label"]
+    for i in range(8):
+        image(root / "imgs" / f"x{i}.png", seed=i)
+        lines.append(f"imgs/x{i}.png,{'yes' if i % 2 else 'no'}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def isic_layout(root: Path) -> Path:
+    isic(root)
+    return root
+
+
+# (layout, fixture builder, options)
+LAYOUT_CASES = [
+    ("isic2019", isic_layout, {}),
+    ("brain_mri", lambda r: brain(r, per_class=3), {}),
+    ("dermofit", dermofit, {}),
+    ("autoimmune", autoimmune, {}),
+    ("medmnist", lambda r: npz(r, "dermamnist_64.npz").parent, {"name": "dermamnist", "size": 64}),
+    ("image_folder", folder, {}),
+    ("csv", csv_layout, {"csv_file": "labels.csv"}),
+    (
+        "synthetic",
+        lambda r: r,
+        {"images_per_class": 2, "val_images_per_class": 1, "image_size": 16},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("layout", "build", "options"), LAYOUT_CASES, ids=[c[0] for c in LAYOUT_CASES]
+)
+def test_fast_dev_run_pretraining_through_each_layout(
+    tmp_path, tiny_kwargs, layout, build, options
+):
+    root = build(tmp_path / layout)
+    root.mkdir(parents=True, exist_ok=True)
+    before = snapshot(root) if layout != "synthetic" else None
+    dm = MedicalDataModule(
+        layout, root, options=options, img_size=32, batch_size=2, val_fraction=0.2,
+        test_fraction=0.0, output_dir=tmp_path / "run",
+    )  # fmt: skip
+    model = CASSModule(**tiny_kwargs)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, datamodule=dm)
+    assert trainer.callback_metrics["train/loss"] >= 0
+    assert (tmp_path / "run" / "splits.csv").is_file()
+    if before is not None:
+        assert snapshot(root) == before
+
+
+def compose_data(tmp_path: Path, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("data_app", return_hydra_config=True,
+                      overrides=[f"paths.data_dir={tmp_path / 'data'}", *overrides])  # fmt: skip
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
+        cfg.command = "check"
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize(
+    "name", sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml") if p.stem != "_common")
+)
+def test_every_data_config_composes_into_pretraining(tmp_path, name):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pretrain", overrides=[f"data={name}", "data.root=/somewhere"])
+    assert cfg.data._target_.startswith("cass_lightning.data.")
+    assert cfg.data.img_size == cfg.model.img_size
+
+
+def test_check_prints_a_summary_per_split(tmp_path, capsys):
+    brain(tmp_path / "data" / "brain_mri", per_class=4)
+    cfg = compose_data(tmp_path, ["data=brain_mri", "data.val_fraction=0.25"])
+    assert check(cfg) == 0
+    out = capsys.readouterr().out
+    assert "dataset brain_mri" in out and "4 classes: glioma, meningioma, notumor, pituitary" in out
+    assert "train      12 images | glioma 3, meningioma 3, notumor 3, pituitary 3" in out
+    assert "val         4 images" in out and "test       16 images" in out
+    assert "sizes seen: 12x10 (1), 16x10 (1)" in out and "and 8 other sizes" in out
+    assert out.rstrip().endswith(str(tmp_path / "out"))
+    report = json.loads((tmp_path / "out" / "data_report.json").read_text())
+    assert report["dataset"] == "brain_mri" and report["splits"]["test"]["images"] == 16
+
+
+def test_check_fails_with_the_list_of_bad_files(tmp_path, capsys):
+    root = isic(tmp_path / "data" / "ISIC2019")
+    (root / ISIC_INPUT / "ISIC_0000001.jpg").write_bytes(b"")
+    (root / ISIC_INPUT / "ISIC_0000002.jpg").write_text("<html>not found</html>")
+    cfg = compose_data(tmp_path, ["data=isic2019"])
+    assert check(cfg) == 1
+    err = capsys.readouterr().err
+    assert "ISIC_0000001.jpg" in err and "ISIC_0000002.jpg" in err and "NOT OK" in err
+
+
+def test_check_of_a_wrong_root_says_what_was_expected(tmp_path, capsys):
+    (tmp_path / "data" / "ISIC2019" / "images").mkdir(parents=True)
+    cfg = compose_data(tmp_path, ["data=isic2019"])
+    assert check(cfg) == 1
+    err = capsys.readouterr().err
+    assert "ISIC_2019_Training_GroundTruth.csv" in err and "images" in err
+
+
+@pytest.mark.slow
+def test_cass_data_console_exit_codes(tmp_path):
+    brain(tmp_path / "data" / "brain_mri")
+    env = {**os.environ, "CASS_DATA_ROOT": str(tmp_path / "data"),
+           "CASS_OUTPUT_ROOT": str(tmp_path / "runs")}  # fmt: skip
+    run = [sys.executable, "-m", "cass_lightning.apps.data"]
+    ok = subprocess.run([*run, "check", "data=brain_mri"], env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "glioma" in ok.stdout
+    bad = subprocess.run([*run, "check", "data=brain_mri", "data.root=/no/such/root"], env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 1 and "/no/such/root" in bad.stderr
+    usage = subprocess.run([*run, "verify"], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and "cass-data check" in usage.stderr
