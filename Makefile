@@ -37,8 +37,9 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-bench: $(STAMP) ## print throughput figures (Lightning vs plain loop, fp32 vs bf16)
+bench: $(STAMP) ## print throughput (Lightning vs plain loop, fp32 vs bf16) and data-loading figures
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/dataloading.py
 
 clean-venv: ## remove .venv (never touches data/ or runs/)
 	rm -rf $(VENV)

@@ -9,16 +9,19 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+from PIL import Image
 
 from cass_lightning import CASSModule
 from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.data import check
-from cass_lightning.data import MedicalDataModule
+from cass_lightning.data import MedicalDataModule, build_index
 from data_fixtures import ISIC_INPUT, autoimmune, brain, dermofit, image, isic, npz, snapshot
 
 
@@ -159,3 +162,81 @@ def test_cass_data_console_exit_codes(tmp_path):
     assert bad.returncode == 1 and "/no/such/root" in bad.stderr
     usage = subprocess.run([*run, "verify"], env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and "cass-data check" in usage.stderr
+
+
+FILE_LAYOUTS = [c for c in LAYOUT_CASES if c[0] not in ("medmnist", "synthetic")]
+
+
+def _corrupt(path: Path, how: str) -> None:
+    """Replace an image by a broken one of the same name (and so the same extension)."""
+    if how == "zero-byte":
+        path.write_bytes(b"")
+    elif how == "not-an-image":
+        path.write_text("<html><body>404 Not Found</body></html>")
+    else:  # truncated: a real image of this format cut in half
+        fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+        big = image(path.with_name("tmp_big" + path.suffix), size=(96, 96))
+        with Image.open(big) as im:
+            im.save(path, format=fmt)
+        big.unlink()
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    ("layout", "build", "options"), FILE_LAYOUTS, ids=[c[0] for c in FILE_LAYOUTS]
+)
+def test_broken_images_in_each_layout_are_named_or_skipped(tmp_path, layout, build, options):
+    root = build(tmp_path / layout)
+    keys = build_index(layout, root, **options).keys
+    broken = {keys[0]: "zero-byte", keys[1]: "not-an-image", keys[2]: "truncated"}
+    for key, how in broken.items():
+        _corrupt(root / key, how)
+
+    def module(policy: str, out: str) -> MedicalDataModule:
+        return MedicalDataModule(layout, root, options=options, img_size=16, batch_size=1,
+                                 val_fraction=0.0, test_fraction=0.0, on_bad_file=policy,
+                                 output_dir=tmp_path / out)  # fmt: skip
+
+    with pytest.raises(ValueError) as info:
+        module("error", "run1").setup()
+    for key in broken:
+        assert key in str(info.value)
+    skipping = module("skip", "run2")
+    skipping.setup()
+    served = {
+        skipping.index.keys[i] for s in ("train", "val", "test") for i in skipping.split_indices(s)
+    }
+    assert served == set(keys) - set(broken)
+    listed = (tmp_path / "run2" / "skipped.csv").read_text()
+    assert all(Path(key).name in listed for key in broken)
+
+
+MODES = {"RGBA": ".png", "P": ".png", "I;16": ".png", "L": ".jpg", "CMYK": ".jpg", "LA": ".png"}
+
+
+@pytest.mark.parametrize(
+    ("layout", "build", "options"), FILE_LAYOUTS, ids=[c[0] for c in FILE_LAYOUTS]
+)
+def test_unusual_image_modes_in_each_layout_read_as_rgb(tmp_path, layout, build, options):
+    root = build(tmp_path / layout)
+    keys = build_index(layout, root, **options).keys
+    rgb = np.random.default_rng(1).integers(0, 256, (10, 12, 3), np.uint8)
+    converted = 0
+    for key, (mode, suffix) in zip(keys, MODES.items()):
+        path = root / key
+        if path.suffix.lower() not in (suffix, ".jpeg" if suffix == ".jpg" else suffix):
+            continue  # keep the layout's file names: only modes its format can store
+        if mode == "I;16":
+            odd = Image.fromarray(rgb[..., 0].astype(np.uint16) * 257)
+        else:
+            odd = Image.fromarray(rgb).convert(mode)
+        odd.save(path)
+        converted += 1
+    assert converted >= 2
+    dm = MedicalDataModule(layout, root, options=options, img_size=16, batch_size=1,
+                           val_fraction=0.0, test_fraction=0.0)  # fmt: skip
+    dm.setup()
+    for i in range(len(dm.train_dataloader().dataset)):
+        x, _ = dm.train_dataloader().dataset[i]
+        assert x.shape == (3, 16, 16) and torch.isfinite(x).all()
