@@ -1,0 +1,134 @@
+"""Reader for ISIC-2019 as distributed: the training image folder and its one-hot ground-truth CSV.
+
+Images are found through the CSV rows (not by listing the folder), so every row is checked:
+exactly one 1 among the eight classes, no UNK, no repeats, and a file behind it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cass_lightning.data.datasets import DEFAULT_EXTENSIONS
+from cass_lightning.data.index import SampleIndex
+from cass_lightning.data.layouts._common import (
+    ISIC_CLASSES,
+    ISIC_HEADER,
+    _BadFiles,
+    _check_policy,
+    _expected,
+    _FileLookup,
+    _finish,
+    _mismatch,
+    _open_root,
+    _raise_row_errors,
+    _read_csv,
+)
+
+
+# --------------------------------------------------------------------------- CSV layouts
+def _parse_one_hot(
+    cells: list[str], columns: dict[str, int], names: Sequence[str], blank_is_zero: Sequence[str]
+) -> tuple[list[str], str | None]:
+    """The columns holding a 1, or why the row is not a 0/1 row."""
+    ones: list[str] = []
+    for name in names:
+        cell = cells[columns[name]].strip()
+        if not cell and name in blank_is_zero:
+            continue
+        try:
+            value = float(cell)
+        except ValueError:
+            value = float("nan")
+        if value not in (0.0, 1.0):
+            return [], f"column {name} is {cell!r}; expected 1.0 or 0.0"
+        if value == 1.0:
+            ones.append(name)
+    return ones, None
+
+
+def index_isic2019(
+    root: str | Path,
+    *,
+    on_bad_file: str = "error",
+    image_dir: str = "ISIC_2019_Training_Input",
+    csv_file: str = "ISIC_2019_Training_GroundTruth.csv",
+) -> SampleIndex:
+    """ISIC-2019 as distributed: the training images and the one-hot ground-truth CSV.
+
+    Images are looked up by the CSV's ``image`` column plus ``.jpg``, so the licence files and
+    any ``_downsampled`` copies in the image folder are never picked up by accident. The UNK
+    column is optional and may be blank; a 1 there is an unknown label (the training data has
+    none).
+    """
+    layout = "isic2019"
+    _check_policy(on_bad_file)
+    expected = _expected(layout, image_dir=image_dir, csv_file=csv_file)
+    root = _open_root(layout, root, expected)
+    csv_path = root / csv_file
+    absent = [
+        name
+        for name, present in (
+            (f"{image_dir}/", (root / image_dir).is_dir()),
+            (csv_file, csv_path.is_file()),
+        )
+        if not present
+    ]
+    if absent:
+        raise _mismatch(
+            layout,
+            root,
+            expected,
+            f"{' and '.join(absent)} not found",
+            probe=lambda p: (p / csv_file).is_file() and (p / image_dir).is_dir(),
+        )
+    columns, rows = _read_csv(layout, csv_path, ["image", *ISIC_CLASSES], ",".join(ISIC_HEADER))
+    if not rows:
+        raise ValueError(f"{layout}: {csv_path} has a header but no rows")
+    one_hot_columns = [*ISIC_CLASSES, *(["UNK"] if "UNK" in columns else [])]
+
+    bad = _BadFiles(layout, root, on_bad_file)
+    lookup = _FileLookup()
+    errors: list[str] = []
+    first_line: dict[str, int] = {}
+    keys: list[str] = []
+    labels: list[int] = []
+    for line, cells in rows:
+        image = cells[columns["image"]].strip()
+        if not image:
+            errors.append(f"line {line}: empty 'image' cell")
+            continue
+        where = f"line {line} (image {image})"
+        ones, problem = _parse_one_hot(cells, columns, one_hot_columns, blank_is_zero=["UNK"])
+        if problem is not None:
+            errors.append(f"{where}: {problem}")
+            continue
+        if "UNK" in ones:
+            errors.append(
+                f"{where}: unknown label (UNK=1); expected exactly one of {', '.join(ISIC_CLASSES)}"
+            )
+            continue
+        if len(ones) != 1:
+            errors.append(
+                f"{where}: one-hot row has {len(ones)} ones ({', '.join(ones) or 'none'}); "
+                "expected exactly one"
+            )
+            continue
+        if image in first_line:
+            errors.append(f"{where}: listed again (first at line {first_line[image]})")
+            continue
+        first_line[image] = line
+        filename = image if image.lower().endswith(DEFAULT_EXTENSIONS) else f"{image}.jpg"
+        key = Path(image_dir, filename).as_posix()
+        why = lookup.why_missing(str(root / key))
+        if why is not None:
+            bad.add(str(root / key), f"{why} (listed at {csv_file} line {line})")
+            continue
+        keys.append(key)
+        labels.append(ISIC_CLASSES.index(ones[0]))
+    _raise_row_errors(layout, csv_path, errors)
+    skipped = bad.resolve()
+    targets = np.asarray(labels, dtype=np.int64)
+    return _finish(layout, root, keys, targets, list(ISIC_CLASSES), None, skipped)

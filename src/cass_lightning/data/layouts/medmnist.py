@@ -1,0 +1,199 @@
+"""Reader for MedMNIST ``.npz`` archives, and :class:`NpzReader`, which serves their rows as images.
+
+Unlike the other layouts the samples are array rows, not files: keys are ``"<split>/<row>"``
+and the index's reader decodes rows from arrays held in memory. ``NpzReader`` keeps only plain
+attributes so it pickles into DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cass_lightning.data.index import SPLITS, SampleIndex
+from cass_lightning.data.layouts._common import (
+    MEDMNIST_ARRAYS,
+    _check_policy,
+    _expected,
+    _open_root,
+    _visible_entries,
+)
+
+
+# --------------------------------------------------------------------------- MedMNIST
+class NpzReader:
+    """Rows of a MedMNIST ``.npz`` as RGB images; keys are ``"<split>/<row>"``.
+
+    The image arrays are decompressed once and held in memory (reading a row from the zip each
+    time would decompress the whole array). Plain attributes keep it picklable for workers.
+    """
+
+    def __init__(self, path: str | Path, images: dict[str, np.ndarray]) -> None:
+        self.path = Path(path)
+        self.images = images
+
+    def _locate(self, key: str) -> tuple[str, int]:
+        split, _, row = key.partition("/")
+        images = self.images.get(split)
+        if images is None or not (row.isascii() and row.isdigit()) or int(row) >= len(images):
+            raise KeyError(
+                f"{key!r} is not a sample of {self.path}: expected '<split>/<row>' with split "
+                f"in {sorted(self.images)} and row below that split's length"
+            )
+        return split, int(row)
+
+    def __call__(self, key: str) -> Image.Image:
+        split, row = self._locate(key)
+        pixels = self.images[split][row]
+        if pixels.ndim == 3 and pixels.shape[-1] == 1:
+            pixels = pixels[..., 0]
+        return Image.fromarray(np.ascontiguousarray(pixels)).convert("RGB")
+
+    def describe(self, key: str) -> str:
+        split, _, row = key.partition("/")
+        shown = int(row) if row.isascii() and row.isdigit() else row
+        return f"{self.path.name}[{split}][{shown}]"
+
+    def fingerprint(self, key: str) -> str:
+        stat = os.stat(self.path)
+        return f"{stat.st_size}-{stat.st_mtime_ns}"
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The six MedMNIST arrays, read into memory; a missing array raises naming it."""
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"medmnist: could not read {path} as an .npz archive ({exc})") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"medmnist: {path} holds a single array, not an .npz archive")
+    with archive:
+        absent = [key for key in MEDMNIST_ARRAYS if key not in archive.files]
+        if absent:
+            raise ValueError(
+                f"medmnist: {path} has no array(s) {absent}; found arrays {sorted(archive.files)}"
+            )
+        try:
+            return {key: archive[key] for key in MEDMNIST_ARRAYS}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"medmnist: {path} is damaged ({exc})") from exc
+
+
+def _medmnist_class_names(
+    class_names: Sequence[str] | Mapping[Any, str] | None, count: int, multi_label: bool, path: Path
+) -> list[str]:
+    """``class_names`` (a list, or MedMNIST's ``INFO[name]["label"]`` dict) or "0".."C-1"."""
+    if class_names is None:
+        return [str(i) for i in range(count)]
+    if isinstance(class_names, Mapping):
+        items = sorted(class_names.items(), key=lambda item: int(item[0]))
+        names = [str(value) for _, value in items]
+    elif isinstance(class_names, str):
+        raise ValueError(f"medmnist: class_names must be a list of names, got {class_names!r}")
+    else:
+        names = [str(name) for name in class_names]
+    fits = len(names) == count if multi_label else len(names) >= count
+    if not fits:
+        what = f"{count} label columns" if multi_label else f"labels up to {count - 1}"
+        raise ValueError(f"medmnist: class_names has {len(names)} names but {path} has {what}")
+    return names
+
+
+def index_medmnist(
+    root: str | Path,
+    *,
+    name: str,
+    size: int | None = None,
+    class_names: Sequence[str] | Mapping[Any, str] | None = None,
+    on_bad_file: str = "error",
+) -> SampleIndex:
+    """A MedMNIST v2/v3 set: ``<root>/<name>.npz`` (28 px) or ``<root>/<name>_<size>.npz``.
+
+    Labels of shape ``(N, 1)`` are multi-class, ``(N, C)`` with C > 1 multi-label (ChestMNIST).
+    Splits are the official train/val/test arrays. ``on_bad_file`` is accepted for a uniform
+    interface; an array cannot point at a missing file.
+    """
+    _check_policy(on_bad_file)
+    if not isinstance(name, str) or not name.strip() or "/" in name or os.sep in name:
+        raise ValueError(f"medmnist: name must be a set name like 'dermamnist', got {name!r}")
+    name = name.strip().removesuffix(".npz")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"medmnist: size must be None or a positive int like 64, got {size!r}")
+    if size is None:
+        candidates = [f"{name}.npz"]
+    elif size == 28:
+        candidates = [f"{name}.npz", f"{name}_28.npz"]
+    else:
+        candidates = [f"{name}_{size}.npz"]
+    expected = _expected("medmnist", file=" or ".join(candidates))
+    resolved = _open_root("medmnist", root, expected)
+    path = next((resolved / c for c in candidates if (resolved / c).is_file()), None)
+    if path is None:
+        present = [e.name for e in _visible_entries(resolved) if e.name.lower().endswith(".npz")]
+        raise FileNotFoundError(
+            f"medmnist: {resolved / candidates[0]} not found; .npz files in {resolved}: "
+            f"{present or 'none'}. Expected {expected} under {resolved}"
+        )
+    arrays = _load_npz(path)
+
+    images: dict[str, np.ndarray] = {}
+    labels: dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        pixels, target = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if pixels.dtype != np.uint8 or not (
+            pixels.ndim == 3 or (pixels.ndim == 4 and pixels.shape[-1] in (1, 3))
+        ):
+            raise ValueError(
+                f"medmnist: {path}: {split}_images has shape {pixels.shape} and dtype "
+                f"{pixels.dtype}; expected uint8 (N, H, W) or (N, H, W, 3)"
+            )
+        if target.ndim == 1:
+            target = target[:, None]
+        if target.ndim != 2 or len(target) != len(pixels):
+            raise ValueError(
+                f"medmnist: {path}: {split}_labels has shape {target.shape} for {len(pixels)} "
+                f"rows of {split}_images; expected ({len(pixels)}, 1) or ({len(pixels)}, C)"
+            )
+        if not np.issubdtype(target.dtype, np.number) or not np.array_equal(
+            target, np.round(target)
+        ):
+            raise ValueError(f"medmnist: {path}: {split}_labels must hold integers")
+        images[split], labels[split] = pixels, target
+    widths = {split: target.shape[1] for split, target in labels.items()}
+    if len(set(widths.values())) > 1:
+        raise ValueError(f"medmnist: {path}: label arrays differ in columns: {widths}")
+    multi_label = next(iter(widths.values())) > 1
+    order = sorted(SPLITS)  # keys sort as test/..., train/..., val/...
+    stacked = np.concatenate([labels[split] for split in order])
+    if len(stacked) == 0:
+        raise ValueError(f"medmnist: {path} holds no samples in any split")
+    if multi_label:
+        if not np.isin(stacked, (0, 1)).all():
+            raise ValueError(f"medmnist: {path}: multi-label labels must be 0 or 1")
+        targets = stacked.astype(np.float32)
+        count = targets.shape[1]
+    else:
+        targets = stacked[:, 0].astype(np.int64)
+        if targets.min() < 0:
+            raise ValueError(f"medmnist: {path}: labels must be >= 0, found {targets.min()}")
+        count = int(targets.max()) + 1
+    classes = _medmnist_class_names(class_names, count, multi_label, path)
+
+    width = max(6, len(str(max(len(images[split]) for split in order) - 1)))
+    keys = [f"{split}/{row:0{width}d}" for split in order for row in range(len(images[split]))]
+    splits = np.array([split for split in order for _ in range(len(images[split]))], dtype=object)
+    return SampleIndex(
+        name="medmnist",
+        root=resolved,
+        keys=keys,
+        targets=targets,
+        classes=classes,
+        reader=NpzReader(path, images),
+        splits=splits,
+    )

@@ -1,0 +1,252 @@
+"""Readers for layouts described by a CSV with one row per image: your own CSV, and autoimmune.
+
+Both go through :func:`_index_table`: a path column, a label column (one class name, or for
+multi-label sets a list literal or separated names) and optionally a split column. Classes are
+taken from every well-formed row, so a missing file never shifts the label indices.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cass_lightning.data.index import SPLITS, SampleIndex
+from cass_lightning.data.layouts._common import (
+    _BadFiles,
+    _check_policy,
+    _dir_text,
+    _expected,
+    _FileLookup,
+    _finish,
+    _key_for,
+    _mismatch,
+    _open_root,
+    _raise_row_errors,
+    _read_csv,
+    _sort_labels,
+)
+
+
+def _parse_label_list(cell: str, separators: Sequence[str]) -> tuple[list[str], str | None]:
+    """Labels of a multi-label cell: a list literal, or names joined by a separator."""
+    text = cell.strip()
+    if not text:
+        return [], None
+    if text[0] in "[(":
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
+            return [], f"could not read the label list {text!r}; expected e.g. ['a', 'b']"
+        if not isinstance(value, (list, tuple)) or any(
+            isinstance(item, bool) or not isinstance(item, (str, int)) for item in value
+        ):
+            return [], f"label list {text!r} must hold names (or integers)"
+        labels = [str(item).strip() for item in value]
+    else:
+        labels = [part.strip() for part in re.split("|".join(map(re.escape, separators)), text)]
+    return list(dict.fromkeys(label for label in labels if label)), None
+
+
+def _class_list(layout: str, classes: Sequence[str]) -> list[str]:
+    if isinstance(classes, str) or not classes:
+        raise ValueError(f"{layout}: classes must be a non-empty list of names, got {classes!r}")
+    names = [str(name) for name in classes]
+    doubled = sorted({name for name in names if names.count(name) > 1})
+    if doubled:
+        raise ValueError(f"{layout}: classes lists {doubled} more than once")
+    return names
+
+
+def _index_table(
+    layout: str,
+    root: str | Path,
+    *,
+    csv_file: str,
+    path_column: str,
+    label_column: str,
+    multi_label: bool,
+    separators: Sequence[str],
+    classes: Sequence[str] | None,
+    split_column: str | None,
+    image_dir: str,
+    on_bad_file: str,
+    expected: str,
+) -> SampleIndex:
+    """One CSV row per image: a path, a label (or a list of labels) and maybe a split."""
+    _check_policy(on_bad_file)
+    known = None if classes is None else _class_list(layout, classes)
+    required = [path_column, label_column, *([split_column] if split_column else [])]
+    if len(set(required)) != len(required):
+        raise ValueError(f"{layout}: the path, label and split columns must differ, got {required}")
+    resolved = _open_root(layout, root, expected)
+    csv_path = resolved / csv_file
+    if not csv_path.is_file():
+        raise _mismatch(
+            layout,
+            resolved,
+            expected,
+            f"{csv_file} not found",
+            probe=lambda p: (p / csv_file).is_file(),
+        )
+    base = resolved / image_dir
+    if not base.is_dir():
+        raise _mismatch(layout, resolved, expected, f"image folder {image_dir}/ not found")
+    columns, rows = _read_csv(layout, csv_path, required, ",".join(required))
+    if not rows:
+        raise ValueError(f"{layout}: {csv_path} has a header but no rows")
+
+    bad = _BadFiles(layout, resolved, on_bad_file)
+    lookup = _FileLookup()
+    errors: list[str] = []
+    first_line: dict[str, int] = {}
+    seen: set[str] = set()
+    entries: list[tuple[str, list[str], str | None]] = []
+    for line, cells in rows:
+        path = cells[columns[path_column]].strip()
+        if not path:
+            errors.append(f"line {line}: empty {path_column!r} cell; expected an image path")
+            continue
+        where = f"line {line} ({path})"
+        cell = cells[columns[label_column]]
+        if multi_label:
+            labels, problem = _parse_label_list(cell, separators)
+            if problem is not None:
+                errors.append(f"{where}: column {label_column!r}: {problem}")
+                continue
+        elif not cell.strip():
+            errors.append(f"{where}: empty {label_column!r} cell; expected a class name")
+            continue
+        else:
+            labels = [cell.strip()]
+        if known is not None:
+            unknown = [label for label in labels if label not in known]
+            if unknown:
+                errors.append(f"{where}: unknown label(s) {unknown}; expected one of {known}")
+                continue
+        split = None
+        if split_column is not None:
+            raw = cells[columns[split_column]].strip()
+            split = raw.lower()
+            if split not in SPLITS:
+                errors.append(
+                    f"{where}: split {raw!r} in column {split_column!r}; "
+                    f"expected one of {', '.join(SPLITS)}"
+                )
+                continue
+        key = _key_for(resolved, base, path)
+        if key in first_line:
+            errors.append(f"{where}: listed again (first at line {first_line[key]})")
+            continue
+        first_line[key] = line
+        # Classes come from every well-formed row, so a missing file never shifts label indices.
+        seen.update(labels)
+        why = lookup.why_missing(str(resolved / key))
+        if why is not None:
+            bad.add(str(resolved / key), f"{why} (listed at {csv_file} line {line})")
+            continue
+        entries.append((key, labels, split))
+    _raise_row_errors(layout, csv_path, errors)
+    names = known if known is not None else _sort_labels(seen)
+    if not names:
+        raise ValueError(
+            f"{layout}: no labels at all in column {label_column!r} of {csv_path}; "
+            "expected at least one labelled row"
+        )
+    skipped = bad.resolve()
+    position = {name: i for i, name in enumerate(names)}
+    if multi_label:
+        targets = np.zeros((len(entries), len(names)), dtype=np.float32)
+        for row, (_, labels, _) in enumerate(entries):
+            targets[row, [position[label] for label in labels]] = 1.0
+    else:
+        targets = np.asarray([position[labels[0]] for _, labels, _ in entries], dtype=np.int64)
+    keys = [key for key, _, _ in entries]
+    splits = None if split_column is None else [split or "" for _, _, split in entries]
+    return _finish(layout, resolved, keys, targets, names, splits, skipped)
+
+
+def index_autoimmune(
+    root: str | Path,
+    *,
+    csv_file: str = "labels.csv",
+    image_dir: str = ".",
+    file_column: str = "file",
+    label_column: str = "label",
+    on_bad_file: str = "error",
+) -> SampleIndex:
+    """The dermatomyositis biopsies: multi-label, one CSV row per image with a list of labels.
+
+    The label cell may be a list literal (``"['a', 'b']"``, ``'["a"]'``, ``"[]"``) or names
+    joined by ``|`` or ``;``; an empty list is an image without labels.
+    """
+    expected = _expected(
+        "autoimmune",
+        csv_file=csv_file,
+        file_column=file_column,
+        label_column=label_column,
+        image_dir=_dir_text(image_dir),
+    )
+    return _index_table(
+        "autoimmune",
+        root,
+        csv_file=csv_file,
+        path_column=file_column,
+        label_column=label_column,
+        multi_label=True,
+        separators=("|", ";"),
+        classes=None,
+        split_column=None,
+        image_dir=image_dir,
+        on_bad_file=on_bad_file,
+        expected=expected,
+    )
+
+
+def index_csv(
+    root: str | Path,
+    *,
+    csv_file: str,
+    path_column: str = "path",
+    label_column: str = "label",
+    multi_label: bool = False,
+    label_separator: str = "|",
+    classes: Sequence[str] | None = None,
+    split_column: str | None = None,
+    image_dir: str = ".",
+    on_bad_file: str = "error",
+) -> SampleIndex:
+    """Your own CSV: an image path (relative to ``root/image_dir``, or absolute) and a label.
+
+    With ``classes`` the label space is fixed (in that order) and anything else is an error;
+    without, it is the sorted set of labels seen. ``multi_label`` cells are list literals or
+    names joined by ``label_separator``. A ``split_column`` holds train/val/test per row.
+    """
+    if not isinstance(label_separator, str) or not label_separator:
+        raise ValueError(
+            f"csv: label_separator must be a non-empty string, got {label_separator!r}"
+        )
+    columns = [path_column, label_column, *([split_column] if split_column else [])]
+    expected = _expected(
+        "csv",
+        csv_file=csv_file,
+        columns=", ".join(map(repr, columns)),
+        image_dir=_dir_text(image_dir),
+    )
+    return _index_table(
+        "csv",
+        root,
+        csv_file=csv_file,
+        path_column=path_column,
+        label_column=label_column,
+        multi_label=multi_label,
+        separators=(label_separator,),
+        classes=classes,
+        split_column=split_column,
+        image_dir=image_dir,
+        on_bad_file=on_bad_file,
+        expected=expected,
+    )
