@@ -1,7 +1,7 @@
 """The shared datamodule: any layout -> validated index -> splits, label fractions, loaders.
 
 One :class:`MedicalDataModule` serves every dataset (``layout`` picks the reader in
-``layouts.py``). At setup it indexes the root, checks every image (or builds/reuses the decoded
+``layouts/``). At setup it indexes the root, checks every image (or builds/reuses the decoded
 cache, which checks them too), makes the splits, picks the labelled subset and writes
 ``splits.csv`` and ``data_report.json`` into ``output_dir`` so results can be traced.
 
