@@ -1,13 +1,19 @@
-"""Callbacks: export both backbones at the end of training, and measure throughput."""
+"""Callbacks: export both backbones at the end of training, measure throughput, show samples."""
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
 
 from cass_lightning.export import export_backbones
 from cass_lightning.modules.cass import batch_images
@@ -32,10 +38,12 @@ class ExportBackbones(L.Callback):
 
 
 class ImagesPerSecond(L.Callback):
-    """Logs ``perf/images_per_s`` and ``perf/epoch_s`` per training epoch.
+    """Logs ``perf/images_per_s`` and ``perf/epoch_s`` per training epoch, and on CUDA the peak
+    GPU memory of the epoch, ``perf/gpu_mem_peak_gib``.
 
     Counts the images this process trained on between the start and the end of the epoch, so
     the figure includes data loading, the optimiser step and logging: what a user waits for.
+    The peak memory counter is reset at each epoch start, so each value is that epoch's own.
     """
 
     def __init__(self) -> None:
@@ -43,6 +51,8 @@ class ImagesPerSecond(L.Callback):
         self._images = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
         self._start = time.perf_counter()
         self._images = 0
 
@@ -53,8 +63,116 @@ class ImagesPerSecond(L.Callback):
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         elapsed = max(time.perf_counter() - self._start, 1e-9)
-        pl_module.log_dict(
-            {"perf/images_per_s": self._images / elapsed, "perf/epoch_s": elapsed},
-            on_step=False,
-            on_epoch=True,
-        )
+        metrics = {"perf/images_per_s": self._images / elapsed, "perf/epoch_s": elapsed}
+        if pl_module.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(pl_module.device)
+            metrics["perf/gpu_mem_peak_gib"] = peak / 2**30
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True)
+
+
+def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo ``Normalize(mean, std)`` on ``(N, C, H, W)`` images and clamp to ``[0, 1]``."""
+    shape = (1, -1, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(shape)
+    return (images * std_t + mean_t).clamp(0.0, 1.0)
+
+
+def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2) -> Tensor:
+    """A ``(3, H, W)`` grid of ``[0, 1]`` images, ``nrow`` per row (default: about square).
+
+    One- and three-channel images are shown as they are; other channel counts by their first.
+    """
+    if images.shape[1] not in (1, 3):
+        images = images[:, :1]
+    nrow = nrow or math.ceil(math.sqrt(images.shape[0]))
+    return make_grid(images, nrow=nrow, padding=padding)
+
+
+class LogAugmentedSamples(L.Callback):
+    """Shows what the arms are trained on: a grid of the first ``num_images`` augmented training
+    images, de-normalised, once at the start of training.
+
+    The grid is saved as ``<dirpath>/augmented.png`` (visible without any service) and sent to
+    the loggers that take images (wandb: ``log_image``; TensorBoard: ``add_image``). It uses
+    the batches the model trains on, so it draws nothing extra from the loader and leaves the
+    random augmentation stream, hence the run, unchanged.
+
+    Args:
+        num_images: images in the grid (collected over the first batches if one is smaller).
+        dirpath: folder of the PNG; default ``<trainer.default_root_dir>/samples``.
+        nrow: images per grid row; default about square.
+        mean, std: the normalisation to undo; default the datamodule's ``mean``/``std``, else the
+            model's ``hparams``, else none (images shown as they are, clamped to ``[0, 1]``).
+        key: the name under which the loggers show the grid.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 8,
+        dirpath: str | Path | None = None,
+        nrow: int | None = 4,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        key: str = "samples/augmented",
+    ) -> None:
+        if num_images < 1:
+            raise ValueError(f"num_images must be at least 1, got {num_images}")
+        self.num_images = num_images
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.nrow = nrow
+        self.mean, self.std = mean, std
+        self.key = key
+        self.saved_to: Path | None = None
+        self._collected: list[Tensor] = []
+        self._done = False
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._collected, self._done = [], not trainer.is_global_zero
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._done:
+            return
+        have = sum(t.shape[0] for t in self._collected)
+        images = batch_images(batch)[: self.num_images - have]
+        self._collected.append(images.detach().float().cpu())
+        if have + images.shape[0] >= self.num_images:
+            self._emit(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._done and self._collected:  # an epoch with fewer images than asked for
+            self._emit(trainer, pl_module)
+
+    def _normalization(
+        self, trainer: L.Trainer, pl_module: L.LightningModule
+    ) -> tuple[Sequence[float], Sequence[float]] | None:
+        if self.mean is not None and self.std is not None:
+            return self.mean, self.std
+        datamodule = getattr(trainer, "datamodule", None)
+        if getattr(datamodule, "mean", None) is not None and getattr(datamodule, "std", None):
+            return datamodule.mean, datamodule.std
+        hparams = getattr(pl_module, "hparams", {})
+        if hparams.get("mean") is not None and hparams.get("std") is not None:
+            return hparams["mean"], hparams["std"]
+        return None
+
+    def _emit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._done = True
+        images = torch.cat(self._collected)
+        self._collected = []
+        norm = self._normalization(trainer, pl_module)
+        images = denormalize(images, *norm) if norm else images.clamp(0.0, 1.0)
+        grid = image_grid(images, self.nrow)
+        folder = self.dirpath or Path(trainer.default_root_dir) / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.saved_to = folder / "augmented.png"
+        save_image(grid, self.saved_to)
+        caption = f"{images.shape[0]} augmented training images, step {trainer.global_step}"
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                pixels = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+                logger.log_image(self.key, [pixels], step=trainer.global_step, caption=[caption])
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image(self.key, grid, trainer.global_step)

@@ -229,3 +229,44 @@ def test_non_finite_loss_stops_with_the_step(tiny_kwargs):
     x[0, 0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="global step 0"):
         make_trainer(max_steps=1).fit(model, DataLoader(x, batch_size=4))
+
+
+def test_lr_scale_multiplies_every_group(tiny_kwargs):
+    model = CASSModule(**tiny_kwargs, optimizer={"lr": 1e-3}, vit_lr=2e-4, lr_scale=4.0)
+    lrs = {g["name"]: g["lr"] for g in model.param_groups()}
+    assert lrs["cnn"] == pytest.approx(4e-3) and lrs["vit_no_decay"] == pytest.approx(8e-4)
+
+
+def test_channels_last_and_compile_switches(tiny_kwargs):
+    model = CASSModule(**tiny_kwargs, channels_last=True)
+    assert model.cnn.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = CASSModule(**tiny_kwargs)
+    plain.load_state_dict(model.state_dict())
+    x = images(2)
+    model.eval()
+    plain.eval()
+    torch.testing.assert_close(model(x)[0], plain(x)[0], atol=1e-5, rtol=1e-4)
+    compiled = CASSModule(**tiny_kwargs, compile=True)
+    # nn.Module.compile() works in place: the state-dict keys stay those of plain timm.
+    assert compiled.cnn._compiled_call_impl is not None
+    assert compiled.state_dict().keys() == plain.state_dict().keys()
+
+
+def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, tiny_kwargs):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    x = images(8)
+    x[6:] = float("nan")  # the fourth batch of two
+    model = CASSModule(**tiny_kwargs)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1)
+    trainer = make_trainer(max_steps=10, callbacks=[ckpt], enable_checkpointing=True)
+    with pytest.raises(FloatingPointError) as info:
+        trainer.fit(model, DataLoader(x, batch_size=2))
+    message = str(info.value)
+    assert "global step 3" in message and "cnn and vit" in message
+    assert "last finite loss" in message and "at step 2" in message
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    assert saved["global_step"] == 3
+    assert all(
+        torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point()
+    )

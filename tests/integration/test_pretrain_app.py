@@ -187,3 +187,13 @@ def test_bad_override_fails_with_hydra_message(tmp_path):
     proc = _run_app(["debug=tiny", "model.head=mlp", "print_config=false"], tmp_path)
     assert proc.returncode != 0
     assert "head must be one of" in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("sweep", ["batch_size_epochs", "smoke"])
+def test_sweep_grids_compose(tmp_path, sweep):
+    cfg = compose_cfg(tmp_path, [f"sweep={sweep}"])
+    params = cfg.hydra.sweeper.params
+    assert set(params) == {"data.batch_size", "trainer.max_epochs"}
+    if sweep == "batch_size_epochs":
+        assert params["data.batch_size"] == "8,16,32"
+        assert params["trainer.max_epochs"] == "50,100,200,300"

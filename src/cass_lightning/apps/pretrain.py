@@ -12,8 +12,12 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 
 from cass_lightning.apps.common import (
@@ -24,6 +28,15 @@ from cass_lightning.apps.common import (
     seed_everything,
 )
 from cass_lightning.callbacks import ExportBackbones
+from cass_lightning.checkpointing import atomic_checkpoint_plugin
+from cass_lightning.loggers import build_loggers, logger_context
+from cass_lightning.resume import plan_start, resumable
+from cass_lightning.runtime import (
+    check_multirun_strategy,
+    lr_scale_factor,
+    resolve_precision,
+    world_size,
+)
 
 
 def _refuse_to_overwrite(folder: Path) -> None:
@@ -33,8 +46,51 @@ def _refuse_to_overwrite(folder: Path) -> None:
         if target.is_dir() and any(target.iterdir()):
             raise FileExistsError(
                 f"{target} already holds files from an earlier run; refusing to overwrite them. "
-                "Start a new run (the default run folder is time-stamped) or set hydra.run.dir."
+                "Start a new run (the default run folder is time-stamped) or set hydra.run.dir; "
+                f"to continue the run in that folder: cass-pretrain resume={folder}"
             )
+
+
+def launch_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Precision, learning-rate scale and launch checks, decided (and printed) before building.
+
+    ``trainer.precision=auto`` resolves to what the hardware supports; ``lr_scaling.rule``
+    scales every configured learning rate for the effective global batch
+    (``data.batch_size x trainer.accumulate_grad_batches``) against ``lr_scaling.base_batch_size``.
+    """
+    trainer = cfg.trainer
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    check_multirun_strategy(multirun, trainer.get("strategy", "auto"), trainer.get("devices"))
+    devices = world_size(trainer.get("devices"), trainer.get("num_nodes", 1))
+    batch = int(cfg.data.batch_size)
+    if devices and batch % devices:
+        raise ValueError(
+            f"data.batch_size={batch} is the global batch and must divide over the {devices} "
+            "processes (trainer.devices x trainer.num_nodes); choose a multiple"
+        )
+    effective = batch * int(trainer.get("accumulate_grad_batches", 1))
+    scaling = cfg.get("lr_scaling") or {}
+    rule = scaling.get("rule", "none")
+    factor = lr_scale_factor(rule, effective, int(scaling.get("base_batch_size", effective)))
+    precision = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
+    on_gpu = trainer.get("accelerator") in ("gpu", "cuda") or (
+        trainer.get("accelerator") in (None, "auto") and torch.cuda.is_available()
+    )
+    # SyncBatchNorm only exists for CUDA; CPU DDP (gloo, tests) keeps per-process statistics.
+    sync_bn = bool(trainer.get("sync_batchnorm", False)) and on_gpu
+    settings = {
+        "precision": precision,
+        "sync_batchnorm": sync_bn,
+        "lr_scaling_rule": rule,
+        "lr_scale": factor,
+        "effective_batch_size": effective,
+    }
+    if rank_zero_only.rank == 0:
+        print(
+            f"precision {precision} (asked: {trainer.get('precision')}); lr scaling {rule}: "
+            f"x{factor:.4g} for an effective batch of {effective}"
+        )
+    return settings
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
@@ -43,35 +99,50 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     Returns the final metrics and where the run, checkpoints and export were written.
     """
     folder = run_dir(cfg)
-    _refuse_to_overwrite(folder)
+    run = plan_start(cfg, folder)  # resume=<run folder>: checked; its last.ckpt is run.ckpt_path
+    if not run.resuming:
+        _refuse_to_overwrite(folder)
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     seed_everything(cfg.get("seed"))
 
+    launch = launch_settings(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
-    model: L.LightningModule = instantiate(cfg.model, _convert_="all")
+    model: L.LightningModule = instantiate(cfg.model, lr_scale=launch["lr_scale"], _convert_="all")
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("rich_progress_bar", False) and cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
-    loggers = instantiate_group(cfg.get("logger"))
+    run.record()  # run_info.json; a resumed run's old metrics.csv becomes metrics.part<N>.csv
+    logger_cfg = run.logger_cfg(cfg.get("logger"))  # wandb keeps the run's id when resuming
+    loggers = build_loggers(logger_cfg, **logger_context(cfg))  # CSV + offline-safe wandb
     trainer: L.Trainer = instantiate(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, _convert_="all"
+        cfg.trainer,
+        precision=launch["precision"],
+        sync_batchnorm=launch["sync_batchnorm"],
+        callbacks=callbacks,
+        logger=loggers or False,
+        plugins=[atomic_checkpoint_plugin()],  # a kill during a save leaves the old file whole
+        _convert_="all",
     )
     for logger in trainer.loggers:
-        logger.log_hyperparams({"seed": cfg.get("seed"), "data": dict(datamodule.hparams)})
+        logger.log_hyperparams(
+            {"seed": cfg.get("seed"), "data": dict(datamodule.hparams), "launch": launch}
+        )
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
     elapsed = time.perf_counter() - start
 
-    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # best, and last
+    last = next((c.last_model_path for c in checkpoints if c.last_model_path), None)
+    best = next((c.best_model_path for c in checkpoints if c.best_model_path), None)
     exporter = next((c for c in callbacks if isinstance(c, ExportBackbones)), None)
     result: dict[str, Any] = {
         "run_dir": str(folder),
         "fit_seconds": elapsed,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-        "last_checkpoint": checkpoint.last_model_path if checkpoint else None,
-        "best_checkpoint": checkpoint.best_model_path if checkpoint else None,
+        "last_checkpoint": last,
+        "best_checkpoint": best,
         "export_dir": str(exporter.exported_to) if exporter and exporter.exported_to else None,
     }
     if trainer.is_global_zero:
@@ -94,6 +165,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     print("\n".join(lines))
 
 
+@resumable  # resume=<run folder> -> that folder and its saved overrides (see resume.py)
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pretrain")
 def main(cfg: DictConfig) -> float | None:
     """Console entry point; returns the final training loss (for Hydra sweepers)."""

@@ -1,0 +1,73 @@
+"""Decisions about the machine a run lands on: precision, learning-rate scaling, launch mode.
+
+Kept apart from the apps so plain-Python users get the same rules, and so each rule is tested
+on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+LR_SCALING_RULES = ("none", "linear", "sqrt")
+#: Strategies whose launcher re-executes the script for every extra process. Under a Hydra
+#: multirun that re-execution would start the whole sweep again in each child.
+SCRIPT_RELAUNCH_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_notebook")
+
+
+def resolve_precision(precision: str | int | None, accelerator: str | None = None) -> str:
+    """``auto`` -> ``bf16-mixed`` on GPUs that support it, ``16-mixed`` on other GPUs, else
+    ``32-true``. Any other value is returned unchanged (as a string)."""
+    if precision is None or str(precision) != "auto":
+        return str(precision) if precision is not None else "32-true"
+    wants_gpu = accelerator in (None, "auto", "gpu", "cuda")
+    if wants_gpu and torch.cuda.is_available():
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "32-true"
+
+
+def lr_scale_factor(rule: str, batch_size: int, base_batch_size: int) -> float:
+    """How much to multiply the configured learning rates by for a different batch size.
+
+    ``linear``: batch / base (Goyal et al.); ``sqrt``: sqrt(batch / base), often better for Adam;
+    ``none``: 1. ``batch_size`` is the effective global batch (per step, all devices).
+    """
+    if rule not in LR_SCALING_RULES:
+        raise ValueError(f"lr_scaling.rule must be one of {LR_SCALING_RULES}, got {rule!r}")
+    if batch_size < 1 or base_batch_size < 1:
+        raise ValueError(
+            f"lr scaling needs positive batch sizes, got {batch_size} and base {base_batch_size}"
+        )
+    ratio = batch_size / base_batch_size
+    return {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[rule]
+
+
+def world_size(devices: Any, num_nodes: int = 1) -> int | None:
+    """Processes the trainer will run, when it can be told from the config (else ``None``)."""
+    if isinstance(devices, int) and devices > 0:
+        return devices * max(1, int(num_nodes))
+    if isinstance(devices, list | tuple):
+        return len(devices) * max(1, int(num_nodes))
+    if isinstance(devices, str) and devices.isdigit():
+        return int(devices) * max(1, int(num_nodes))
+    return None
+
+
+def check_multirun_strategy(multirun: bool, strategy: Any, devices: Any) -> None:
+    """Refuse the Hydra-multirun + script-relaunching DDP combination before anything starts.
+
+    Lightning's ``ddp`` launcher starts the other ranks by running the same command again; under
+    ``-m`` every child would run the whole sweep again, duplicating jobs and folders.
+    """
+    name = strategy if isinstance(strategy, str) else type(strategy).__name__.lower()
+    several = (world_size(devices) or 1) > 1 or devices in ("auto", -1, "-1")
+    if multirun and several and name in SCRIPT_RELAUNCH_STRATEGIES:
+        raise ValueError(
+            f"a Hydra multirun (-m) cannot use trainer.strategy={name} with several devices: "
+            "its launcher re-runs the command for each process, which would start the sweep "
+            "again in every child. Use trainer.strategy=ddp_spawn for sweeps on one machine, "
+            "hydra/launcher=slurm to run each point as its own cluster job, or run the points "
+            "one by one without -m."
+        )

@@ -1,0 +1,45 @@
+"""Checks that need a CUDA device (marker ``gpu``; skipped on CPU-only machines)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from cass_lightning import CASSModule, cass_loss
+from cass_lightning.runtime import resolve_precision
+
+pytestmark = pytest.mark.gpu
+
+
+def _fit(precision: str, **kwargs) -> L.Trainer:
+    model = CASSModule(cnn="resnet18", vit="vit_tiny_patch16_224", img_size=64, **kwargs)
+    trainer = L.Trainer(accelerator="gpu", devices=1, precision=precision, max_steps=5,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.fit(model, DataLoader(torch.randn(80, 3, 64, 64), batch_size=16))
+    return trainer
+
+
+@pytest.mark.parametrize("precision", ["32-true", "16-mixed", "bf16-mixed"])
+def test_training_stays_finite_in_every_precision(precision):
+    if precision == "bf16-mixed" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    trainer = _fit(precision)
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+def test_channels_last_on_gpu():
+    assert torch.isfinite(_fit("16-mixed", channels_last=True).callback_metrics["train/loss"])
+
+
+def test_loss_is_fp32_and_finite_under_fp16_autocast():
+    a = torch.randn(8, 1000, device="cuda", dtype=torch.float16) * 1e-4
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss = cass_loss(a, a.flip(0))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+
+
+def test_precision_auto_picks_mixed_precision():
+    assert resolve_precision("auto") in ("bf16-mixed", "16-mixed")
