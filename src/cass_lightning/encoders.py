@@ -9,14 +9,14 @@ Heads:
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import timm
 from torch import nn
+
+from cass_lightning.net import host_reachable
 
 HEAD_KINDS = ("logits", "projector", "features")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -38,24 +38,14 @@ class EncoderSpec:
 
 
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
-    """True when the Hugging Face endpoint answers a TCP connection within ``timeout_s``.
+    """True when the Hugging Face endpoint answers within ``timeout_s``.
 
     timm retries a dead hub for about 45 s before failing; this probe makes the failure fast.
     When huggingface_hub is in offline mode, weights can only come from its cache: let timm try.
     """
-    try:
-        from huggingface_hub import constants
-    except ImportError:  # pragma: no cover - timm depends on huggingface_hub
-        return False
-    if constants.HF_HUB_OFFLINE:
-        return True
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or host_reachable(constants.ENDPOINT, timeout_s)
 
 
 def _check_weights_file(weights_file: str | Path) -> Path:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import configparser
 import netrc
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cass_lightning.apps.common import run_dir as _run_dir
+from cass_lightning.net import host_reachable
 
 #: wandb's public cloud server, used when neither WANDB_BASE_URL nor wandb's settings name one.
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"
@@ -88,22 +88,6 @@ def _netrc_has_entry(host: str) -> bool:
     except (OSError, netrc.NetrcParseError):
         return False
     return bool(entry and entry[2])
-
-
-def host_reachable(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> bool:
-    """True when ``url``'s host accepts a TCP connection within ``timeout_s``.
-
-    Online ``wandb.init`` retries a dead server until its timeout; this probe fails in seconds.
-    """
-    parts = urlsplit(url)
-    if not parts.hostname:
-        return False
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parts.hostname, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 def choose_wandb_mode(

@@ -14,10 +14,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 from PIL import Image
 
+from app_helpers import compose_app
 from cass_lightning import CASSModule
 from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.data import check
@@ -87,18 +86,6 @@ def test_fast_dev_run_pretraining_through_each_layout(
         assert snapshot(root) == before
 
 
-def compose_data(tmp_path: Path, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("data_app", return_hydra_config=True,
-                      overrides=[f"paths.data_dir={tmp_path / 'data'}", *overrides])  # fmt: skip
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "out")
-        cfg.command = "check"
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 @pytest.fixture(autouse=True)
 def _clear_hydra():
     yield
@@ -118,7 +105,12 @@ def test_every_data_config_composes_into_pretraining(tmp_path, name):
 
 def test_check_prints_a_summary_per_split(tmp_path, capsys):
     brain(tmp_path / "data" / "brain_mri", per_class=4)
-    cfg = compose_data(tmp_path, ["data=brain_mri", "data.val_fraction=0.25"])
+    cfg = compose_app(
+        tmp_path,
+        config_name="data_app",
+        output_dir=tmp_path / "out",
+        overrides=["+command=check", "data=brain_mri", "data.val_fraction=0.25"],
+    )
     assert check(cfg) == 0
     out = capsys.readouterr().out
     assert "dataset brain_mri" in out and "4 classes: glioma, meningioma, notumor, pituitary" in out
@@ -134,7 +126,12 @@ def test_check_fails_with_the_list_of_bad_files(tmp_path, capsys):
     root = isic(tmp_path / "data" / "ISIC2019")
     (root / ISIC_INPUT / "ISIC_0000001.jpg").write_bytes(b"")
     (root / ISIC_INPUT / "ISIC_0000002.jpg").write_text("<html>not found</html>")
-    cfg = compose_data(tmp_path, ["data=isic2019"])
+    cfg = compose_app(
+        tmp_path,
+        config_name="data_app",
+        output_dir=tmp_path / "out",
+        overrides=["+command=check", "data=isic2019"],
+    )
     assert check(cfg) == 1
     err = capsys.readouterr().err
     assert "ISIC_0000001.jpg" in err and "ISIC_0000002.jpg" in err and "NOT OK" in err
@@ -142,7 +139,12 @@ def test_check_fails_with_the_list_of_bad_files(tmp_path, capsys):
 
 def test_check_of_a_wrong_root_says_what_was_expected(tmp_path, capsys):
     (tmp_path / "data" / "ISIC2019" / "images").mkdir(parents=True)
-    cfg = compose_data(tmp_path, ["data=isic2019"])
+    cfg = compose_app(
+        tmp_path,
+        config_name="data_app",
+        output_dir=tmp_path / "out",
+        overrides=["+command=check", "data=isic2019"],
+    )
     assert check(cfg) == 1
     err = capsys.readouterr().err
     assert "ISIC_2019_Training_GroundTruth.csv" in err and "images" in err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,22 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from app_helpers import app_env
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "ddp_equivalence.py"
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "WANDB_MODE": "disabled",
-        "OMP_NUM_THREADS": "1",
-        "CASS_DATA_ROOT": str(tmp_path / "data"),
-        "CASS_OUTPUT_ROOT": str(tmp_path / "runs"),
-    }
 
 
 def _run(args: list[str], tmp_path: Path, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, *args], env=_env(tmp_path), capture_output=True, text=True,
+        [sys.executable, *args], env=app_env(tmp_path), capture_output=True, text=True,
         timeout=timeout, cwd=tmp_path,
     )  # fmt: skip
 

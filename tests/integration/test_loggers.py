@@ -18,15 +18,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 from PIL import Image
 
-from cass_lightning.apps.common import CONFIG_DIR
+from app_helpers import compose_app
 from cass_lightning.apps.pretrain import pretrain
 from cass_lightning.callbacks import LogAugmentedSamples, denormalize
 from cass_lightning.loggers import (
@@ -79,26 +77,6 @@ def wandb_sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (tmp_path / sub).mkdir()
         monkeypatch.setenv(name, str(tmp_path / sub))
     return home
-
-
-def compose_cfg(tmp_path: Path, overrides: list[str], sweep_dir: Path | None = None) -> DictConfig:
-    """Compose like the app does, with run and data folders inside tmp_path; with ``sweep_dir``,
-    as one job of a multirun."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="pretrain",
-            return_hydra_config=True,
-            overrides=[f"paths.data_dir={tmp_path / 'data'}", *overrides],
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        cfg.hydra.job.num = 0
-        if sweep_dir is not None:
-            cfg.hydra.mode = RunMode.MULTIRUN
-            cfg.hydra.sweep.dir = str(sweep_dir)
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def offline_runs(folder: Path) -> list[Path]:
@@ -159,7 +137,7 @@ def run_summary(run: Path, wait_s: float = 30.0) -> tuple[str, str, str, list[in
 # --------------------------------------------------------------------------- the whole app
 @pytest.mark.timeout(120)  # the assertion is that it does not hang on the dead server
 def test_no_key_and_dead_server_runs_offline_and_writes_csv(tmp_path, wandb_sandbox, capsys):
-    cfg = compose_cfg(
+    cfg = compose_app(
         tmp_path,
         [
             "debug=tiny",
@@ -369,7 +347,7 @@ def test_run_name_and_group(mode, overrides, expected):
 
 
 def test_logger_context_reads_hydras_runtime(tmp_path):
-    cfg = compose_cfg(tmp_path, ["debug=tiny", "data.batch_size=4"], tmp_path / "sweep-a")
+    cfg = compose_app(tmp_path, ["debug=tiny", "data.batch_size=4"], sweep_dir=tmp_path / "sweep-a")
     context = logger_context(cfg)
     assert context["run_name"] == "data.batch_size=4,debug=tiny"
     assert context["sweep_group"] == "sweep-a"
@@ -461,7 +439,7 @@ def test_augmented_grid_png_has_the_expected_size_and_pixels(tmp_path):
 
 
 def test_media_callbacks_config_adds_the_grid_to_the_defaults(tmp_path):
-    cfg = compose_cfg(tmp_path, ["callbacks=media"])
+    cfg = compose_app(tmp_path, ["callbacks=media"])
     assert {
         "model_checkpoint",
         "export_backbones",
@@ -526,7 +504,7 @@ def test_images_per_second_logs_peak_gpu_memory_per_epoch_on_cuda(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.timeout(300)
 def test_gpu_run_logs_peak_memory_and_samples(tmp_path, wandb_sandbox):
-    cfg = compose_cfg(
+    cfg = compose_app(
         tmp_path,
         [
             "debug=tiny",

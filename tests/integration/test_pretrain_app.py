@@ -9,32 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 
+from app_helpers import compose_app
 from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.pretrain import pretrain
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-
-
-def compose_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """Compose like the app does, with run and data folders inside tmp_path."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="pretrain",
-            return_hydra_config=True,
-            overrides=[f"paths.data_dir={tmp_path / 'data'}", *overrides],
-        )
-    run = tmp_path / "run"
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +31,7 @@ def test_there_are_the_two_required_experiments():
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_composes_and_resolves(tmp_path, experiment):
-    cfg = compose_cfg(tmp_path, [f"experiment={experiment}"])
+    cfg = compose_app(tmp_path, [f"experiment={experiment}"])
     # Resolving every interpolation catches typos in group and key names.
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(task, resolve=True)
@@ -59,7 +41,7 @@ def test_every_experiment_composes_and_resolves(tmp_path, experiment):
 
 
 def test_paper_reference_is_the_papers_setting(tmp_path):
-    cfg = compose_cfg(tmp_path, ["experiment=paper_reference"])
+    cfg = compose_app(tmp_path, ["experiment=paper_reference"])
     m = cfg.model
     assert (m.cnn, m.vit, m.img_size, m.head, m.head_dim) == (
         "resnet50", "vit_base_patch16_384", 384, "logits", 1000,
@@ -76,7 +58,7 @@ def test_paper_reference_is_the_papers_setting(tmp_path):
 
 
 def test_overrides_reach_the_objects(tmp_path):
-    cfg = compose_cfg(
+    cfg = compose_app(
         tmp_path,
         [
             "experiment=quickstart",
@@ -90,14 +72,14 @@ def test_overrides_reach_the_objects(tmp_path):
 
 
 def test_fast_dev_run_of_the_task(tmp_path):
-    cfg = compose_cfg(tmp_path, ["debug=tiny", "trainer.fast_dev_run=true", "print_config=false"])
+    cfg = compose_app(tmp_path, ["debug=tiny", "trainer.fast_dev_run=true", "print_config=false"])
     result = pretrain(cfg)
     assert result["metrics"]["train/loss"] >= 0.0
     assert result["run_dir"] == str(tmp_path / "run")
 
 
 def test_tiny_run_writes_checkpoints_export_and_csv(tmp_path):
-    cfg = compose_cfg(tmp_path, ["debug=tiny", "trainer.max_epochs=2", "print_config=true"])
+    cfg = compose_app(tmp_path, ["debug=tiny", "trainer.max_epochs=2", "print_config=true"])
     result = pretrain(cfg)
     run = tmp_path / "run"
     assert Path(result["last_checkpoint"]) == run / "checkpoints" / "last.ckpt"
@@ -119,12 +101,12 @@ def test_tiny_run_writes_checkpoints_export_and_csv(tmp_path):
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
-    cfg = compose_cfg(tmp_path, ["debug=tiny", "print_config=false"])
+    cfg = compose_app(tmp_path, ["debug=tiny", "print_config=false"])
     pretrain(cfg)
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     before = last.read_bytes()
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
-        pretrain(compose_cfg(tmp_path, ["debug=tiny", "print_config=false"]))
+        pretrain(compose_app(tmp_path, ["debug=tiny", "print_config=false"]))
     assert last.read_bytes() == before
 
 
@@ -132,7 +114,7 @@ def test_offline_pretrained_fails_before_training(tmp_path, monkeypatch):
     from cass_lightning import encoders
 
     monkeypatch.setattr(encoders, "_hub_reachable", lambda timeout_s=3.0: False)
-    cfg = compose_cfg(tmp_path, ["debug=tiny", "model.pretrained=true", "print_config=false"])
+    cfg = compose_app(tmp_path, ["debug=tiny", "model.pretrained=true", "print_config=false"])
     with pytest.raises(Exception, match="weights_file"):
         pretrain(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()
@@ -191,7 +173,7 @@ def test_bad_override_fails_with_hydra_message(tmp_path):
 
 @pytest.mark.parametrize("sweep", ["batch_size_epochs", "smoke"])
 def test_sweep_grids_compose(tmp_path, sweep):
-    cfg = compose_cfg(tmp_path, [f"sweep={sweep}"])
+    cfg = compose_app(tmp_path, [f"sweep={sweep}"])
     params = cfg.hydra.sweeper.params
     assert set(params) == {"data.batch_size", "trainer.max_epochs"}
     if sweep == "batch_size_epochs":

@@ -15,16 +15,14 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import WandbLogger
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from app_helpers import app_env, compose_app
 from cass_lightning import CASSModule
 from cass_lightning.apps import pretrain as pretrain_app
-from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.pretrain import pretrain
 from cass_lightning.checkpointing import (
     AtomicCheckpointIO,
@@ -74,22 +72,6 @@ class PoisonWeightsAt(L.Callback):
 def _clear_hydra():
     yield
     GlobalHydra.instance().clear()
-
-
-def compose_cfg(tmp_path: Path, overrides: list[str]) -> DictConfig:
-    """Compose like the app does, with the run folder ``tmp_path/run``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="pretrain",
-            return_hydra_config=True,
-            overrides=[f"paths.data_dir={tmp_path / 'data'}", *overrides],
-        )
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 def _digest(folder: Path) -> dict[str, str]:
@@ -289,7 +271,7 @@ def test_resume_of_a_still_running_run_is_refused(tmp_path):
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, monkeypatch):
-    pretrain(compose_cfg(tmp_path, TINY_RUN))
+    pretrain(compose_app(tmp_path, TINY_RUN))
     run = tmp_path / "run"
     assert (run / "export" / "meta.json").is_file()
     before = _digest(run)
@@ -301,13 +283,13 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, monkeypatch):
     assert str(run / "export") in str(exit_info.value.code)
     # The task refuses too, when called directly.
     with pytest.raises(ResumeError, match="already finished"):
-        pretrain(compose_cfg(tmp_path, [*TINY_RUN, f"resume={run}"]))
+        pretrain(compose_app(tmp_path, [*TINY_RUN, f"resume={run}"]))
     assert _digest(run) == before
 
 
 def test_resume_must_name_the_run_folder_itself(tmp_path):
     other = _fake_run(tmp_path / "other", ["debug=tiny"])
-    cfg = compose_cfg(tmp_path, [*TINY_RUN, f"resume={other}"])
+    cfg = compose_app(tmp_path, [*TINY_RUN, f"resume={other}"])
     with pytest.raises(ResumeError, match="writes to"):
         plan_start(cfg, tmp_path / "run")
 
@@ -315,7 +297,7 @@ def test_resume_must_name_the_run_folder_itself(tmp_path):
 def test_a_resumed_wandb_logger_keeps_the_run_id(tmp_path):
     run = _fake_run(tmp_path / "run", ["debug=tiny", "logger=wandb"])
     (run / "run_info.json").write_text(json.dumps({"run_id": "k3y1d0ne", "starts": []}))
-    cfg = compose_cfg(tmp_path, [*TINY_RUN, "logger=wandb", f"resume={run}"])
+    cfg = compose_app(tmp_path, [*TINY_RUN, "logger=wandb", f"resume={run}"])
     start = plan_start(cfg, run)
     assert start.resuming and start.run_id == "k3y1d0ne"
     loggers = build_loggers(start.logger_cfg(cfg.logger), run_dir=run, run_name="x")
@@ -324,20 +306,14 @@ def test_a_resumed_wandb_logger_keeps_the_run_id(tmp_path):
     assert wandb_logger._wandb_init["resume"] == "allow"
     assert "id" not in cfg.logger.wandb  # the config itself is left as composed
 
-    fresh = plan_start(compose_cfg(tmp_path, [*TINY_RUN, "logger=wandb"]), tmp_path / "run")
+    fresh = plan_start(compose_app(tmp_path, [*TINY_RUN, "logger=wandb"]), tmp_path / "run")
     assert not fresh.resuming and len(fresh.run_id) == 8 and fresh.run_id != "k3y1d0ne"
 
 
 # --- kill -9, then resume
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "WANDB_MODE": "disabled",
-        "OMP_NUM_THREADS": "1",
-        "CASS_DATA_ROOT": str(tmp_path / "data"),
-        "CASS_OUTPUT_ROOT": str(tmp_path / "runs"),
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
-    }
+    pythonpath = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    return app_env(tmp_path, PYTHONPATH=pythonpath)
 
 
 def _wait_for_first_checkpoint(proc: subprocess.Popen, runs: Path, log: Path) -> Path:
