@@ -31,7 +31,7 @@ ARMS = ("cnn", "vit")
 META_FILE = "meta.json"
 
 
-def _contiguous_state(module: nn.Module) -> dict[str, Any]:
+def contiguous_state(module: nn.Module) -> dict[str, Any]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
@@ -64,16 +64,16 @@ def export_backbones(model: Any, out_dir: str | Path, source: str | None = None)
         backbone: nn.Module = getattr(model, arm)
         head: nn.Module = getattr(model, f"{arm}_head")
         entry = asdict(specs[arm]) | {"file": f"{arm}.safetensors", "projector_file": None}
-        _atomic_save(_contiguous_state(backbone), out / entry["file"])
+        atomic_save(contiguous_state(backbone), out / entry["file"])
         if any(True for _ in head.parameters()):
             entry["projector_file"] = f"{arm}_projector.safetensors"
-            _atomic_save(_contiguous_state(head), out / entry["projector_file"])
+            atomic_save(contiguous_state(head), out / entry["projector_file"])
         meta[arm] = entry
-    _atomic_write_text(json.dumps(meta, indent=2), out / META_FILE)
+    atomic_write_text(json.dumps(meta, indent=2), out / META_FILE)
     return out
 
 
-def _atomic_save(state: dict[str, Any], path: Path) -> None:
+def atomic_save(state: dict[str, Any], path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -84,7 +84,7 @@ def _atomic_save(state: dict[str, Any], path: Path) -> None:
             os.remove(tmp)
 
 
-def _atomic_write_text(text: str, path: Path) -> None:
+def atomic_write_text(text: str, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)

@@ -68,3 +68,43 @@ class CASSLoss(nn.Module):
 
     def forward(self, z_cnn: Tensor, z_vit: Tensor) -> Tensor:
         return cass_loss(z_cnn, z_vit, eps=self.eps)
+
+
+def sigmoid_focal_loss(
+    logits: Tensor,
+    targets: Tensor,
+    alpha: float = 1.0,
+    gamma: float = 2.0,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """Sigmoid focal loss on one-hot or multi-hot targets, mean over every element.
+
+    The fine-tuning loss of the paper (alpha 1, gamma 2, per-class weights). Per element it is
+    ``alpha * weight[c] * (1 - p_t) ** gamma * BCE(logit, target)``, i.e.
+    ``torchvision.ops.sigmoid_focal_loss`` with ``alpha=-1`` (no balancing) scaled by ``alpha``.
+
+    ``alpha`` follows the reference notebooks, where it is a plain scale (1 means no alpha
+    weighting), *not* torchvision's positive/negative balance: torchvision's ``alpha=1`` would
+    give every negative label zero loss.
+
+    Args:
+        logits: ``(batch, classes)`` raw scores.
+        targets: same shape, 0/1 (one-hot for multi-class, multi-hot for multi-label).
+        alpha: global scale of the loss.
+        gamma: focusing exponent; 0 gives plain (weighted) BCE.
+        weight: optional ``(classes,)`` per-class weights, broadcast over the batch.
+    """
+    if logits.shape != targets.shape:
+        raise ValueError(
+            f"sigmoid_focal_loss needs logits and targets of one shape, got "
+            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logits, targets = logits.float(), targets.float()
+        bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        p = torch.sigmoid(logits)
+        p_t = p * targets + (1 - p) * (1 - targets)
+        loss = alpha * bce * (1 - p_t) ** gamma
+        if weight is not None:
+            loss = loss * weight.to(loss).reshape(*([1] * (loss.ndim - 1)), -1)
+        return loss.mean()

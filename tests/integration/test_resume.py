@@ -312,7 +312,9 @@ def test_a_resumed_wandb_logger_keeps_the_run_id(tmp_path):
 
 # --- kill -9, then resume
 def _env(tmp_path: Path) -> dict[str, str]:
-    pythonpath = os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")]))
+    # The child imports this module (for SlowSteps), which imports tests/app_helpers.py.
+    paths = [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH")]
+    pythonpath = os.pathsep.join(filter(None, paths))
     return app_env(tmp_path, PYTHONPATH=pythonpath)
 
 

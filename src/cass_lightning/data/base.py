@@ -46,8 +46,10 @@ from cass_lightning.data.validate import (
     probe_images,
     summarise_split,
 )
+from cass_lightning.data.views import dino_views
 
 BAD_FILE_POLICIES = ("error", "skip")
+TRAIN_VIEWS = ("paper", "dino")
 
 
 def resolve_workers(num_workers: int) -> int:
@@ -103,6 +105,9 @@ class MedicalDataModule(L.LightningDataModule):
         cache_size: side of the cached images (>= img_size; default img_size).
         output_dir: where ``splits.csv``, ``data_report.json`` and ``skipped.csv`` go.
         class_weight: ``none``, ``inverse`` or ``paper`` (see ``splits.class_weights``).
+        train_views: what ``train_dataloader`` (pretraining) yields per image: ``paper`` (CASS's
+            single augmented view) or ``dino`` (DINO's multi-crop list, see ``data.views``). The
+            labelled loader always keeps the single paper view, as fine-tuning needs.
     """
 
     def __init__(
@@ -129,6 +134,7 @@ class MedicalDataModule(L.LightningDataModule):
         output_dir: str | Path | None = None,
         class_weight: str = "inverse",
         drop_last: bool = True,
+        train_views: str = "paper",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -142,6 +148,8 @@ class MedicalDataModule(L.LightningDataModule):
             raise ValueError(f"check_images must be one of {CHECK_LEVELS}, got {check_images!r}")
         if class_weight not in CLASS_WEIGHT_KINDS:
             raise ValueError(f"class_weight must be one of {CLASS_WEIGHT_KINDS}")
+        if train_views not in TRAIN_VIEWS:
+            raise ValueError(f"train_views must be one of {TRAIN_VIEWS}, got {train_views!r}")
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
         self.layout = layout
@@ -155,6 +163,11 @@ class MedicalDataModule(L.LightningDataModule):
         # Fail on a bad size now rather than on the first batch.
         self.train_transform = paper_train_transform(img_size, self.mean, self.std)
         self.eval_transform = eval_transform(img_size, self.mean, self.std)
+        self.pretrain_transform = (
+            dino_views(img_size, mean=self.mean, std=self.std)
+            if train_views == "dino"
+            else self.train_transform
+        )
         self.index: SampleIndex | None = None
         self.reader: ImageReader | None = None
         self.splits: np.ndarray | None = None
@@ -284,13 +297,29 @@ class MedicalDataModule(L.LightningDataModule):
         return self.batch_size // world
 
     # ------------------------------------------------------------------ loaders
-    def dataset(self, indices: np.ndarray, train: bool) -> IndexedImageDataset:
+    def dataset(
+        self, indices: np.ndarray, train: bool, transform: Any = None, hide_unlabelled: bool = False
+    ) -> IndexedImageDataset:
+        """Images ``indices`` with their targets; ``hide_unlabelled`` gives the training images
+        outside the labelled subset the target -1 (single-label data), so online probes only
+        learn from the labels a run is allowed to use."""
         index = self._require_setup()
         keys = [index.keys[i] for i in indices]
-        transform = self.train_transform if train else self.eval_transform
-        return IndexedImageDataset(self.reader, keys, index.targets[indices], transform)
+        if transform is None:
+            transform = self.train_transform if train else self.eval_transform
+        targets = index.targets[indices]
+        if hide_unlabelled and not index.multi_label:
+            targets = np.where(np.isin(indices, self.labelled), targets, -1)
+        return IndexedImageDataset(self.reader, keys, targets, transform)
 
-    def _loader(self, indices: np.ndarray, train: bool, what: str) -> DataLoader:
+    def _loader(
+        self,
+        indices: np.ndarray,
+        train: bool,
+        what: str,
+        transform: Any = None,
+        hide_unlabelled: bool = False,
+    ) -> DataLoader:
         batch = self.per_device_batch_size()
         drop_last = train and self.hparams.drop_last
         if drop_last and len(indices) < batch:
@@ -305,7 +334,7 @@ class MedicalDataModule(L.LightningDataModule):
             else self.hparams.pin_memory
         )
         return DataLoader(
-            self.dataset(indices, train),
+            self.dataset(indices, train, transform, hide_unlabelled),
             batch_size=batch,
             shuffle=train,
             drop_last=drop_last,
@@ -315,13 +344,25 @@ class MedicalDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Every training image, augmented; labels ride along but pretraining ignores them."""
-        return self._loader(self.split_indices("train"), True, "the training split")
+        """Every training image, augmented. Pretraining ignores the labels; those outside the
+        ``label_fraction`` subset read -1 so online probes cannot use them."""
+        return self._loader(
+            self.split_indices("train"),
+            True,
+            "the training split",
+            self.pretrain_transform,
+            hide_unlabelled=True,
+        )
 
     def labelled_train_dataloader(self) -> DataLoader:
         """The ``label_fraction`` subset of the training split, augmented."""
         self._require_setup()
         return self._loader(self.labelled, True, "the labelled training subset")
+
+    def labelled_eval_dataloader(self) -> DataLoader:
+        """The labelled training subset without augmentation (the kNN bank)."""
+        self._require_setup()
+        return self._loader(self.labelled, False, "the labelled training subset")
 
     def val_dataloader(self) -> DataLoader | list:
         indices = self.split_indices("val")

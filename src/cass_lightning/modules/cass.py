@@ -51,6 +51,18 @@ def batch_images(batch: Any) -> Tensor:
     return images
 
 
+class KeepPooled:
+    """Forward hook on a classifier: stores its (detached) input, the pooled features.
+
+    A class rather than a closure so the module still pickles (``ddp_spawn``, workers)."""
+
+    def __init__(self, store: dict[str, Tensor], arm: str) -> None:
+        self.store, self.arm = store, arm
+
+    def __call__(self, module: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        self.store[self.arm] = inputs[0].detach()
+
+
 class CASSModule(L.LightningModule):
     """Cross Architectural Self-Supervision: ``loss = mean(2 - 2 cos(cnn(x), vit(x)))``.
 
@@ -131,6 +143,11 @@ class CASSModule(L.LightningModule):
             for arm in (self.cnn, self.vit):
                 arm.compile()
         self._last_finite: dict[str, float] = {}
+        # The pooled (pre-classifier) features of the last forward pass, detached, captured by a
+        # hook on each classifier's input: online probes read them without a second pass.
+        self.pooled: dict[str, Tensor] = {}
+        for arm, backbone in (("cnn", self.cnn), ("vit", self.vit)):
+            backbone.get_classifier().register_forward_hook(KeepPooled(self.pooled, arm))
         if head == "features" and self.cnn.num_features != self.vit.num_features:
             raise ValueError(
                 f"head='features' compares pooled features directly, but {cnn} gives "

@@ -1,0 +1,158 @@
+"""Fine-tuning metrics from raw logits: torchmetrics objects, each fed the inputs it expects.
+
+- ``multiclass`` (integer targets): ``acc`` (plain accuracy), ``f1_macro``, ``balanced_acc``
+  (mean recall over the classes present, ISIC-2019's metric), ``auroc`` (macro, one-vs-rest on
+  softmax) and ``f1_micro``: the reference notebooks' score, multi-label micro F1 of
+  ``sigmoid(logits) > 0.5`` against one-hot targets (kept only for comparison with the paper).
+- ``multilabel`` (multi-hot targets): ``f1_macro``, ``f1_micro``, ``auroc`` (macro) and
+  ``exact_match`` (every label of a sample right), all on ``sigmoid(logits)`` at 0.5.
+
+``auroc`` averages only over classes with both positives and negatives in the evaluated set
+(torchmetrics' macro AUROC counts an absent class as 0, which misleads on small splits); it is
+NaN when no class qualifies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics import Metric
+from torchmetrics.classification import (
+    MulticlassAccuracy,
+    MulticlassF1Score,
+    MultilabelExactMatch,
+    MultilabelF1Score,
+)
+from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.utilities import dim_zero_cat
+
+TASKS = ("multiclass", "multilabel")
+METRIC_NAMES: dict[str, tuple[str, ...]] = {
+    "multiclass": ("acc", "f1_macro", "balanced_acc", "auroc", "f1_micro"),
+    "multilabel": ("f1_macro", "f1_micro", "auroc", "exact_match"),
+}
+
+
+class PresentClassAUROC(Metric):
+    """Macro AUROC over the classes that have both positive and negative samples."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        self.probs.append(probs.detach().float())
+        self.target.append(target.detach().long())
+
+    def compute(self) -> Tensor:
+        probs, target = dim_zero_cat(self.probs), dim_zero_cat(self.target)
+        scores = [
+            binary_auroc(probs[:, c], target[:, c])
+            for c in range(target.shape[1])
+            if 0 < int(target[:, c].sum()) < target.shape[0]
+        ]
+        if not scores:
+            return torch.tensor(float("nan"), device=probs.device)
+        return torch.stack(scores).mean()
+
+
+class BalancedAccuracy(Metric):
+    """Mean recall over the classes present in the targets (scikit-learn's balanced accuracy).
+
+    torchmetrics' macro recall also averages in a class that is only predicted, never present,
+    as a recall of 0, which understates the score on small splits.
+    """
+
+    full_state_update = False
+
+    def __init__(self, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.add_state("correct", default=torch.zeros(num_classes), dist_reduce_fx="sum")
+        self.add_state("support", default=torch.zeros(num_classes), dist_reduce_fx="sum")
+
+    def update(self, probs: Tensor, target: Tensor) -> None:
+        hits = target[probs.argmax(dim=-1) == target]
+        self.correct += torch.bincount(hits, minlength=self.num_classes).to(self.correct)
+        self.support += torch.bincount(target, minlength=self.num_classes).to(self.support)
+
+    def compute(self) -> Tensor:
+        present = self.support > 0
+        return (self.correct[present] / self.support[present]).mean()
+
+
+class ClassificationMetrics(nn.Module):
+    """Every metric of one task; ``update`` takes logits and the batch's targets as given."""
+
+    def __init__(self, task: str, num_classes: int) -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ValueError(f"metrics task must be one of {TASKS}, got {task!r}")
+        if num_classes < 2:
+            raise ValueError(f"metrics need at least 2 classes, got {num_classes}")
+        self.task, self.num_classes = task, num_classes
+        c = num_classes
+        # name -> (metric, which inputs it reads; see _inputs)
+        specs: dict[str, tuple[Metric, str]]
+        if task == "multiclass":
+            specs = {
+                "acc": (MulticlassAccuracy(c, average="micro"), "softmax"),
+                "f1_macro": (MulticlassF1Score(c, average="macro"), "softmax"),
+                "balanced_acc": (BalancedAccuracy(c), "softmax"),
+                "auroc": (PresentClassAUROC(), "softmax_onehot"),
+                "f1_micro": (
+                    MultilabelF1Score(c, average="micro", threshold=0.5),
+                    "sigmoid_onehot",
+                ),
+            }
+        else:
+            specs = {
+                "f1_macro": (MultilabelF1Score(c, average="macro", threshold=0.5), "sigmoid"),
+                "f1_micro": (MultilabelF1Score(c, average="micro", threshold=0.5), "sigmoid"),
+                "auroc": (PresentClassAUROC(), "sigmoid"),
+                "exact_match": (MultilabelExactMatch(c, threshold=0.5), "sigmoid"),
+            }
+        self.metrics = nn.ModuleDict({name: metric for name, (metric, _) in specs.items()})
+        self.inputs = {name: kind for name, (_, kind) in specs.items()}
+        self._updated = False
+
+    def _inputs(self, logits: Tensor, targets: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
+        logits = logits.detach().float()
+        if self.task == "multilabel":
+            return {"sigmoid": (torch.sigmoid(logits), targets.detach().long())}
+        labels = targets.detach().long()
+        onehot = F.one_hot(labels, self.num_classes)
+        probs = logits.softmax(dim=-1)
+        return {
+            "softmax": (probs, labels),
+            "softmax_onehot": (probs, onehot),
+            "sigmoid_onehot": (torch.sigmoid(logits), onehot),
+        }
+
+    def update(self, logits: Tensor, targets: Tensor) -> None:
+        inputs = self._inputs(logits, targets)
+        for name, metric in self.metrics.items():
+            metric.update(*inputs[self.inputs[name]])
+        self._updated = True
+
+    def compute(self) -> dict[str, Tensor]:
+        """Every metric over what was seen since the last reset; ``{}`` when nothing was."""
+        if not self._updated:
+            return {}
+        return {name: metric.compute() for name, metric in self.metrics.items()}
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()
+        self._updated = False
+
+
+def build_metrics(multi_label: bool, num_classes: int) -> ClassificationMetrics:
+    """The metrics for a dataset: ``multilabel`` for multi-hot targets, else ``multiclass``."""
+    return ClassificationMetrics("multilabel" if multi_label else "multiclass", num_classes)

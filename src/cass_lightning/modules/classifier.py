@@ -1,0 +1,323 @@
+"""ClassifierModule: one CASS arm (or a baseline backbone) with a fresh linear head, fine-tuned.
+
+The downstream protocol of the paper: a new ``num_classes`` linear head, Adam lr 3e-4, the
+per-iteration cyclic cosine, sigmoid focal loss (alpha 1, gamma 2) with per-class weights.
+Usable on its own::
+
+    from cass_lightning.modules.classifier import ClassifierModule
+    model = ClassifierModule(arm="cnn", init="export", weights="runs/.../export", num_classes=6)
+    lightning.Trainer(max_epochs=50).fit(model, train_loader, val_loader)  # (images, targets)
+
+Constructor arguments are plain values, so ``save_hyperparameters``/``load_from_checkpoint`` work;
+the resolved ``timm_name``/``img_size`` are recorded, so a saved model reloads without its
+original weights via ``ClassifierModule.load_from_checkpoint(path, init="random", weights=None)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cass_lightning.encoders import create_timm_model
+from cass_lightning.export import load_backbone, read_meta
+from cass_lightning.losses import sigmoid_focal_loss
+from cass_lightning.metrics import METRIC_NAMES, build_metrics
+from cass_lightning.modules.cass import CASSModule
+from cass_lightning.optim import arm_param_groups, build_optimizer, build_scheduler
+
+ARMS = ("cnn", "vit")
+INITS = ("export", "checkpoint", "imagenet", "random")
+MODES = ("finetune", "linear")
+LOSSES = ("focal", "ce", "bce")
+STAGES = ("train", "val", "test")
+#: The paper's backbones, used for ``imagenet``/``random`` when no ``timm_name`` is given.
+PAPER_BACKBONES: dict[str, str] = {"cnn": "resnet50", "vit": "vit_base_patch16_384"}
+#: The paper's fine-tuning optimiser: Adam, lr 3e-4, no weight decay.
+FINETUNE_OPTIMIZER: dict[str, Any] = {"name": "adam", "lr": 3e-4, "weight_decay": 0.0}
+#: The same per-iteration cyclic cosine as pretraining.
+FINETUNE_SCHEDULER: dict[str, Any] = {"name": "cyclic_cosine", "t_max": 16, "eta_min": 1e-6}
+
+
+def pretrained_arm_info(init: str, weights: str | Path | None, arm: str) -> dict[str, Any]:
+    """``{timm_name, img_size}`` of an arm stored in an export folder or a CASS checkpoint.
+
+    ``img_size`` is the pretraining resolution (the ViT's, for a size-agnostic CNN), which the
+    fine-tuning data should use. ``{}`` for ``imagenet``/``random``, which carry neither.
+    """
+    if arm not in ARMS:
+        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+    if init == "export":
+        meta = read_meta(_existing(weights, "export folder", want_dir=True))
+        size = meta[arm]["img_size"] or meta["vit"]["img_size"]
+        return {"timm_name": meta[arm]["timm_name"], "img_size": size}
+    if init == "checkpoint":
+        path = _existing(weights, "CASS checkpoint", want_dir=False)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            hp = ckpt["hyper_parameters"]
+            return {"timm_name": hp[arm], "img_size": hp["img_size"]}
+        except Exception as err:
+            raise ValueError(f"{path} is not a readable CASS checkpoint: {err}") from err
+    return {}
+
+
+def _existing(weights: str | Path | None, what: str, want_dir: bool) -> Path:
+    if weights is None:
+        raise ValueError(f"weights must name the {what} for this init, got None")
+    path = Path(weights).expanduser()
+    ok = path.is_dir() if want_dir else path.is_file()
+    if not ok:
+        raise FileNotFoundError(f"{what} not found: {path}")
+    return path
+
+
+def build_backbone(
+    arm: str,
+    init: str,
+    weights: str | Path | None,
+    timm_name: str | None,
+    img_size: int | None,
+    in_chans: int,
+    num_classes: int,
+) -> tuple[nn.Module, str, int | None]:
+    """The initialised timm model with a fresh ``num_classes`` head, its timm name and size."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init in ("export", "checkpoint"):
+        info = pretrained_arm_info(init, weights, arm)
+        if timm_name is not None and timm_name != info["timm_name"]:
+            raise ValueError(
+                f"timm_name={timm_name!r} but the {arm} arm in {weights} is "
+                f"{info['timm_name']!r}; leave timm_name unset for pretrained weights"
+            )
+        if arm == "vit" and img_size is not None and img_size != info["img_size"]:
+            raise ValueError(
+                f"img_size={img_size} but the ViT in {weights} was pretrained at "
+                f"{info['img_size']}; the model (and data) img_size must follow the weights"
+            )
+        if init == "export":
+            model = load_backbone(weights, arm, num_classes=num_classes)
+        else:
+            model = _checkpoint_arm(Path(weights), arm)
+        model.reset_classifier(num_classes)
+        return model, info["timm_name"], img_size or info["img_size"]
+    name = timm_name or PAPER_BACKBONES[arm]
+    if init == "imagenet":
+        model = create_timm_model(
+            name, weights_file=weights, pretrained=True, num_classes=num_classes,
+            img_size=img_size, in_chans=in_chans,
+        )  # fmt: skip
+    else:
+        model = create_timm_model(
+            name, pretrained=False, num_classes=num_classes, img_size=img_size, in_chans=in_chans
+        )
+    model.reset_classifier(num_classes)  # a fresh head even when the file had one of this width
+    return model, name, img_size
+
+
+def _checkpoint_arm(path: Path, arm: str) -> nn.Module:
+    """One arm of a CASS checkpoint, rebuilt without any ImageNet weights or compilation."""
+    try:
+        cass = CASSModule.load_from_checkpoint(
+            path, map_location="cpu", weights_only=True, pretrained=False,
+            cnn_weights_file=None, vit_weights_file=None, compile=False,
+        )  # fmt: skip
+    except Exception as err:
+        raise ValueError(f"could not load the CASS checkpoint {path}: {err}") from err
+    return getattr(cass, arm)
+
+
+class ClassifierModule(L.LightningModule):
+    """A timm backbone with a fresh linear head, trained with the paper's downstream recipe.
+
+    Args:
+        arm: ``cnn`` or ``vit``: which arm of a CASS export/checkpoint to fine-tune.
+        init: ``export`` (a folder from ``cass-export``/pretraining), ``checkpoint`` (a CASS
+            ``.ckpt``), ``imagenet`` (supervised baseline; ``weights`` a ``.safetensors``/``.pth``
+            file, or None to download) or ``random``.
+        weights: the export folder, checkpoint or weights file, per ``init``.
+        timm_name: the backbone for ``imagenet``/``random`` (default: the paper's for the arm);
+            read from the weights otherwise.
+        img_size: input size (ViTs are built for it; follows the weights for export/checkpoint).
+        in_chans: input channels (``imagenet``/``random``).
+        num_classes: width of the new head.
+        multi_label: multi-hot float targets (else integer class targets).
+        mode: ``finetune`` (train everything) or ``linear`` (frozen backbone with BatchNorm and
+            dropout in eval mode; only the head learns; Lightning then warns that modules are
+            in eval mode at the start of training, which is intended).
+        loss: ``focal`` (paper), ``bce`` or ``ce`` (multi-class only).
+        class_weights: per-class loss weights (``None``: unweighted).
+        focal_alpha, focal_gamma: focal loss scale and focusing exponent (paper: 1 and 2).
+        optimizer, scheduler: as for ``CASSModule``; defaults Adam 3e-4 and the cyclic cosine.
+        monitor: the metric the app early-stops and checkpoints on (``val/loss`` or
+            ``val/<metric>``); ``monitor_mode`` says min or max.
+    """
+
+    def __init__(
+        self,
+        arm: str = "cnn",
+        init: str = "export",
+        weights: str | None = None,
+        timm_name: str | None = None,
+        img_size: int | None = None,
+        in_chans: int = 3,
+        num_classes: int = 2,
+        multi_label: bool = False,
+        mode: str = "finetune",
+        loss: str = "focal",
+        class_weights: Sequence[float] | None = None,
+        focal_alpha: float = 1.0,
+        focal_gamma: float = 2.0,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        monitor: str = "val/f1_macro",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if arm not in ARMS:
+            raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        if loss == "ce" and multi_label:
+            raise ValueError("loss='ce' is for multi-class data; use 'focal' or 'bce' here")
+        task = "multilabel" if multi_label else "multiclass"
+        allowed = ["val/loss", *(f"val/{name}" for name in METRIC_NAMES[task])]
+        if monitor not in allowed:
+            raise ValueError(f"monitor must be one of {allowed} for {task} data, got {monitor!r}")
+        if class_weights is not None and len(class_weights) != num_classes:
+            raise ValueError(
+                f"class_weights has {len(class_weights)} entries for {num_classes} classes"
+            )
+        self.optimizer_cfg = {**FINETUNE_OPTIMIZER, **(optimizer or {})}
+        self.scheduler_cfg = {**FINETUNE_SCHEDULER, **(scheduler or {})}
+        self.backbone, name, size = build_backbone(
+            arm, init, weights, timm_name, img_size, in_chans, num_classes
+        )
+        self.hparams["timm_name"], self.hparams["img_size"] = name, size
+        weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
+        self.register_buffer("class_weight", weight, persistent=False)
+        if mode == "linear":
+            self.backbone.requires_grad_(False)
+            self.head.requires_grad_(True)
+        self.train_metrics = build_metrics(multi_label, num_classes)
+        self.val_metrics = build_metrics(multi_label, num_classes)
+        self.test_metrics = build_metrics(multi_label, num_classes)
+        self.train()  # Lightning keeps the modes it finds: a linear probe starts frozen-eval
+
+    @property
+    def head(self) -> nn.Module:
+        """The new linear classifier (timm's ``get_classifier``)."""
+        return self.backbone.get_classifier()
+
+    @property
+    def monitor_mode(self) -> str:
+        return "min" if self.hparams.monitor.endswith("/loss") else "max"
+
+    def train(self, mode: bool = True) -> ClassifierModule:
+        """Linear probing keeps the frozen backbone in eval mode (BatchNorm statistics fixed)."""
+        super().train(mode)
+        if mode and self.hparams.mode == "linear":
+            self.backbone.eval()
+            self.head.train()
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.backbone(images)
+
+    # ------------------------------------------------------------------ loss
+    def dense_targets(self, targets: Tensor, num_classes: int) -> Tensor:
+        """Float one-hot (multi-class) or multi-hot (multi-label) targets."""
+        if self.hparams.multi_label:
+            return targets.float()
+        return F.one_hot(targets.long(), num_classes).float()
+
+    def compute_loss(self, logits: Tensor, targets: Tensor) -> Tensor:
+        hp = self.hparams
+        if hp.loss == "ce":
+            return F.cross_entropy(logits.float(), targets.long(), weight=self.class_weight)
+        dense = self.dense_targets(targets, logits.shape[-1])
+        if hp.loss == "focal":
+            return sigmoid_focal_loss(
+                logits, dense, hp.focal_alpha, hp.focal_gamma, weight=self.class_weight
+            )
+        return F.binary_cross_entropy_with_logits(logits.float(), dense, weight=self.class_weight)
+
+    # -------------------------------------------------------------- training
+    def _batch(self, batch: Any) -> tuple[Tensor, Tensor]:
+        if isinstance(batch, Mapping):
+            return batch["image"], batch["label"]
+        if isinstance(batch, Sequence) and len(batch) == 2:
+            return batch[0], batch[1]
+        raise TypeError(
+            "fine-tuning batches must be (images, targets) or {'image', 'label'}; "
+            f"got {type(batch).__name__}"
+        )
+
+    def _step(self, batch: Any, stage: str) -> Tensor:
+        images, targets = self._batch(batch)
+        logits = self(images)
+        loss = self.compute_loss(logits, targets)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
+                 batch_size=images.shape[0])  # fmt: skip
+        getattr(self, f"{stage}_metrics").update(logits, targets)
+        return loss
+
+    def _log_metrics(self, stage: str) -> None:
+        metrics = getattr(self, f"{stage}_metrics")
+        values = {f"{stage}/{k}": v for k, v in metrics.compute().items()}
+        if values:
+            self.log_dict(values, prog_bar=stage == "val")
+        metrics.reset()
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        loss = self._step(batch, "train")
+        for group in self.trainer.optimizers[0].param_groups:
+            if not group["name"].endswith("_no_decay"):
+                self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        """Re-apply the linear probe's eval backbone, whatever mode a caller set."""
+        self.train()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_metrics("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    # ------------------------------------------------------------- optimiser
+    def configure_optimizers(self) -> Any:
+        cfg = self.optimizer_cfg
+        groups = arm_param_groups(
+            self.hparams.arm, [self.backbone], float(cfg["lr"]), float(cfg["weight_decay"])
+        )
+        optimizer = build_optimizer(groups, **cfg)
+        total_steps = 0
+        if self.scheduler_cfg["name"] == "warmup_cosine":
+            total_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, total_steps, **self.scheduler_cfg)
+        if scheduler is None:
+            return optimizer
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }

@@ -1,0 +1,154 @@
+"""The DINO baseline: multi-crop views, the student/EMA-teacher module, the app and the export."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from PIL import Image
+from torch.utils.data import DataLoader, default_collate
+
+from app_helpers import compose_app
+from cass_lightning.apps.pretrain import pretrain
+from cass_lightning.data import SyntheticDataModule
+from cass_lightning.data.views import default_local_size, dino_views
+from cass_lightning.export import load_backbone, read_meta
+from cass_lightning.modules.dino import DINOModule
+
+#: A small DINO head, so the tests spend their time on the backbones.
+SMALL_HEAD = dict(head_dim=32, head_hidden_dim=64, head_bottleneck_dim=16)
+TINY_DINO = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32, **SMALL_HEAD)
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+def _views(batch: int = 4, local: int = 2, size: int = 32) -> list[torch.Tensor]:
+    small = default_local_size(size)
+    return [torch.randn(batch, 3, size, size) for _ in range(2)] + [
+        torch.randn(batch, 3, small, small) for _ in range(local)
+    ]
+
+
+def _trainer(**kwargs) -> L.Trainer:
+    return L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
+def _fit(model: DINOModule, steps: int) -> L.Trainer:
+    loader = DataLoader([[_views(), torch.zeros(4)] for _ in range(steps)], batch_size=None)
+    trainer = _trainer(max_steps=steps)
+    trainer.fit(model, loader)
+    return trainer
+
+
+def test_multi_crop_gives_global_and_local_views_that_collate_to_a_list():
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8))
+    views = dino_views(32, local_crops=3)(image)
+    assert [tuple(v.shape) for v in views] == [(3, 32, 32)] * 2 + [(3, 14, 14)] * 3
+    views = dino_views(64, global_crops=3, local_crops=0)(image)
+    assert [tuple(v.shape) for v in views] == [(3, 64, 64)] * 3
+    assert [v.shape[-1] for v in dino_views(32, local_size=9)(image)[2:]] == [9] * 6
+    assert default_local_size(224) == 96 and default_local_size(8) == 8
+    views, labels = default_collate([(dino_views(32)(image), 1), (dino_views(32)(image), 2)])
+    assert len(views) == 8 and tuple(views[0].shape) == (2, 3, 32, 32)
+    assert labels.tolist() == [1, 2]
+    with pytest.raises(ValueError, match="at least two"):
+        dino_views(32, global_crops=1, local_crops=0)
+    with pytest.raises(ValueError, match="local_scale"):
+        dino_views(32, local_scale=(0.5, 0.1))
+
+
+def test_datamodule_multi_crop_only_for_pretraining(tmp_path):
+    data = SyntheticDataModule(
+        tmp_path / "data", images_per_class=2, val_images_per_class=1, image_size=32,
+        img_size=32, batch_size=4, train_views="dino",
+    )  # fmt: skip
+    data.prepare_data()
+    data.setup()
+    views, _ = next(iter(data.train_dataloader()))
+    assert len(views) == 8 and tuple(views[-1].shape) == (4, 3, 14, 14)
+    images, _ = next(iter(data.labelled_train_dataloader()))
+    assert tuple(images.shape) == (4, 3, 32, 32)  # fine-tuning keeps the single paper view
+    with pytest.raises(ValueError, match="train_views"):
+        SyntheticDataModule(tmp_path / "data", train_views="two")
+
+
+@pytest.mark.parametrize("arm", ["cnn", "vit"])
+def test_trains_a_few_steps_with_finite_loss(arm):
+    model = DINOModule(arm=arm, **TINY_DINO)
+    trainer = _fit(model, steps=3)
+    assert trainer.global_step == 3
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    assert f"lr/{arm}" in trainer.callback_metrics
+    assert "train/teacher_momentum" in trainer.callback_metrics
+
+
+def test_teacher_gets_no_gradient_and_moves_by_ema_only():
+    model = DINOModule(arm="vit", momentum_start=0.9, momentum_end=0.9, **TINY_DINO)
+    student = [p.detach().clone() for p in model.student_backbone.parameters()]
+    teacher = [p.detach().clone() for p in model.teacher_backbone.parameters()]
+    assert all(torch.equal(s, t) for s, t in zip(student, teacher))  # starts as the student
+    _fit(model, steps=1)
+    assert all(not p.requires_grad and p.grad is None for p in model.teacher_backbone.parameters())
+    assert all(not p.requires_grad for p in model.teacher_head.parameters())
+    new_student = [p.detach() for p in model.student_backbone.parameters()]
+    new_teacher = [p.detach() for p in model.teacher_backbone.parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(student, new_student))  # optimiser moved it
+    for old, s, t in zip(teacher, new_student, new_teacher):
+        torch.testing.assert_close(t, 0.9 * old + 0.1 * s)
+
+
+def test_single_tensor_batch_names_the_fix():
+    model = DINOModule(arm="cnn", **TINY_DINO)
+    for batch in (torch.randn(2, 3, 32, 32), [torch.randn(2, 3, 32, 32), torch.zeros(2)]):
+        with pytest.raises(ValueError, match=r"data\.train_views=dino"):
+            model.training_step(batch, 0)
+
+
+def test_non_finite_loss_stops_training():
+    model = DINOModule(arm="cnn", **TINY_DINO)
+    views = [v.fill_(float("nan")) for v in _views()]
+    with pytest.raises(FloatingPointError, match="non-finite DINO loss"):
+        model.training_step([views, torch.zeros(4)], 0)
+
+
+def test_app_runs_dino_tiny_and_exports_a_loadable_arm(tmp_path):
+    overrides = ["model=dino", "debug=tiny", "print_config=false", "rich_progress_bar=false"]
+    overrides += [f"model.{k}={v}" for k, v in SMALL_HEAD.items() if k != "head_dim"]
+    cfg = compose_app(tmp_path, overrides)
+    assert cfg.data.train_views == "dino" and cfg.model.vit == "vit_tiny_patch16_224"
+    result = pretrain(cfg)
+    assert math.isfinite(result["metrics"]["train/loss_epoch"])
+    assert result["metrics"]["perf/images_per_s"] > 0  # the shared callbacks read DINO batches
+    assert "val/loss" in result["metrics"]
+    meta = read_meta(result["export_dir"])
+    assert (meta["method"], meta["vit"]["timm_name"]) == ("dino", "vit_tiny_patch16_224")
+    assert "cnn" not in meta
+    backbone = load_backbone(result["export_dir"], "vit").eval()
+    model = DINOModule.load_from_checkpoint(result["last_checkpoint"]).eval()
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(backbone(images), model.backbone(images))
+
+
+def test_export_writes_one_arm_and_never_overwrites(tmp_path):
+    model = DINOModule(arm="cnn", **TINY_DINO)
+    out = model.export(tmp_path / "export", network="teacher")
+    assert read_meta(out)["network"] == "teacher"
+    assert load_backbone(out, "cnn").num_features == model.backbone.num_features
+    with pytest.raises(FileExistsError):
+        model.export(out)
