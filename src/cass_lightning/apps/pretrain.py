@@ -138,6 +138,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     best = next((c.best_model_path for c in checkpoints if c.best_model_path), None)
     exporter = next((c for c in callbacks if isinstance(c, ExportBackbones)), None)
     result: dict[str, Any] = {
+        "method": getattr(model, "method_name", type(model).__name__),
         "run_dir": str(folder),
         "fit_seconds": elapsed,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -152,7 +153,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
 def _print_summary(result: dict[str, Any]) -> None:
     lines = [
-        f"CASS pretraining finished in {result['fit_seconds']:.0f} s",
+        f"{result['method']} pretraining finished in {result['fit_seconds']:.0f} s",
         f"  run folder:      {result['run_dir']}",
         f"  last checkpoint: {result['last_checkpoint'] or '-'}",
         f"  best checkpoint: {result['best_checkpoint'] or '-'}",

@@ -89,6 +89,8 @@ class CASSModule(L.LightningModule):
             steps pay the compilation, ~45 s on a 2-core CPU).
     """
 
+    method_name = "CASS"
+
     def __init__(
         self,
         cnn: str = "resnet50",

@@ -112,6 +112,8 @@ class DINOModule(L.LightningModule):
         lr_scale: multiplies the learning rate (the apps set it from the lr scaling rule).
     """
 
+    method_name = "DINO"
+
     def __init__(
         self,
         arm: str = "vit",

@@ -1,0 +1,57 @@
+"""``cass-report``: the downstream table and plot from any number of ``cass-finetune`` runs.
+
+::
+
+    cass-report runs/finetune/multirun/<sweep> [<more folders> ...] [--out DIR] [--metric f1_macro]
+
+Finds every ``results.json`` under the folders, averages ``test/<metric>`` over seeds for each
+(dataset, method, arm, mode, label fraction) and writes ``report.csv``, ``report.md`` and
+``report.png`` into ``--out`` (default ``<first folder>/report``), never over an earlier report.
+Plain argparse rather than Hydra: a report reads finished runs and has nothing to configure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cass_lightning.report import aggregate, collect_results, markdown, write_report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line, separate from ``main`` so ``--help`` text can be checked on its own."""
+    parser = argparse.ArgumentParser(
+        prog="cass-report",
+        description="Aggregate cass-finetune results.json files into the paper's table and plot.",
+    )
+    parser.add_argument("folders", nargs="+", type=Path,
+                        help="folders searched recursively for results.json")  # fmt: skip
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: <first folder>/report)")  # fmt: skip
+    parser.add_argument("--metric", default="f1_macro",
+                        help="f1_macro, balanced_acc, ... (test/ implied)")  # fmt: skip
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; exits with a one-line message (not a traceback) on a user error."""
+    args = build_parser().parse_args(argv)
+    out = args.out if args.out is not None else args.folders[0] / "report"
+    try:
+        results = collect_results(args.folders)
+        rows = aggregate(results, args.metric)
+        paths = write_report(rows, out, args.metric)
+    except (FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"cass-report: error: {message}", file=sys.stderr)
+        return 2
+    print(markdown(rows, args.metric))
+    print(f"{len(results)} runs in {len(rows)} rows; wrote "
+          + ", ".join(str(p) for p in paths.values()))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
