@@ -115,3 +115,34 @@ def build_scheduler(
             optimizer, lambda step: warmup_cosine_factor(step, warmup, total_steps, min_lr_ratio)
         )
     raise ValueError(f"scheduler.name must be one of {SCHEDULERS}, got {name!r}")
+
+
+def lightning_optimizers(
+    groups: list[dict[str, Any]],
+    optimizer_cfg: dict[str, Any],
+    scheduler_cfg: dict[str, Any],
+    trainer: Any,
+) -> Any:
+    """What a ``configure_optimizers`` returns: the optimiser over ``groups`` and its schedule,
+    stepped every optimiser step. The run length is asked of the trainer only when the schedule
+    needs it (``warmup_cosine``)."""
+    optimizer = build_optimizer(groups, **optimizer_cfg)
+    total_steps = 0
+    if scheduler_cfg["name"] == "warmup_cosine":
+        total_steps = int(trainer.estimated_stepping_batches)
+    scheduler = build_scheduler(optimizer, total_steps, **scheduler_cfg)
+    if scheduler is None:
+        return optimizer
+    return {
+        "optimizer": optimizer,
+        "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+    }
+
+
+def group_learning_rates(optimizer: Optimizer) -> dict[str, float]:
+    """``lr/<group>`` of each decayed group (its ``_no_decay`` twin shares the lr), for logging."""
+    return {
+        f"lr/{group['name']}": float(group["lr"])
+        for group in optimizer.param_groups
+        if not str(group.get("name", "")).endswith("_no_decay")
+    }

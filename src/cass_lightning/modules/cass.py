@@ -22,7 +22,7 @@ from torch import Tensor
 from cass_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cass_lightning.encoders import EncoderSpec, build_encoder, encoder_spec
 from cass_lightning.losses import DEFAULT_EPS, cass_loss, cosine_similarity, normalized_std
-from cass_lightning.optim import arm_param_groups, build_optimizer, build_scheduler
+from cass_lightning.optim import arm_param_groups, group_learning_rates, lightning_optimizers
 
 #: The paper's optimiser: Adam, lr 1e-3, no weight decay, on both arms.
 PAPER_OPTIMIZER: dict[str, Any] = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0}
@@ -222,9 +222,8 @@ class CASSModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, "train")
-        for group in self.trainer.optimizers[0].param_groups:
-            if not group["name"].endswith("_no_decay"):
-                self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False)
+        lrs = group_learning_rates(self.trainer.optimizers[0])
+        self.log_dict(lrs, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -258,14 +257,6 @@ class CASSModule(L.LightningModule):
         )
 
     def configure_optimizers(self) -> Any:
-        optimizer = build_optimizer(self.param_groups(), **self.optimizer_cfg)
-        total_steps = 0
-        if self.scheduler_cfg["name"] == "warmup_cosine":
-            total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, total_steps, **self.scheduler_cfg)
-        if scheduler is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return lightning_optimizers(
+            self.param_groups(), self.optimizer_cfg, self.scheduler_cfg, self.trainer
+        )

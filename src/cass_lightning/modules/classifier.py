@@ -29,7 +29,7 @@ from cass_lightning.export import load_backbone, read_meta
 from cass_lightning.losses import sigmoid_focal_loss
 from cass_lightning.metrics import METRIC_NAMES, build_metrics
 from cass_lightning.modules.cass import CASSModule
-from cass_lightning.optim import arm_param_groups, build_optimizer, build_scheduler
+from cass_lightning.optim import arm_param_groups, group_learning_rates, lightning_optimizers
 
 ARMS = ("cnn", "vit")
 INITS = ("export", "checkpoint", "imagenet", "random")
@@ -280,9 +280,8 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        for group in self.trainer.optimizers[0].param_groups:
-            if not group["name"].endswith("_no_decay"):
-                self.log(f"lr/{group['name']}", group["lr"], on_step=True, on_epoch=False)
+        lrs = group_learning_rates(self.trainer.optimizers[0])
+        self.log_dict(lrs, on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -310,14 +309,4 @@ class ClassifierModule(L.LightningModule):
         groups = arm_param_groups(
             self.hparams.arm, [self.backbone], float(cfg["lr"]), float(cfg["weight_decay"])
         )
-        optimizer = build_optimizer(groups, **cfg)
-        total_steps = 0
-        if self.scheduler_cfg["name"] == "warmup_cosine":
-            total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, total_steps, **self.scheduler_cfg)
-        if scheduler is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return lightning_optimizers(groups, cfg, self.scheduler_cfg, self.trainer)

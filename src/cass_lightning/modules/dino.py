@@ -41,7 +41,7 @@ from cass_lightning.export import (
     atomic_write_text,
     contiguous_state,
 )
-from cass_lightning.optim import arm_param_groups, build_optimizer, build_scheduler
+from cass_lightning.optim import arm_param_groups, group_learning_rates, lightning_optimizers
 
 DINO_ARMS = ("cnn", "vit")
 #: DINO's reference optimiser for ViTs: AdamW, lr 5e-4 (per 256 images), weight decay 0.04.
@@ -265,8 +265,8 @@ class DINOModule(L.LightningModule):
         batch_size = views[0].shape[0]
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=batch_size)  # fmt: skip
-        group = self.trainer.optimizers[0].param_groups[0]
-        self.log(f"lr/{self.hparams.arm}", group["lr"], on_step=True, on_epoch=False)
+        lrs = group_learning_rates(self.trainer.optimizers[0])
+        self.log_dict(lrs, on_step=True, on_epoch=False)
         self.log("train/teacher_momentum", self.teacher_momentum(), on_step=True, on_epoch=False)
         return loss
 
@@ -330,17 +330,9 @@ class DINOModule(L.LightningModule):
         wd = float(self.optimizer_cfg.get("weight_decay", 0.0))
         groups = arm_param_groups(self.hparams.arm, [self.student_backbone, self.student_head],
                                   lr=lr, weight_decay=wd)  # fmt: skip
-        optimizer = build_optimizer(groups, **{**self.optimizer_cfg, "lr": lr})
-        total_steps = 0
-        if self.scheduler_cfg["name"] == "warmup_cosine":
-            total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, total_steps, **self.scheduler_cfg)
-        if scheduler is None:
-            return optimizer
-        return {
-            "optimizer": optimizer,
-            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
-        }
+        return lightning_optimizers(
+            groups, {**self.optimizer_cfg, "lr": lr}, self.scheduler_cfg, self.trainer
+        )
 
     # ------------------------------------------------------------------ export
     def export(
