@@ -59,3 +59,44 @@ def test_quickstart_notebook_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "meta.json",
     }
     assert (out / "maps.png").stat().st_size > 0
+
+
+def _results(
+    folder: Path, *, value: float, init: str, arm: str, fraction: float, seed: int
+) -> None:
+    """One results.json as cass-finetune writes it."""
+    folder.mkdir(parents=True)
+    result = {
+        "arm": arm, "mode": "finetune", "init": init, "weights": None, "dataset": "synthetic",
+        "label_fraction": fraction, "seed": seed, "test_split": "val",
+        "metrics": {"test/f1_macro": value},
+    }  # fmt: skip
+    (folder / "results.json").write_text(json.dumps(result))
+
+
+@pytest.mark.slow
+def test_results_notebook_shows_a_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cass_lightning.apps.report import main as report
+
+    runs = tmp_path / "runs"
+    values = {("random", "cnn", 0.1): [0.3, 0.5], ("imagenet", "cnn", 0.1): [0.6, 0.8],
+              ("random", "vit", 1.0): [0.4, 0.4]}  # fmt: skip
+    for i, ((init, arm, fraction), scores) in enumerate(values.items()):
+        for seed, value in enumerate(scores):
+            _results(runs / f"{i}_{seed}", value=value, init=init, arm=arm, fraction=fraction,
+                     seed=seed)  # fmt: skip
+    assert report([str(runs), "--out", str(tmp_path / "report")]) == 0
+
+    monkeypatch.setenv("JUPYTER_PATH", str(_kernelspec(tmp_path / "jupyter")))
+    monkeypatch.setenv("CASS_NB_REPORT", str(tmp_path / "report"))
+    notebook = nbformat.read(NOTEBOOK.with_name("results.ipynb"), as_version=4)
+    client = nbclient.NotebookClient(
+        notebook, timeout=120, kernel_name=KERNEL, resources={"metadata": {"path": str(tmp_path)}}
+    )
+    client.execute()
+    text = "".join(o.get("text", "") for c in notebook.cells for o in c.get("outputs", []))
+    assert "3 rows from" in text and "methods: imagenet, random" in text
+    assert "best cnn at 0.1 labels: imagenet (0.7000 ± 0.1414, n=2)" in text
+    assert "best vit at 1 labels: random (0.4000 ± 0.0000, n=2)" in text
+    kinds = {k for c in notebook.cells for o in c.get("outputs", []) for k in o.get("data", {})}
+    assert {"text/markdown", "image/png"} <= kinds  # the table and the plot were displayed
