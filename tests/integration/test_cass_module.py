@@ -270,3 +270,23 @@ def test_non_finite_loss_keeps_the_last_good_checkpoint(tmp_path, tiny_kwargs):
     assert all(
         torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point()
     )
+
+
+def test_collapse_signals_show_an_induced_collapse(tmp_path):
+    """From random init on real-looking images (the synthetic set, the paper's augmentation)
+    CASS collapses within a few epochs, as measured on real images: the logged cosine between
+    the arms climbs towards 1 and the spread of the normalised outputs falls towards 0."""
+    from cass_lightning.data import SyntheticDataModule
+
+    data = SyntheticDataModule(tmp_path, images_per_class=8, val_images_per_class=1,
+                               image_size=32, img_size=32, batch_size=16)  # fmt: skip
+    model = CASSModule(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32)
+    first = make_trainer(max_steps=1, limit_val_batches=0)
+    first.fit(model, datamodule=data)
+    start_cos = float(first.callback_metrics["train/cosine_step"])
+    start_std = float(first.callback_metrics["train/vit_std_step"])
+    trainer = make_trainer(max_epochs=14, limit_val_batches=0)
+    trainer.fit(model, datamodule=data)
+    metrics = trainer.callback_metrics
+    assert float(metrics["train/cosine_epoch"]) > max(0.95, start_cos)
+    assert float(metrics["train/vit_std_epoch"]) < 0.3 * start_std
