@@ -160,7 +160,10 @@ def _print_summary(result: dict[str, Any]) -> None:
         f"  exported arms:   {result['export_dir'] or '-'}",
     ]
     metrics = result["metrics"]
-    for key in ("train/loss_epoch", "train/cosine_epoch", "val/loss", "perf/images_per_s"):
+    shown = ("train/loss_epoch", "train/cosine_epoch", "train/cnn_std_epoch", "train/vit_std_epoch",
+             "val/loss", "probe/cnn_val_acc", "probe/vit_val_acc", "knn/cnn_val_acc",
+             "knn/vit_val_acc", "perf/images_per_s")  # fmt: skip
+    for key in shown:
         if key in metrics:
             lines.append(f"  {key}: {metrics[key]:.4f}")
     print("\n".join(lines))
