@@ -290,3 +290,23 @@ def test_collapse_signals_show_an_induced_collapse(tmp_path):
     metrics = trainer.callback_metrics
     assert float(metrics["train/cosine_epoch"]) > max(0.95, start_cos)
     assert float(metrics["train/vit_std_epoch"]) < 0.3 * start_std
+
+
+def test_collapse_monitor_warns_once_and_can_stop_the_run(tmp_path):
+    from cass_lightning.callbacks import CollapseMonitor
+    from cass_lightning.data import SyntheticDataModule
+
+    data = SyntheticDataModule(tmp_path, images_per_class=8, val_images_per_class=1,
+                               image_size=32, img_size=32, batch_size=16)  # fmt: skip
+    model = CASSModule(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32)
+    early = CollapseMonitor()
+    make_trainer(max_epochs=1, limit_val_batches=0, callbacks=[early]).fit(model, datamodule=data)
+    assert early.collapsed_at is None  # epoch 0 from random init: not collapsed yet
+
+    monitor = CollapseMonitor(stop=True)
+    trainer = make_trainer(max_epochs=30, limit_val_batches=0, callbacks=[monitor])
+    with pytest.warns(UserWarning, match=r"CASS collapse at epoch \d+: mean cosine") as caught:
+        trainer.fit(model, datamodule=data)
+    ours = [str(w.message) for w in caught if "CASS collapse" in str(w.message)]
+    assert len(ours) == 1 and "relative to 1/sqrt(1000)" in ours[0]
+    assert monitor.collapsed_at is not None and trainer.current_epoch < 30
