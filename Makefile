@@ -37,9 +37,10 @@ format: $(STAMP) ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix src tests bench
 	$(BIN)/ruff format src tests bench
 
-bench: $(STAMP) ## print throughput (Lightning vs plain loop, fp32 vs bf16) and data-loading figures
+bench: $(STAMP) ## print throughput, data-loading and CASS-vs-DINO figures (representation.py: separately, ~6 min)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/dataloading.py
+	$(BIN)/python bench/cass_vs_dino.py
 
 clean-venv: ## remove .venv (never touches data/ or runs/)
 	rm -rf $(VENV)
