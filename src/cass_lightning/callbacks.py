@@ -46,13 +46,15 @@ class ImagesPerSecond(L.Callback):
     """Logs ``perf/images_per_s`` and ``perf/epoch_s`` per training epoch, and on CUDA the peak
     GPU memory of the epoch, ``perf/gpu_mem_peak_gib``.
 
-    Counts the images this process trained on between the start and the end of the epoch, so
-    the figure includes data loading, the optimiser step and logging: what a user waits for.
+    Counts the images this process trained on from the epoch's start to its last training batch,
+    so the figure includes data loading, the optimiser step and logging (what a user waits for)
+    but not the validation loop, which Lightning runs before ``on_train_epoch_end``.
     The peak memory counter is reset at each epoch start, so each value is that epoch's own.
     """
 
     def __init__(self) -> None:
         self._start = 0.0
+        self._last_batch_end = 0.0
         self._images = 0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -65,9 +67,10 @@ class ImagesPerSecond(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
         self._images += int(batch_images(batch).shape[0])
+        self._last_batch_end = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        elapsed = max(self._last_batch_end - self._start, 1e-9)
         metrics = {"perf/images_per_s": self._images / elapsed, "perf/epoch_s": elapsed}
         if pl_module.device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(pl_module.device)
