@@ -114,7 +114,8 @@ def test_logs_collapse_signals_and_lr_per_arm(tiny_kwargs):
     trainer = make_trainer(max_steps=2)
     trainer.fit(model, DataLoader(images(8), batch_size=4))
     metrics = trainer.callback_metrics
-    for key in ("train/loss", "train/cosine", "train/cnn_std", "train/vit_std"):
+    for key in ("train/loss", "train/cosine", "train/cnn_std", "train/vit_std",
+                "train/cnn_pooled_std", "train/vit_pooled_std"):  # fmt: skip
         assert key in metrics and torch.isfinite(metrics[key])
     assert metrics["lr/cnn"].item() == pytest.approx(2e-4)
     assert metrics["lr/vit"].item() == pytest.approx(5e-4)

@@ -194,6 +194,10 @@ class CASSModule(L.LightningModule):
             f"{stage}/cnn_std": normalized_std(z_cnn, self.hparams.loss_eps),
             f"{stage}/vit_std": normalized_std(z_vit, self.hparams.loss_eps),
         }
+        # The pooled features can stay spread while the compared outputs collapse (BatchNorm
+        # keeps a CNN's features apart): log both, per arm.
+        for arm, pooled in self.pooled.items():
+            stats[f"{stage}/{arm}_pooled_std"] = normalized_std(pooled, self.hparams.loss_eps)
         self.log_dict(stats, on_step=on_step, on_epoch=True, batch_size=batch_size)
         return loss
 
