@@ -51,6 +51,13 @@ def batch_images(batch: Any) -> Tensor:
     return images
 
 
+def describe_last_finite(last: dict[str, float]) -> str:
+    """The last good loss of a run, for the message of a non-finite stop."""
+    if not last:
+        return "no finite loss yet in this run"
+    return f"last finite loss {last['loss']:.6g} at step {last['step']}"
+
+
 class KeepPooled:
     """Forward hook on a classifier: stores its (detached) input, the pooled features.
 
@@ -212,12 +219,7 @@ class CASSModule(L.LightningModule):
             arm for arm, z in (("cnn", z_cnn), ("vit", z_vit)) if not bool(torch.isfinite(z).all())
         ]
         arms = " and ".join(bad) if bad else "neither arm (the loss itself)"
-        last = self._last_finite
-        previous = (
-            f"last finite loss {last['loss']:.6g} at step {last['step']}"
-            if last
-            else "no finite loss yet in this run"
-        )
+        previous = describe_last_finite(self._last_finite)
         raise FloatingPointError(
             f"non-finite CASS loss ({float(loss)}) at global step {self.global_step}; "
             f"non-finite output from {arms}; {previous}. Lower the learning rate, use "

@@ -41,6 +41,7 @@ from cass_lightning.export import (
     atomic_write_text,
     contiguous_state,
 )
+from cass_lightning.modules.cass import describe_last_finite
 from cass_lightning.optim import arm_param_groups, group_learning_rates, lightning_optimizers
 
 DINO_ARMS = ("cnn", "vit")
@@ -297,12 +298,7 @@ class DINOModule(L.LightningModule):
         if torch.isfinite(loss):
             self._last_finite = {"step": self.global_step, "loss": float(loss.detach())}
             return
-        last = self._last_finite
-        previous = (
-            f"last finite loss {last['loss']:.6g} at step {last['step']}"
-            if last
-            else "no finite loss yet in this run"
-        )
+        previous = describe_last_finite(self._last_finite)
         raise FloatingPointError(
             f"non-finite DINO loss ({float(loss.detach())}) at global step {self.global_step}; "
             f"{previous}. Use 32-true precision (bf16 gave NaN for DINO on a ResNet), lower "
