@@ -305,11 +305,17 @@ def outputs(fn: Callable[[Tensor], Tensor], module: nn.Module, loader: DataLoade
 
 
 def probe_accuracy(
-    train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor, epochs: int
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    epochs: int,
+    num_classes: int = len(EVAL_CLASSES),
 ) -> float:
+    """A linear probe on standardised features (full batch, Adam 1e-2); test accuracy."""
     torch.manual_seed(SEED)
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    probe = LinearProbe(train_x.shape[1], len(EVAL_CLASSES), lr=1e-2)
+    probe = LinearProbe(train_x.shape[1], num_classes, lr=1e-2)
     with torch.enable_grad():
         for _ in range(epochs):
             probe.step((train_x - mean) / std, train_y)

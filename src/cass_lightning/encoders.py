@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
+from timm.models import group_parameters
 from torch import nn
 
 from cass_lightning.net import host_reachable
@@ -145,6 +146,68 @@ def build_encoder(
     if head == "projector":
         return backbone, build_projector(backbone.num_features, head_dim, projector_hidden_dim)
     return backbone, nn.Identity()
+
+
+def layer_ids(model: nn.Module, coarse: bool) -> dict[str, int]:
+    """Parameter name -> depth index from timm's ``group_matcher`` (0 = the stem; the classifier,
+    when present, is the deepest). ``coarse`` groups by stage (ResNet: stem, layer1..layer4; ViT:
+    embeddings, then one per block); fine groups ResNet blocks one by one."""
+    matcher = getattr(model, "group_matcher", None)
+    if not callable(matcher):
+        raise ValueError(
+            f"{type(model).__name__} has no timm group_matcher, so its layers cannot be ordered "
+            "for layer-wise lr decay or stage freezing"
+        )
+    return group_parameters(model, matcher(coarse=coarse), reverse=True)
+
+
+def freeze_stages(model: nn.Module, stages: int) -> list[str]:
+    """Freeze the first ``stages`` stages (timm's coarse groups) of a backbone; returns the
+    names of the modules whose parameters are now all frozen (their BatchNorm statistics must
+    stay fixed too: see :func:`keep_frozen_in_eval`). The classifier is never frozen."""
+    if isinstance(stages, bool) or not isinstance(stages, int) or stages < 0:
+        raise ValueError(f"freeze stages must be an int >= 0, got {stages!r}")
+    if stages == 0:
+        return []
+    ids = layer_ids(model, coarse=True)
+    top = max(ids.values())
+    classifier = {f"{name}" for name, _ in _classifier_parameters(model)}
+    frozen_top = top if not classifier else top - 1
+    if stages > frozen_top + 1:
+        raise ValueError(
+            f"cannot freeze {stages} stages of {type(model).__name__}: it has {frozen_top + 1} "
+            "stages below its head"
+        )
+    for name, param in model.named_parameters():
+        if ids.get(name, top) < stages and name not in classifier:
+            param.requires_grad_(False)
+    return [
+        name
+        for name, module in model.named_modules()
+        if name
+        and any(True for _ in module.parameters())
+        and not any(p.requires_grad for p in module.parameters())
+    ]
+
+
+def _classifier_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    get = getattr(model, "get_classifier", None)
+    if not callable(get):
+        return []
+    head = get()
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(names[id(p)], p) for p in head.parameters() if id(p) in names]
+
+
+def keep_frozen_in_eval(model: nn.Module, frozen_modules: list[str]) -> None:
+    """Put the BatchNorm layers of fully frozen modules in eval mode, so a frozen stage keeps its
+    running statistics as well as its weights (call after every ``.train()``)."""
+    if not frozen_modules:
+        return
+    frozen = set(frozen_modules)
+    for name, module in model.named_modules():
+        if name in frozen and isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def encoder_spec(

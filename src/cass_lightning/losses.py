@@ -59,6 +59,40 @@ def normalized_std(z: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
         return F.normalize(z.float(), dim=-1, eps=eps).std(dim=0).mean()
 
 
+def _spread_scaled(z: Tensor, eps: float) -> Tensor:
+    """L2-normalised rows times sqrt(dim): a well-spread batch then has ~unit variance per
+    dimension, whatever the width. On raw outputs a variance term is met by a large shared mean
+    direction (the collapse it should prevent); on the sphere it is not."""
+    return F.normalize(z.float(), dim=-1, eps=eps) * z.shape[-1] ** 0.5
+
+
+def variance_term(z: Tensor, target: float = 1.0, eps: float = DEFAULT_EPS) -> Tensor:
+    """VICReg's variance hinge on the L2-normalised, sqrt(dim)-scaled embeddings:
+    ``mean_d relu(target - sqrt(var_d + 1e-4))``. 0 while every dimension's std stays at or above
+    ``target`` (1 = as spread as the sphere allows on average); rises as the batch collapses."""
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"variance_term needs a (batch >= 2, dim) tensor, got {tuple(z.shape)}")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        x = _spread_scaled(z, eps)
+        std = torch.sqrt(x.var(dim=0) + 1e-4)
+        return F.relu(target - std).mean()
+
+
+def covariance_term(z: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """VICReg's covariance term on the same scaled embeddings: the squared off-diagonal entries
+    of the batch covariance, summed and divided by ``dim``. Pushes dimensions to carry different
+    information, so spread cannot be met by a few correlated directions."""
+    if z.ndim != 2 or z.shape[0] < 2:
+        raise ValueError(f"covariance_term needs a (batch >= 2, dim) tensor, got {tuple(z.shape)}")
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        x = _spread_scaled(z, eps)
+        x = x - x.mean(dim=0)
+        dim = x.shape[1]
+        cov = (x.T @ x) / (x.shape[0] - 1)
+        off_diagonal = cov - torch.diag(torch.diagonal(cov))
+        return off_diagonal.pow(2).sum() / dim
+
+
 class CASSLoss(nn.Module):
     """``nn.Module`` wrapper of :func:`cass_loss` for code that wants a loss object."""
 

@@ -16,6 +16,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 
+from cass_lightning.encoders import layer_ids
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("cyclic_cosine", "warmup_cosine", "none")
 
@@ -26,31 +28,61 @@ def _no_weight_decay_names(module: nn.Module) -> set[str]:
     return set(names()) if callable(names) else set()
 
 
+def layer_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Layer-wise lr decay (as in BEiT/MAE fine-tuning): parameter name -> lr multiplier
+    ``decay ** (deepest - depth)`` over timm's fine layer groups, so the classifier (or the last
+    block) keeps the full lr and the stem gets the smallest. Pretrained low layers, which hold the
+    most general features, then move least."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {decay}")
+    ids = layer_ids(model, coarse=False)
+    deepest = max(ids.values())
+    return {name: decay ** (deepest - depth) for name, depth in ids.items()}
+
+
 def arm_param_groups(
-    arm: str, modules: Iterable[nn.Module], lr: float, weight_decay: float
+    arm: str,
+    modules: Iterable[nn.Module],
+    lr: float,
+    weight_decay: float,
+    layer_decay: float | None = None,
 ) -> list[dict[str, Any]]:
     """Groups ``<arm>`` (decayed weights) and ``<arm>_no_decay`` (norms, biases, embeddings).
 
     As in DINO's reference: parameters with one dimension (biases, norm scales) and timm's
     ``no_weight_decay()`` names get no weight decay. Frozen parameters are left out. Empty groups
     are dropped so the optimiser never holds a group without parameters.
+
+    With ``layer_decay`` the first module (the timm backbone) is split further by depth: groups
+    ``<arm>_d<k>`` / ``<arm>_d<k>_no_decay`` at ``lr * layer_decay ** k`` (``lr_scale`` records
+    the multiplier); the full-lr groups keep the plain names.
     """
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for module in modules:
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for index, module in enumerate(modules):
         exempt = _no_weight_decay_names(module)
+        scales = layer_lr_scales(module, layer_decay) if layer_decay and index == 0 else {}
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            if param.ndim <= 1 or name in exempt:
-                no_decay.append(param)
-            else:
-                decay.append(param)
-    groups = [
-        dict(name=arm, params=decay, lr=lr, weight_decay=weight_decay),
-        dict(name=f"{arm}_no_decay", params=no_decay, lr=lr, weight_decay=0.0),
-    ]
-    return [g for g in groups if g["params"]]
+            no_decay = param.ndim <= 1 or name in exempt
+            buckets.setdefault((scales.get(name, 1.0), no_decay), []).append(param)
+    depth_of = {
+        scale: round(math.log(scale, layer_decay)) if layer_decay and scale != 1.0 else 0
+        for scale, _ in buckets
+    }
+    groups = []
+    for (scale, no_decay), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        name = arm if depth_of[scale] == 0 else f"{arm}_d{depth_of[scale]}"
+        groups.append(
+            dict(
+                name=f"{name}_no_decay" if no_decay else name,
+                params=params,
+                lr=lr * scale,
+                lr_scale=scale,
+                weight_decay=0.0 if no_decay else weight_decay,
+            )
+        )
+    return groups
 
 
 def build_optimizer(
@@ -140,9 +172,11 @@ def lightning_optimizers(
 
 
 def group_learning_rates(optimizer: Optimizer) -> dict[str, float]:
-    """``lr/<group>`` of each decayed group (its ``_no_decay`` twin shares the lr), for logging."""
+    """``lr/<group>`` of each full-lr decayed group (its ``_no_decay`` twin shares the lr; the
+    depth groups of layer-wise decay follow it by a fixed factor), for logging."""
     return {
         f"lr/{group['name']}": float(group["lr"])
         for group in optimizer.param_groups
         if not str(group.get("name", "")).endswith("_no_decay")
+        and float(group.get("lr_scale", 1.0)) == 1.0
     }

@@ -71,3 +71,20 @@ def check_multirun_strategy(multirun: bool, strategy: Any, devices: Any) -> None
             "hydra/launcher=slurm to run each point as its own cluster job, or run the points "
             "one by one without -m."
         )
+
+
+#: DDP strategies that have a ``<name>_find_unused_parameters_true`` twin in Lightning.
+DDP_STRATEGIES = ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def strategy_for_idle_parameters(strategy: Any, idle: bool) -> Any:
+    """The DDP strategy to use when some parameters get no gradient on some steps.
+
+    ``predictor=alternate`` trains one arm's alignment per step, so the other arm's predictor
+    (and, without a variance term, its whole backbone) is idle; plain DDP then fails with "Expected
+    to have finished reduction". Named DDP strategies switch to their ``find_unused_parameters``
+    twin; anything else is returned unchanged.
+    """
+    if idle and isinstance(strategy, str) and strategy in DDP_STRATEGIES:
+        return f"{strategy}_find_unused_parameters_true"
+    return strategy

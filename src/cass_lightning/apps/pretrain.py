@@ -35,6 +35,7 @@ from cass_lightning.runtime import (
     check_multirun_strategy,
     lr_scale_factor,
     resolve_precision,
+    strategy_for_idle_parameters,
     world_size,
 )
 
@@ -78,8 +79,18 @@ def launch_settings(cfg: DictConfig) -> dict[str, Any]:
     )
     # SyncBatchNorm only exists for CUDA; CPU DDP (gloo, tests) keeps per-process statistics.
     sync_bn = bool(trainer.get("sync_batchnorm", False)) and on_gpu
+    model = cfg.model
+    if bool(model.get("two_views", False)) != (cfg.data.get("train_views") == "pair"):
+        raise ValueError(
+            f"model.two_views={model.get('two_views', False)} needs data.train_views=pair and "
+            f"the other way round (got data.train_views={cfg.data.get('train_views')}); "
+            "remedy=two_views sets both"
+        )
+    idle = model.get("predictor", "none") == "alternate"
+    strategy = strategy_for_idle_parameters(trainer.get("strategy", "auto"), idle)
     settings = {
         "precision": precision,
+        "strategy": strategy,
         "sync_batchnorm": sync_bn,
         "lr_scaling_rule": rule,
         "lr_scale": factor,
@@ -118,6 +129,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         precision=launch["precision"],
+        strategy=launch["strategy"],
         sync_batchnorm=launch["sync_batchnorm"],
         callbacks=callbacks,
         logger=loggers or False,

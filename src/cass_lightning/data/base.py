@@ -22,6 +22,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightly.transforms.multi_view_transform import MultiViewTransform
 from torch.utils.data import DataLoader, Dataset
 
 from cass_lightning.data.cache import ImageCache, build_cache, cache_size_for
@@ -49,7 +50,7 @@ from cass_lightning.data.validate import (
 from cass_lightning.data.views import dino_views
 
 BAD_FILE_POLICIES = ("error", "skip")
-TRAIN_VIEWS = ("paper", "dino")
+TRAIN_VIEWS = ("paper", "pair", "dino")
 
 
 def resolve_workers(num_workers: int) -> int:
@@ -106,7 +107,9 @@ class MedicalDataModule(L.LightningDataModule):
         output_dir: where ``splits.csv``, ``data_report.json`` and ``skipped.csv`` go.
         class_weight: ``none``, ``inverse`` or ``paper`` (see ``splits.class_weights``).
         train_views: what ``train_dataloader`` (pretraining) yields per image: ``paper`` (CASS's
-            single augmented view) or ``dino`` (DINO's multi-crop list, see ``data.views``). The
+            single augmented view), ``pair`` (two independent draws of the paper's augmentation,
+            for ``CASSModule(two_views=True)``) or ``dino`` (DINO's multi-crop list, see
+            ``data.views``). The
             labelled loader always keeps the single paper view, as fine-tuning needs.
     """
 
@@ -163,11 +166,11 @@ class MedicalDataModule(L.LightningDataModule):
         # Fail on a bad size now rather than on the first batch.
         self.train_transform = paper_train_transform(img_size, self.mean, self.std)
         self.eval_transform = eval_transform(img_size, self.mean, self.std)
-        self.pretrain_transform = (
-            dino_views(img_size, mean=self.mean, std=self.std)
-            if train_views == "dino"
-            else self.train_transform
-        )
+        self.pretrain_transform: Any = self.train_transform
+        if train_views == "dino":
+            self.pretrain_transform = dino_views(img_size, mean=self.mean, std=self.std)
+        elif train_views == "pair":
+            self.pretrain_transform = MultiViewTransform([self.train_transform] * 2)
         self.index: SampleIndex | None = None
         self.reader: ImageReader | None = None
         self.splits: np.ndarray | None = None

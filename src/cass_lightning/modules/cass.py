@@ -12,6 +12,8 @@ work without any config system.
 
 from __future__ import annotations
 
+import copy
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,8 +22,15 @@ import torch
 from torch import Tensor
 
 from cass_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cass_lightning.encoders import EncoderSpec, build_encoder, encoder_spec
-from cass_lightning.losses import DEFAULT_EPS, cass_loss, cosine_similarity, normalized_std
+from cass_lightning.encoders import (
+    EncoderSpec,
+    build_encoder,
+    encoder_spec,
+    freeze_stages,
+    keep_frozen_in_eval,
+)
+from cass_lightning.losses import DEFAULT_EPS, cosine_similarity, normalized_std
+from cass_lightning.objective import CASSObjective
 from cass_lightning.optim import arm_param_groups, group_learning_rates, lightning_optimizers
 
 #: The paper's optimiser: Adam, lr 1e-3, no weight decay, on both arms.
@@ -40,6 +49,8 @@ def batch_images(batch: Any) -> Tensor:
         images = batch["image"]
     elif isinstance(batch, Sequence) and not isinstance(batch, str) and len(batch) > 0:
         images = batch[0]
+        if isinstance(images, (list, tuple)) and images and isinstance(images[0], Tensor):
+            images = images[0]  # a list of views: the first one
     else:
         raise TypeError(
             "a batch must be an image tensor, an (images, labels) tuple/list or a dict with "
@@ -49,6 +60,34 @@ def batch_images(batch: Any) -> Tensor:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"expected images as a (batch, channels, H, W) tensor, got {shape}")
     return images
+
+
+def batch_views(batch: Any) -> list[Tensor]:
+    """The views of a batch: ``[images]`` for a single view (any :func:`batch_images` format), or
+    the list of view tensors of a ``([view_1, view_2], labels)`` batch (``data.train_views=pair``)
+    or of a dict with ``views``."""
+    views: Any = None
+    if isinstance(batch, Mapping) and "views" in batch:
+        views = batch["views"]
+    elif (
+        isinstance(batch, Sequence)
+        and not isinstance(batch, str)
+        and len(batch) > 0
+        and isinstance(batch[0], (list, tuple))
+        and len(batch[0]) > 0
+        and all(isinstance(v, Tensor) for v in batch[0])
+    ):
+        views = batch[0]
+    if views is None:
+        return [batch_images(batch)]
+    views = list(views)
+    shapes = {tuple(v.shape) for v in views}
+    if len(shapes) != 1 or views[0].ndim != 4:
+        raise ValueError(
+            f"the views of a batch must be (batch, channels, H, W) tensors of one shape, got "
+            f"{sorted(shapes)}"
+        )
+    return views
 
 
 def describe_last_finite(last: dict[str, float]) -> str:
@@ -94,6 +133,20 @@ class CASSModule(L.LightningModule):
         channels_last: NHWC memory layout for the CNN (faster convolutions on recent GPUs).
         compile: ``torch.compile`` both arms in place (state-dict keys unchanged; the first
             steps pay the compilation, ~45 s on a 2-core CPU).
+
+    Remedies against collapse, all off by default (the default is exactly the paper's loss) and
+    composable; see ``objective.py`` and the README's "CASS from pretrained weights":
+        layer_decay: layer-wise lr decay per arm, e.g. 0.75 (the stem moves least).
+        cnn_freeze_stages, vit_freeze_stages: freeze the first N stages of an arm (ResNet: stem,
+            layer1..layer4; ViT: embeddings, then blocks), BatchNorm statistics included.
+        ema_momentum: keep a momentum copy of each arm as the target of the other arm
+            (e.g. 0.99, raised along a cosine to ``ema_momentum_end`` over the run).
+        variance_weight, covariance_weight, variance_target: VICReg terms on each arm's
+            L2-normalised outputs scaled by sqrt(dim) (e.g. 1.0 and 0.04).
+        predictor: ``none`` | ``alternate`` | ``symmetric``: predictor MLP + stop-gradient.
+        predictor_hidden_dim: the predictor's bottleneck width.
+        two_views: each arm sees its own augmentation, losses crossed and symmetrised (the
+            batches must carry two views: ``data.train_views=pair``).
     """
 
     method_name = "CASS"
@@ -125,6 +178,17 @@ class CASSModule(L.LightningModule):
         lr_scale: float = 1.0,
         channels_last: bool = False,
         compile: bool = False,
+        layer_decay: float | None = None,
+        cnn_freeze_stages: int = 0,
+        vit_freeze_stages: int = 0,
+        ema_momentum: float | None = None,
+        ema_momentum_end: float = 1.0,
+        variance_weight: float = 0.0,
+        covariance_weight: float = 0.0,
+        variance_target: float = 1.0,
+        predictor: str = "none",
+        predictor_hidden_dim: int = 512,
+        two_views: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -146,8 +210,54 @@ class CASSModule(L.LightningModule):
             **common,
             **(vit_kwargs or {}),
         )
+        if head == "features" and self.cnn.num_features != self.vit.num_features:
+            raise ValueError(
+                f"head='features' compares pooled features directly, but {cnn} gives "
+                f"{self.cnn.num_features} and {vit} gives {self.vit.num_features}; "
+                "use head='projector' (or 'logits') to map both arms to one width"
+            )
+        if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+            raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+        self.frozen_modules = {
+            "cnn": freeze_stages(self.cnn, cnn_freeze_stages),
+            "vit": freeze_stages(self.vit, vit_freeze_stages),
+        }
+        # Lightning keeps the train/eval modes it finds when a fit starts: set them now.
+        self.train(self.training)
+        dim = self.cnn.num_features if head == "features" else head_dim
+        self.objective = CASSObjective(
+            dim,
+            predictor=predictor,
+            predictor_hidden_dim=predictor_hidden_dim,
+            variance_weight=variance_weight,
+            covariance_weight=covariance_weight,
+            variance_target=variance_target,
+            eps=loss_eps,
+        )
+        # Momentum copies of each arm (backbone + head), targets only: no gradients, no optimiser.
+        self.ema: torch.nn.ModuleDict | None = None
+        if ema_momentum is not None:
+            if not 0.0 <= ema_momentum <= ema_momentum_end <= 1.0:
+                raise ValueError(
+                    "need 0 <= ema_momentum <= ema_momentum_end <= 1, got "
+                    f"{ema_momentum} and {ema_momentum_end}"
+                )
+            self.ema = torch.nn.ModuleDict(
+                {
+                    "cnn": torch.nn.Sequential(
+                        copy.deepcopy(self.cnn), copy.deepcopy(self.cnn_head)
+                    ),
+                    "vit": torch.nn.Sequential(
+                        copy.deepcopy(self.vit), copy.deepcopy(self.vit_head)
+                    ),
+                }
+            )
+            self.ema.requires_grad_(False)
+        self._ema_updated_at = -1
         if channels_last:
             self.cnn.to(memory_format=torch.channels_last)
+            if self.ema is not None:
+                self.ema["cnn"].to(memory_format=torch.channels_last)
         if compile:
             for arm in (self.cnn, self.vit):
                 arm.compile()
@@ -157,12 +267,6 @@ class CASSModule(L.LightningModule):
         self.pooled: dict[str, Tensor] = {}
         for arm, backbone in (("cnn", self.cnn), ("vit", self.vit)):
             backbone.get_classifier().register_forward_hook(KeepPooled(self.pooled, arm))
-        if head == "features" and self.cnn.num_features != self.vit.num_features:
-            raise ValueError(
-                f"head='features' compares pooled features directly, but {cnn} gives "
-                f"{self.cnn.num_features} and {vit} gives {self.vit.num_features}; "
-                "use head='projector' (or 'logits') to map both arms to one width"
-            )
 
     # ----------------------------------------------------------------- forward
     def embed_cnn(self, images: Tensor) -> Tensor:
@@ -186,13 +290,48 @@ class CASSModule(L.LightningModule):
         }
 
     # ---------------------------------------------------------------- training
+    def _views(self, batch: Any, stage: str) -> list[Tensor]:
+        views = batch_views(batch)
+        if stage == "train" and len(views) != (2 if self.hparams.two_views else 1):
+            if self.hparams.two_views:
+                raise ValueError(
+                    f"two_views=True needs batches of two views, got {len(views)}; set "
+                    "data.train_views=pair (the remedy config does) or give ([v1, v2], labels)"
+                )
+            raise ValueError(
+                f"got a batch of {len(views)} views; CASS compares one view unless "
+                "two_views=True (then exactly two: data.train_views=pair)"
+            )
+        return views
+
+    @torch.no_grad()
+    def _ema_outputs(self, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor]] | None:
+        if self.ema is None:
+            return None
+        cnn_in = views
+        if self.hparams.channels_last:
+            cnn_in = [v.contiguous(memory_format=torch.channels_last) for v in views]
+        return [self.ema["cnn"](v) for v in cnn_in], [self.ema["vit"](v) for v in views]
+
     def _shared_step(self, batch: Any, stage: str) -> Tensor:
-        images = batch_images(batch)
-        z_cnn, z_vit = self(images)
-        loss = cass_loss(z_cnn, z_vit, eps=self.hparams.loss_eps)
+        views = self._views(batch, stage)
+        outputs = [self(v) for v in views]
+        cnn = [o[0] for o in outputs]
+        vit = [o[1] for o in outputs]
+        targets = self._ema_outputs(views)
+        terms = self.objective(
+            cnn,
+            vit,
+            cnn_target=targets[0] if targets else None,
+            vit_target=targets[1] if targets else None,
+            step=self.global_step,
+            training=stage == "train",
+        )
+        loss = terms["loss"]
+        z_cnn, z_vit = cnn[0], vit[0]
         if stage == "train":
             self._check_finite(loss, z_cnn, z_vit)
-        batch_size = images.shape[0]
+        batch_size = views[0].shape[0]
         on_step = stage == "train"
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
                  batch_size=batch_size)  # fmt: skip
@@ -201,12 +340,58 @@ class CASSModule(L.LightningModule):
             f"{stage}/cnn_std": normalized_std(z_cnn, self.hparams.loss_eps),
             f"{stage}/vit_std": normalized_std(z_vit, self.hparams.loss_eps),
         }
+        if len(terms) > 2:  # remedies on: the parts of the loss as well
+            stats.update({f"{stage}/{k}": v.detach() for k, v in terms.items() if k != "loss"})
         # The pooled features can stay spread while the compared outputs collapse (BatchNorm
         # keeps a CNN's features apart): log both, per arm.
         for arm, pooled in self.pooled.items():
             stats[f"{stage}/{arm}_pooled_std"] = normalized_std(pooled, self.hparams.loss_eps)
         self.log_dict(stats, on_step=on_step, on_epoch=True, batch_size=batch_size)
         return loss
+
+    def ema_momentum_now(self) -> float:
+        """The EMA momentum at this step: cosine from ``ema_momentum`` to ``ema_momentum_end``
+        over the run (constant when the run length is unknown)."""
+        start, end = float(self.hparams.ema_momentum), float(self.hparams.ema_momentum_end)
+        total = float(self.trainer.estimated_stepping_batches) if self._trainer else math.inf
+        if not math.isfinite(total) or total <= 1:
+            return start
+        progress = min(1.0, self.global_step / total)
+        return end - (end - start) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    @torch.no_grad()
+    def update_ema(self, momentum: float) -> None:
+        """``target = momentum * target + (1 - momentum) * online`` for every parameter; buffers
+        (BatchNorm statistics) are copied."""
+        if self.ema is None:
+            return
+        for arm, online in (("cnn", (self.cnn, self.cnn_head)), ("vit", (self.vit, self.vit_head))):
+            source = torch.nn.Sequential(*online)
+            target = self.ema[arm]
+            for t, o in zip(target.parameters(), source.parameters(), strict=True):
+                t.lerp_(o.detach().to(t.dtype), 1.0 - momentum)
+            for t, o in zip(target.buffers(), source.buffers(), strict=True):
+                t.copy_(o)
+
+    def on_train_start(self) -> None:
+        # The targets already match the weights of this step (fresh copies, or a resumed
+        # checkpoint saved after its update): the first update comes after the next step.
+        self._ema_updated_at = self.global_step
+        for arm in ("cnn", "vit"):
+            keep_frozen_in_eval(getattr(self, arm), self.frozen_modules[arm])
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # Once per optimiser step (gradient accumulation runs several batches per step).
+        if self.ema is not None and self.global_step != self._ema_updated_at:
+            self._ema_updated_at = self.global_step
+            self.update_ema(self.ema_momentum_now())
+
+    def train(self, mode: bool = True) -> CASSModule:
+        super().train(mode)
+        frozen = getattr(self, "frozen_modules", {})
+        keep_frozen_in_eval(self.cnn, frozen.get("cnn", []))
+        keep_frozen_in_eval(self.vit, frozen.get("vit", []))
+        return self
 
     def _check_finite(self, loss: Tensor, z_cnn: Tensor, z_vit: Tensor) -> None:
         """Stop on a non-finite loss, naming the step, the arm(s) at fault and the last good
@@ -258,9 +443,16 @@ class CASSModule(L.LightningModule):
 
     def param_groups(self) -> list[dict[str, Any]]:
         arms = self.arm_hyperparameters()
-        return arm_param_groups("cnn", [self.cnn, self.cnn_head], **arms["cnn"]) + arm_param_groups(
-            "vit", [self.vit, self.vit_head], **arms["vit"]
-        )
+        decay = self.hparams.layer_decay
+        predictors = self.objective.predictors
+        groups = []
+        for arm, backbone, head in (
+            ("cnn", self.cnn, self.cnn_head),
+            ("vit", self.vit, self.vit_head),
+        ):
+            modules = [backbone, head] + ([predictors[arm]] if predictors is not None else [])
+            groups += arm_param_groups(arm, modules, layer_decay=decay, **arms[arm])
+        return groups
 
     def configure_optimizers(self) -> Any:
         return lightning_optimizers(
