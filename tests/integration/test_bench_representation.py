@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "representation.py"
+from run_helpers import load_bench
+
 HEADER = "| start | method | arm | kNN | probe | arm cos | spread (out) | spread (pooled) |"
 TINY = [
     "--cnn", "resnet10t",
@@ -22,16 +20,9 @@ TINY = [
 ]  # fmt: skip
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_representation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow
 def test_representation_bench_tiny_run(tmp_path, capsys):
-    bench = load_bench()
+    bench = load_bench("representation")
     threads = torch.get_num_threads()
     try:
         bench.main([*TINY, "--data-dir", str(tmp_path / "data")])

@@ -3,13 +3,11 @@ and the best combination is made of remedies that ran."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "transfer.py"
+from run_helpers import load_bench
+
 HEADER = (
     "| method | steps | arm cos | CNN kNN | CNN probe | CNN FT | ViT kNN | ViT probe | ViT FT |"
 )
@@ -31,15 +29,8 @@ TINY = [
 ]  # fmt: skip
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_transfer", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_remedy_arguments_come_from_the_remedy_configs():
-    bench = load_bench()
+    bench = load_bench("transfer")
     assert bench.remedy_kwargs([]) == {}
     merged = bench.remedy_kwargs(["gentle", "two_views"])
     assert merged["layer_decay"] == 0.75 and merged["two_views"] is True
@@ -47,7 +38,7 @@ def test_remedy_arguments_come_from_the_remedy_configs():
 
 
 def test_best_combination_takes_the_remedies_that_beat_paper_cass():
-    bench = load_bench()
+    bench = load_bench("transfer")
 
     def row(knn: float) -> list[dict]:
         return [{"cnn": {"knn": knn}, "vit": {"knn": knn}}]
@@ -61,7 +52,7 @@ def test_best_combination_takes_the_remedies_that_beat_paper_cass():
 
 @pytest.mark.slow
 def test_transfer_bench_tiny_run(capsys):
-    bench = load_bench()
+    bench = load_bench("transfer")
     threads = torch.get_num_threads()
     try:
         bench.main(TINY)

@@ -15,22 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cass_lightning import CASSModule
 from cass_lightning.export import export_backbones, load_backbone, read_meta
-
-
-def make_trainer(**kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
-
-
-def images(n: int = 8, size: int = 32) -> torch.Tensor:
-    return torch.randn(n, 3, size, size)
+from run_helpers import images, make_trainer
 
 
 def test_one_step_equals_two_adams_by_hand(tiny_kwargs):

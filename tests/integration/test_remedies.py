@@ -17,28 +17,13 @@ from cass_lightning import CASSModule
 from cass_lightning.apps.pretrain import launch_settings, pretrain
 from cass_lightning.callbacks import CollapseMonitor
 from cass_lightning.data import SyntheticDataModule
+from run_helpers import images, make_trainer
 
 
 @pytest.fixture(autouse=True)
 def _clear_hydra():
     yield
     GlobalHydra.instance().clear()
-
-
-def make_trainer(**kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    return L.Trainer(**{**defaults, **kwargs})
-
-
-def images(n: int = 8, size: int = 32) -> torch.Tensor:
-    return torch.randn(n, 3, size, size)
 
 
 def pair_data(tmp_path, **kwargs) -> SyntheticDataModule:
