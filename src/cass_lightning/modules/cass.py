@@ -142,7 +142,8 @@ class CASSModule(L.LightningModule):
         ema_momentum: keep a momentum copy of each arm as the target of the other arm
             (e.g. 0.99, raised along a cosine to ``ema_momentum_end`` over the run).
         variance_weight, covariance_weight, variance_target: VICReg terms on each arm's
-            L2-normalised outputs scaled by sqrt(dim) (e.g. 1.0 and 0.04).
+            L2-normalised outputs scaled by sqrt(dim) (e.g. variance 1.0; covariance off: alone it
+            is lowered by shrinking the spread).
         predictor: ``none`` | ``alternate`` | ``symmetric``: predictor MLP + stop-gradient.
         predictor_hidden_dim: the predictor's bottleneck width.
         two_views: each arm sees its own augmentation, losses crossed and symmetrised (the
