@@ -171,7 +171,7 @@ def freeze_stages(model: nn.Module, stages: int) -> list[str]:
         return []
     ids = layer_ids(model, coarse=True)
     top = max(ids.values())
-    classifier = {f"{name}" for name, _ in _classifier_parameters(model)}
+    classifier = _classifier_names(model)
     frozen_top = top if not classifier else top - 1
     if stages > frozen_top + 1:
         raise ValueError(
@@ -181,22 +181,21 @@ def freeze_stages(model: nn.Module, stages: int) -> list[str]:
     for name, param in model.named_parameters():
         if ids.get(name, top) < stages and name not in classifier:
             param.requires_grad_(False)
-    return [
-        name
-        for name, module in model.named_modules()
-        if name
-        and any(True for _ in module.parameters())
-        and not any(p.requires_grad for p in module.parameters())
-    ]
+    frozen = []
+    for name, module in model.named_modules():
+        flags = [p.requires_grad for p in module.parameters()]
+        if name and flags and not any(flags):
+            frozen.append(name)
+    return frozen
 
 
-def _classifier_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+def _classifier_names(model: nn.Module) -> set[str]:
+    """Parameter names of the timm classifier (empty when the model has none)."""
     get = getattr(model, "get_classifier", None)
     if not callable(get):
-        return []
-    head = get()
-    names = {id(p): n for n, p in model.named_parameters()}
-    return [(names[id(p)], p) for p in head.parameters() if id(p) in names]
+        return set()
+    head = {id(p) for p in get().parameters()}
+    return {name for name, p in model.named_parameters() if id(p) in head}
 
 
 def keep_frozen_in_eval(model: nn.Module, frozen_modules: list[str]) -> None:

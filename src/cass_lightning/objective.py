@@ -22,19 +22,16 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from cass_lightning.encoders import build_projector
 from cass_lightning.losses import DEFAULT_EPS, cass_loss, covariance_term, variance_term
 
 PREDICTOR_MODES = ("none", "alternate", "symmetric")
 
 
 def build_predictor(dim: int, hidden_dim: int = 512) -> nn.Sequential:
-    """Linear-BN-ReLU-Linear with a bottleneck, SimSiam's predictor shape."""
-    return nn.Sequential(
-        nn.Linear(dim, hidden_dim),
-        nn.BatchNorm1d(hidden_dim),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden_dim, dim),
-    )
+    """SimSiam's predictor: the projector's Linear-BN-ReLU-Linear shape, ``dim`` to ``dim``
+    through a ``hidden_dim`` bottleneck."""
+    return build_projector(dim, dim, hidden_dim)
 
 
 def view_pairs(num_views: int) -> list[tuple[int, int]]:

@@ -28,16 +28,22 @@ def _no_weight_decay_names(module: nn.Module) -> set[str]:
     return set(names()) if callable(names) else set()
 
 
-def layer_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
-    """Layer-wise lr decay (as in BEiT/MAE fine-tuning): parameter name -> lr multiplier
-    ``decay ** (deepest - depth)`` over timm's fine layer groups, so the classifier (or the last
-    block) keeps the full lr and the stem gets the smallest. Pretrained low layers, which hold the
-    most general features, then move least."""
-    if not 0.0 < decay <= 1.0:
-        raise ValueError(f"layer_decay must be in (0, 1], got {decay}")
+def layers_below_top(model: nn.Module) -> dict[str, int]:
+    """Parameter name -> how many of timm's fine layer groups lie above it (0 = the classifier,
+    or the last block when there is none; the most for the stem)."""
     ids = layer_ids(model, coarse=False)
     deepest = max(ids.values())
-    return {name: decay ** (deepest - depth) for name, depth in ids.items()}
+    return {name: deepest - depth for name, depth in ids.items()}
+
+
+def layer_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
+    """Layer-wise lr decay (as in BEiT/MAE fine-tuning): parameter name -> lr multiplier
+    ``decay ** layers_below_top``, so the classifier (or the last block) keeps the full lr and the
+    stem gets the smallest. Pretrained low layers, which hold the most general features, then
+    move least."""
+    if not 0.0 < decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {decay}")
+    return {name: decay**k for name, k in layers_below_top(model).items()}
 
 
 def arm_param_groups(
@@ -57,22 +63,22 @@ def arm_param_groups(
     ``<arm>_d<k>`` / ``<arm>_d<k>_no_decay`` at ``lr * layer_decay ** k`` (``lr_scale`` records
     the multiplier); the full-lr groups keep the plain names.
     """
-    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
+    buckets: dict[tuple[int, bool], list[nn.Parameter]] = {}  # (layers below top, no decay)
     for index, module in enumerate(modules):
         exempt = _no_weight_decay_names(module)
-        scales = layer_lr_scales(module, layer_decay) if layer_decay and index == 0 else {}
+        split = layer_decay is not None and layer_decay < 1.0 and index == 0
+        below = layers_below_top(module) if split else {}
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
             no_decay = param.ndim <= 1 or name in exempt
-            buckets.setdefault((scales.get(name, 1.0), no_decay), []).append(param)
-    depth_of = {
-        scale: round(math.log(scale, layer_decay)) if layer_decay and scale != 1.0 else 0
-        for scale, _ in buckets
-    }
+            buckets.setdefault((below.get(name, 0), no_decay), []).append(param)
     groups = []
-    for (scale, no_decay), params in sorted(buckets.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
-        name = arm if depth_of[scale] == 0 else f"{arm}_d{depth_of[scale]}"
+    for (depth, no_decay), params in sorted(buckets.items()):
+        scale = layer_decay**depth if layer_decay else 1.0
+        name = arm if depth == 0 else f"{arm}_d{depth}"
         groups.append(
             dict(
                 name=f"{name}_no_decay" if no_decay else name,

@@ -109,8 +109,8 @@ class MedicalDataModule(L.LightningDataModule):
         train_views: what ``train_dataloader`` (pretraining) yields per image: ``paper`` (CASS's
             single augmented view), ``pair`` (two independent draws of the paper's augmentation,
             for ``CASSModule(two_views=True)``) or ``dino`` (DINO's multi-crop list, see
-            ``data.views``). The
-            labelled loader always keeps the single paper view, as fine-tuning needs.
+            ``data.views``). The labelled loader always keeps the single paper view, as
+            fine-tuning needs.
     """
 
     def __init__(

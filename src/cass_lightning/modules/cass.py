@@ -367,12 +367,12 @@ class CASSModule(L.LightningModule):
         if self.ema is None:
             return
         for arm, online in (("cnn", (self.cnn, self.cnn_head)), ("vit", (self.vit, self.vit_head))):
-            source = torch.nn.Sequential(*online)
-            target = self.ema[arm]
-            for t, o in zip(target.parameters(), source.parameters(), strict=True):
-                t.lerp_(o.detach().to(t.dtype), 1.0 - momentum)
-            for t, o in zip(target.buffers(), source.buffers(), strict=True):
-                t.copy_(o)
+            # self.ema[arm] is Sequential(backbone copy, head copy): the same order as ``online``.
+            for target, source in zip(self.ema[arm], online, strict=True):
+                for t, o in zip(target.parameters(), source.parameters(), strict=True):
+                    t.lerp_(o.detach().to(t.dtype), 1.0 - momentum)
+                for t, o in zip(target.buffers(), source.buffers(), strict=True):
+                    t.copy_(o)
 
     def on_train_start(self) -> None:
         # The targets already match the weights of this step (fresh copies, or a resumed
