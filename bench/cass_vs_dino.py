@@ -104,8 +104,8 @@ def build_model(job: str, args: argparse.Namespace) -> L.LightningModule:
         cnn=args.cnn,
         vit=args.vit,
         img_size=args.img_size,
-        head_dim=args.dino_head_dim,
-        head_batch_norm=job == "DINO-CNN",  # DINO's reference head for ResNets
+        # DINO's reference head has BatchNorm for ResNets
+        head={"dim": args.dino_head_dim, "batch_norm": job == "DINO-CNN"},
     )
 
 

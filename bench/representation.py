@@ -219,8 +219,9 @@ def dino_module(args: argparse.Namespace, arm: str) -> DINOModule:
     if arm == "vit" and args.vit_patch_size:
         kwargs["patch_size"] = args.vit_patch_size
     return DINOModule(arm=arm, cnn=args.cnn, vit=args.vit, img_size=args.img_size,
-                      head_dim=args.dino_head_dim, head_hidden_dim=512, head_bottleneck_dim=128,
-                      head_batch_norm=arm == "cnn", backbone_kwargs=kwargs)  # fmt: skip
+                      head=dict(dim=args.dino_head_dim, hidden_dim=512, bottleneck_dim=128,
+                                batch_norm=arm == "cnn"),
+                      **{f"{arm}_kwargs": kwargs})  # fmt: skip
 
 
 def timed_fit(

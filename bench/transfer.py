@@ -193,7 +193,8 @@ class Split:
 
 # ----------------------------------------------------------------------------- models
 def remedy_kwargs(names: list[str]) -> dict[str, Any]:
-    """CASSModule arguments of ``conf/remedy/<name>.yaml`` (their ``model`` part), merged."""
+    """CASSModule arguments of ``conf/remedy/<name>.yaml`` (their ``model`` part: ``remedies``,
+    and for some ``optimizer``/``scheduler``), merged."""
     merged = OmegaConf.create({})
     for name in names:
         cfg = OmegaConf.load(REMEDY_DIR / f"{name}.yaml")
@@ -253,8 +254,9 @@ def cass_module(args: argparse.Namespace, remedies: list[str], init: dict) -> CA
 def dino_module(args: argparse.Namespace, arm: str, init: dict) -> DINOModule:
     kwargs: dict[str, Any] = {"zero_init_last": False} if arm == "cnn" else vit_kwargs(args)
     module = DINOModule(arm=arm, cnn=args.cnn, vit=args.vit, img_size=args.img_size,
-                        head_dim=args.dino_head_dim, head_hidden_dim=512, head_bottleneck_dim=128,
-                        head_batch_norm=arm == "cnn", backbone_kwargs=kwargs)  # fmt: skip
+                        head=dict(dim=args.dino_head_dim, hidden_dim=512, bottleneck_dim=128,
+                                  batch_norm=arm == "cnn"),
+                        **{f"{arm}_kwargs": kwargs})  # fmt: skip
     transplant(init[arm], module.student_backbone)
     module.teacher_backbone.load_state_dict(module.student_backbone.state_dict())
     return module
@@ -420,7 +422,7 @@ def run_dataset(name: str, args: argparse.Namespace, only: set[str], workdir: Pa
                 )
         else:
             remedies = [] if method == "cass" else [method]
-            views = 2 if remedy_kwargs(remedies).get("two_views") else 1
+            views = 2 if remedy_kwargs(remedies).get("remedies", {}).get("two_views") else 1
             makers[method] = (
                 lambda r=remedies: cass_module(args, r, init),
                 lambda v=views: split.unlabelled(0, v),
@@ -439,7 +441,7 @@ def run_dataset(name: str, args: argparse.Namespace, only: set[str], workdir: Pa
     def run_cass(method: str, remedies: list[str], seed: int, key: str) -> None:
         L.seed_everything(seed, verbose=False)
         module = cass_module(args, remedies, init)
-        views = 2 if module.hparams.two_views else 1
+        views = 2 if module.remedies.two_views else 1
         seconds = fit_steps(module, split.unlabelled(seed, views), steps[key])
         cos = arm_cosine(module, split)
         results.setdefault(method, []).append(

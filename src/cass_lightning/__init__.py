@@ -1,13 +1,12 @@
 """cass-lightning: CASS (Cross Architectural Self-Supervision) on Lightning, timm and Hydra."""
 
-__version__ = "0.1.0"
-
 from cass_lightning.data import (
     ImageFolderDataModule,
     MedicalDataModule,
     MedMNISTDataModule,
     SyntheticDataModule,
 )
+from cass_lightning.export import PACKAGE_VERSION as __version__
 from cass_lightning.losses import CASSLoss, cass_loss, sigmoid_focal_loss
 from cass_lightning.modules.cass import CASSModule
 from cass_lightning.modules.classifier import ClassifierModule

@@ -17,7 +17,8 @@ import timm
 from timm.models import group_parameters
 from torch import nn
 
-from cass_lightning.net import host_reachable
+from cass_lightning.checks import check_choice
+from cass_lightning.io import host_reachable
 
 HEAD_KINDS = ("logits", "projector", "features")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -131,8 +132,7 @@ def build_encoder(
     the ``head_dim``-way classifier and ``head`` is an identity; otherwise the backbone outputs
     pooled features and ``head`` is a projector MLP or an identity.
     """
-    if head not in HEAD_KINDS:
-        raise ValueError(f"head must be one of {HEAD_KINDS}, got {head!r}")
+    check_choice("head", head, HEAD_KINDS)
     num_classes = head_dim if head == "logits" else 0
     backbone = create_timm_model(
         name,

@@ -1,4 +1,4 @@
-"""Export both arms as plain timm weights: ``cnn.safetensors``, ``vit.safetensors``, ``meta.json``.
+"""Export trained arms as plain timm weights: ``<arm>.safetensors`` files and ``meta.json``.
 
 The backbone files hold exactly ``model.state_dict()`` of the timm model, so plain timm reloads
 them with a strict key match::
@@ -8,87 +8,108 @@ them with a strict key match::
                       pretrained_cfg_overlay=dict(file=path, num_classes=n))
 
 (naming ``num_classes`` in the overlay stops timm from discarding a classifier whose width
-differs from ImageNet's 1000).
+differs from ImageNet's 1000). CASS exports both arms; DINO the one arm it trained. Every module
+says what it exports through ``exportable()``, so one writer serves them all.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import timm
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
-from cass_lightning import __version__
+from cass_lightning.checks import check_choice
+from cass_lightning.encoders import EncoderSpec
+from cass_lightning.io import atomic_write_bytes, atomic_write_json, read_json
 
 ARMS = ("cnn", "vit")
 META_FILE = "meta.json"
+EXPORT_FORMAT = "cass-lightning-export/1"
+
+try:
+    PACKAGE_VERSION = version("cass-lightning")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    PACKAGE_VERSION = "unknown"
+
+
+@dataclass
+class ExportedArm:
+    """One arm to write: its timm backbone, the optional projector after it, and its spec."""
+
+    spec: EncoderSpec
+    backbone: nn.Module
+    projector: nn.Module | None = None
+
+
+class Exportable(Protocol):
+    """What a module offers to :func:`export_module`."""
+
+    def exportable(self) -> tuple[dict[str, ExportedArm], dict[str, Any]]:
+        """The arms to write, and the ``meta.json`` fields that describe the whole export."""
+        ...
 
 
 def contiguous_state(module: nn.Module) -> dict[str, Any]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
-def export_backbones(model: Any, out_dir: str | Path, source: str | None = None) -> Path:
-    """Write both arms of a :class:`CASSModule` into ``out_dir`` and return the folder.
+def export_backbones(
+    arms: dict[str, ExportedArm],
+    out_dir: str | Path,
+    meta: dict[str, Any],
+    source: str | None = None,
+) -> Path:
+    """Write ``<arm>.safetensors`` (and ``<arm>_projector.safetensors``) per arm, then
+    ``meta.json``, into ``out_dir``; return the folder.
 
-    Refuses to write into a folder that already holds an export: exports are never overwritten.
-    Files are written under temporary names and renamed, so a crash never leaves a half file.
+    Refuses a folder that already holds any of these files: exports are never overwritten.
+    Each file is written atomically and ``meta.json`` last, so a folder with a ``meta.json`` is
+    a complete export.
     """
+    unknown = sorted(set(arms) - set(ARMS))
+    if not arms or unknown:
+        raise ValueError(f"export arms must be among {ARMS}, got {sorted(arms)}")
     out = Path(out_dir)
-    existing = [n for n in (*(f"{a}.safetensors" for a in ARMS), META_FILE) if (out / n).exists()]
+    names = [META_FILE, *(f"{a}.safetensors" for a in arms), *(f"{a}_projector.safetensors"
+                                                                for a in arms)]  # fmt: skip
+    existing = [n for n in names if (out / n).exists()]
     if existing:
         raise FileExistsError(
             f"{out} already holds an export ({', '.join(existing)}); choose another folder"
         )
     out.mkdir(parents=True, exist_ok=True)
-    hp = model.hparams
-    meta: dict[str, Any] = {
-        "format": "cass-lightning-export/1",
-        "cass_lightning_version": __version__,
+    full: dict[str, Any] = {
+        "format": EXPORT_FORMAT,
+        "cass_lightning_version": PACKAGE_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": source,
-        "head": hp.head,
-        "head_dim": hp.head_dim,
-        "mean": list(hp.mean),
-        "std": list(hp.std),
+        **meta,
     }
-    specs = model.specs()
-    for arm in ARMS:
-        backbone: nn.Module = getattr(model, arm)
-        head: nn.Module = getattr(model, f"{arm}_head")
-        entry = asdict(specs[arm]) | {"file": f"{arm}.safetensors", "projector_file": None}
-        atomic_save(contiguous_state(backbone), out / entry["file"])
-        if any(True for _ in head.parameters()):
+    for arm, exported in arms.items():
+        entry = asdict(exported.spec) | {"file": f"{arm}.safetensors", "projector_file": None}
+        atomic_write_bytes(
+            out / entry["file"], safetensors_bytes(contiguous_state(exported.backbone))
+        )
+        if exported.projector is not None and any(True for _ in exported.projector.parameters()):
             entry["projector_file"] = f"{arm}_projector.safetensors"
-            atomic_save(contiguous_state(head), out / entry["projector_file"])
-        meta[arm] = entry
-    atomic_write_text(json.dumps(meta, indent=2), out / META_FILE)
+            state = contiguous_state(exported.projector)
+            atomic_write_bytes(out / entry["projector_file"], safetensors_bytes(state))
+        full[arm] = entry
+    atomic_write_json(out / META_FILE, full)
     return out
 
 
-def atomic_save(state: dict[str, Any], path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+def export_module(model: Exportable, out_dir: str | Path, source: str | None = None) -> Path:
+    """Export whatever ``model.exportable()`` offers (CASS: both arms; DINO: one)."""
+    arms, meta = model.exportable()
+    return export_backbones(arms, out_dir, meta, source=source)
 
 
 def read_meta(export_dir: str | Path) -> dict[str, Any]:
@@ -97,29 +118,54 @@ def read_meta(export_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: {export_dir} is not a cass-lightning export "
-            "(expected cnn.safetensors, vit.safetensors and meta.json)"
+            "(expected <arm>.safetensors files and meta.json)"
         )
-    return json.loads(path.read_text())
+    meta = read_json(path, "export meta.json")
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is not a cass-lightning export meta.json (not a JSON object)")
+    return meta
 
 
-def load_backbone(export_dir: str | Path, arm: str, num_classes: int | None = None) -> nn.Module:
-    """Rebuild one exported arm with plain timm (strict key match when the head is kept).
+def exported_arms(meta: dict[str, Any]) -> list[str]:
+    """The arms an export holds (CASS: cnn and vit; DINO: the one it trained)."""
+    return [arm for arm in ARMS if isinstance(meta.get(arm), dict)]
+
+
+def arm_meta(export_dir: str | Path, arm: str, meta: dict[str, Any] | None = None) -> dict:
+    """The ``meta.json`` entry of one arm, or an error naming the arms the export does hold."""
+    check_choice("arm", arm, ARMS)
+    meta = read_meta(export_dir) if meta is None else meta
+    if arm not in exported_arms(meta):
+        held = exported_arms(meta) or ["none"]
+        method = meta.get("method", "cass")
+        raise ValueError(
+            f"the export {export_dir} holds no {arm} arm (it holds: {', '.join(held)}; written "
+            f"by {method}); choose arm={held[0]} or another export"
+        )
+    return meta[arm]
+
+
+def load_backbone(
+    export_dir: str | Path,
+    arm: str,
+    num_classes: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Rebuild one exported arm with plain timm (strict key match).
 
     ``num_classes`` other than the exported one gives a fresh classifier of that width, as
-    timm does for any pretrained file (the fine-tuning use).
+    timm does for any pretrained file (the fine-tuning use). ``meta`` is the export's
+    ``meta.json`` when the caller has already read it.
     """
-    if arm not in ARMS:
-        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
-    meta = read_meta(export_dir)[arm]
-    file = Path(export_dir) / meta["file"]
-    kwargs: dict[str, Any] = {"in_chans": meta["in_chans"]}
-    if meta["img_size"] is not None:
-        kwargs["img_size"] = meta["img_size"]
-    keep_head = num_classes is None or num_classes == meta["num_classes"]
+    entry = arm_meta(export_dir, arm, meta)
+    file = Path(export_dir) / entry["file"]
+    kwargs: dict[str, Any] = {"in_chans": entry["in_chans"]}
+    if entry["img_size"] is not None:
+        kwargs["img_size"] = entry["img_size"]
     model = timm.create_model(
-        meta["timm_name"], pretrained=False, num_classes=meta["num_classes"], **kwargs
+        entry["timm_name"], pretrained=False, num_classes=entry["num_classes"], **kwargs
     )
     model.load_state_dict(load_file(str(file)), strict=True)
-    if not keep_head:
+    if num_classes is not None and num_classes != entry["num_classes"]:
         model.reset_classifier(num_classes)
     return model

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "cnn_gradcam",
+    "denormalize",
     "gradcam_target_layer",
     "jet",
     "overlay_grid",
@@ -179,6 +180,14 @@ def cnn_gradcam(
     return _normalise(torch.from_numpy(np.asarray(maps, dtype=np.float32)))
 
 
+def denormalize(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """Undo ``Normalize(mean, std)`` on ``(N, C, H, W)`` images and clamp to ``[0, 1]``."""
+    shape = (1, -1, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(shape)
+    return (images * std_t + mean_t).clamp(0.0, 1.0)
+
+
 def jet(values: Tensor) -> Tensor:
     """The classic blue-cyan-yellow-red colour map of ``[0, 1]`` values: ``(..., 3)`` RGB.
 
@@ -206,8 +215,6 @@ def overlay_grid(
     with :func:`jet` and blended with weight ``alpha``.
     """
     from torchvision.utils import make_grid
-
-    from cass_lightning.callbacks import denormalize
 
     images = images.detach().float().cpu()
     if mean is not None and std is not None:

@@ -8,13 +8,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from cass_lightning import CASSModule, cass_loss
-from cass_lightning.runtime import resolve_precision
+from cass_lightning.runtime import apply_speed_switches, resolve_precision
 
 pytestmark = pytest.mark.gpu
 
 
-def _fit(precision: str, **kwargs) -> L.Trainer:
-    model = CASSModule(cnn="resnet18", vit="vit_tiny_patch16_224", img_size=64, **kwargs)
+def _fit(precision: str, channels_last: bool = False) -> L.Trainer:
+    model = CASSModule(cnn="resnet18", vit="vit_tiny_patch16_224", img_size=64)
+    apply_speed_switches(model, channels_last=channels_last, compile=False)
     trainer = L.Trainer(accelerator="gpu", devices=1, precision=precision, max_steps=5,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)  # fmt: skip

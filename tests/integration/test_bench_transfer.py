@@ -33,7 +33,8 @@ def test_remedy_arguments_come_from_the_remedy_configs():
     bench = load_bench("transfer")
     assert bench.remedy_kwargs([]) == {}
     merged = bench.remedy_kwargs(["gentle", "two_views"])
-    assert merged["layer_decay"] == 0.75 and merged["two_views"] is True
+    remedies = merged["remedies"]
+    assert remedies["layer_decay"] == 0.75 and remedies["two_views"] is True
     assert merged["optimizer"]["lr"] == 1e-4 and merged["scheduler"]["name"] == "warmup_cosine"
 
 

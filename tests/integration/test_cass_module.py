@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from cass_lightning import CASSModule
-from cass_lightning.export import export_backbones, load_backbone, read_meta
+from cass_lightning.export import export_module, load_backbone, read_meta
+from cass_lightning.modules.ablation import AccumulatingCASSModule
+from cass_lightning.runtime import apply_speed_switches
 from run_helpers import images, make_trainer
 
 
@@ -95,7 +97,8 @@ def test_bad_batches_are_named(tiny_kwargs):
 
 
 def test_logs_collapse_signals_and_lr_per_arm(tiny_kwargs):
-    model = CASSModule(**tiny_kwargs, cnn_lr=2e-4, vit_lr=5e-4, scheduler={"name": "none"})
+    model = CASSModule(**tiny_kwargs, optimizer={"cnn_lr": 2e-4, "vit_lr": 5e-4},
+                       scheduler={"name": "none"})  # fmt: skip
     trainer = make_trainer(max_steps=2)
     trainer.fit(model, DataLoader(images(8), batch_size=4))
     metrics = trainer.callback_metrics
@@ -123,7 +126,7 @@ def test_features_head_needs_equal_widths(tiny_kwargs):
 
 
 def test_gradient_accumulation_ablation_keeps_gradients(tiny_kwargs):
-    """zero_grad_every_step=False reproduces the notebook: step 2 sees g1 + g2."""
+    """AccumulatingCASSModule reproduces the notebook: step 2 sees g1 + g2."""
     seen: list[torch.Tensor] = []
 
     class Grab(L.Callback):
@@ -131,14 +134,9 @@ def test_gradient_accumulation_ablation_keeps_gradients(tiny_kwargs):
             seen.append(pl_module.cnn.fc.bias.grad.detach().clone())
 
     x = images(4)
-    for flag in (True, False):
+    for flag, module in ((True, CASSModule), (False, AccumulatingCASSModule)):
         seen.clear()
-        model = CASSModule(
-            **tiny_kwargs,
-            zero_grad_every_step=flag,
-            optimizer={"lr": 0.0},
-            scheduler={"name": "none"},
-        )
+        model = module(**tiny_kwargs, optimizer={"lr": 1e-30}, scheduler={"name": "none"})
         model.eval()  # fixed BatchNorm statistics: the same batch gives the same gradient
         trainer = make_trainer(max_steps=2, callbacks=[Grab()])
         model.train = lambda mode=True, m=model: m  # keep eval mode inside fit
@@ -156,13 +154,13 @@ def test_bf16_mixed_on_cpu_stays_finite(tiny_kwargs):
 
 
 def test_checkpoint_round_trip_without_hydra(tmp_path, tiny_kwargs):
-    model = CASSModule(**tiny_kwargs, cnn_lr=3e-4)
+    model = CASSModule(**tiny_kwargs, optimizer={"cnn_lr": 3e-4})
     trainer = make_trainer(max_steps=2, default_root_dir=tmp_path, enable_checkpointing=True)
     trainer.fit(model, DataLoader(images(8), batch_size=4))
     path = tmp_path / "manual.ckpt"
     trainer.save_checkpoint(path)
     loaded = CASSModule.load_from_checkpoint(path, weights_only=True)
-    assert loaded.hparams.cnn == "resnet10t" and loaded.hparams.cnn_lr == 3e-4
+    assert loaded.hparams.cnn == "resnet10t" and loaded.optimizer_cfg["cnn_lr"] == 3e-4
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value)
 
@@ -171,7 +169,7 @@ def test_checkpoint_round_trip_without_hydra(tmp_path, tiny_kwargs):
 def test_export_then_plain_timm_reload(tmp_path, tiny_kwargs, head):
     model = CASSModule(**{**tiny_kwargs, "head": head})
     make_trainer(max_steps=1).fit(model, DataLoader(images(4), batch_size=4))
-    out = export_backbones(model, tmp_path / "export", source="test")
+    out = export_module(model, tmp_path / "export", source="test")
     meta = json.loads((out / "meta.json").read_text())
     assert meta["head"] == head and meta["mean"] == [0.485, 0.456, 0.406]
     for arm in ("cnn", "vit"):
@@ -202,10 +200,10 @@ def test_export_then_plain_timm_reload(tmp_path, tiny_kwargs, head):
 
 def test_export_refuses_to_overwrite(tmp_path, tiny_kwargs):
     model = CASSModule(**tiny_kwargs)
-    export_backbones(model, tmp_path)
+    export_module(model, tmp_path)
     before = (tmp_path / "cnn.safetensors").read_bytes()
     with pytest.raises(FileExistsError, match="already holds an export"):
-        export_backbones(model, tmp_path)
+        export_module(model, tmp_path)
     assert (tmp_path / "cnn.safetensors").read_bytes() == before
 
 
@@ -217,14 +215,15 @@ def test_non_finite_loss_stops_with_the_step(tiny_kwargs):
         make_trainer(max_steps=1).fit(model, DataLoader(x, batch_size=4))
 
 
-def test_lr_scale_multiplies_every_group(tiny_kwargs):
-    model = CASSModule(**tiny_kwargs, optimizer={"lr": 1e-3}, vit_lr=2e-4, lr_scale=4.0)
+def test_batch_lr_factor_multiplies_every_group(tiny_kwargs):
+    model = CASSModule(**tiny_kwargs, optimizer={"lr": 1e-3, "vit_lr": 2e-4}, batch_lr_factor=4.0)
     lrs = {g["name"]: g["lr"] for g in model.param_groups()}
     assert lrs["cnn"] == pytest.approx(4e-3) and lrs["vit_no_decay"] == pytest.approx(8e-4)
 
 
 def test_channels_last_and_compile_switches(tiny_kwargs):
-    model = CASSModule(**tiny_kwargs, channels_last=True)
+    model = CASSModule(**tiny_kwargs)
+    apply_speed_switches(model, channels_last=True, compile=False)
     assert model.cnn.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
     plain = CASSModule(**tiny_kwargs)
     plain.load_state_dict(model.state_dict())
@@ -232,7 +231,8 @@ def test_channels_last_and_compile_switches(tiny_kwargs):
     model.eval()
     plain.eval()
     torch.testing.assert_close(model(x)[0], plain(x)[0], atol=1e-5, rtol=1e-4)
-    compiled = CASSModule(**tiny_kwargs, compile=True)
+    compiled = CASSModule(**tiny_kwargs)
+    apply_speed_switches(compiled, channels_last=False, compile=True)
     # nn.Module.compile() works in place: the state-dict keys stay those of plain timm.
     assert compiled.cnn._compiled_call_impl is not None
     assert compiled.state_dict().keys() == plain.state_dict().keys()

@@ -20,8 +20,8 @@ from cass_lightning.export import load_backbone, read_meta
 from cass_lightning.modules.dino import DINOModule
 
 #: A small DINO head, so the tests spend their time on the backbones.
-SMALL_HEAD = dict(head_dim=32, head_hidden_dim=64, head_bottleneck_dim=16)
-TINY_DINO = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32, **SMALL_HEAD)
+SMALL_HEAD = dict(dim=32, hidden_dim=64, bottleneck_dim=16)
+TINY_DINO = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32, head=SMALL_HEAD)
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +98,9 @@ def test_trains_a_few_steps_with_finite_loss(arm):
 
 
 def test_teacher_gets_no_gradient_and_moves_by_ema_only():
-    model = DINOModule(arm="vit", momentum_start=0.9, momentum_end=0.9, **TINY_DINO)
+    model = DINOModule(
+        arm="vit", distillation=dict(momentum_start=0.9, momentum_end=0.9), **TINY_DINO
+    )
     student = [p.detach().clone() for p in model.student_backbone.parameters()]
     teacher = [p.detach().clone() for p in model.teacher_backbone.parameters()]
     assert all(torch.equal(s, t) for s, t in zip(student, teacher))  # starts as the student
@@ -128,7 +130,7 @@ def test_non_finite_loss_stops_training():
 
 def test_app_runs_dino_tiny_and_exports_a_loadable_arm(tmp_path):
     overrides = ["model=dino", "debug=tiny", "print_config=false", "rich_progress_bar=false"]
-    overrides += [f"model.{k}={v}" for k, v in SMALL_HEAD.items() if k != "head_dim"]
+    overrides += [f"model.head.{k}={v}" for k, v in SMALL_HEAD.items()]
     cfg = compose_app(tmp_path, overrides)
     assert cfg.data.train_views == "dino" and cfg.model.vit == "vit_tiny_patch16_224"
     result = pretrain(cfg)

@@ -24,10 +24,10 @@ from cass_lightning import CASSModule
 from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.finetune import RESULTS_FILE, finetune, resolve_weights
 from cass_lightning.encoders import create_timm_model
-from cass_lightning.export import export_backbones
+from cass_lightning.export import export_module
 from cass_lightning.losses import sigmoid_focal_loss
-from cass_lightning.metrics import METRIC_NAMES
 from cass_lightning.modules.classifier import ClassifierModule
+from cass_lightning.modules.metrics import METRIC_NAMES
 from data_fixtures import autoimmune
 
 TINY_CASS = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32, head_dim=32)
@@ -48,7 +48,7 @@ def pretrained(tmp_path_factory) -> dict:
     trainer.fit(model, DataLoader(torch.randn(4, 3, 32, 32), batch_size=4))
     ckpt = root / "cass.ckpt"
     trainer.save_checkpoint(ckpt)
-    export = export_backbones(model, root / "export", source="test")
+    export = export_module(model, root / "export", source="test")
     return {"model": model, "export": export, "ckpt": ckpt}
 
 

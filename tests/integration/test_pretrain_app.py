@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from app_helpers import compose_app
 from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.pretrain import pretrain
+from cass_lightning.modules.objective import Remedies
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 
@@ -48,7 +49,9 @@ def test_paper_reference_is_the_papers_setting(tmp_path):
     )  # fmt: skip
     assert (m.optimizer.name, m.optimizer.lr, m.optimizer.weight_decay) == ("adam", 1e-3, 0.0)
     assert (m.scheduler.name, m.scheduler.t_max, m.scheduler.eta_min) == ("cyclic_cosine", 16, 1e-6)
-    assert m.pretrained is True and m.zero_grad_every_step is True
+    # gradients zeroed every step (not the notebook-defect ablation), every remedy off
+    assert m.pretrained is True and m._target_ == "cass_lightning.CASSModule"
+    assert not Remedies.from_dict(OmegaConf.to_container(m.remedies)).any
     assert (cfg.data.batch_size, cfg.trainer.max_epochs, cfg.trainer.precision) == (
         16,
         100,

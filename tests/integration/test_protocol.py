@@ -19,7 +19,7 @@ from cass_lightning.apps.pretrain import pretrain
 from cass_lightning.apps.report import main as report_main
 
 QUIET = ["print_config=false", "trainer.enable_progress_bar=false"]
-DINO_HEAD = ["model.head_dim=32", "model.head_hidden_dim=64", "model.head_bottleneck_dim=16"]
+DINO_HEAD = ["model.head.dim=32", "model.head.hidden_dim=64", "model.head.bottleneck_dim=16"]
 TINY_FINETUNE = [
     "data.images_per_class=4", "data.val_images_per_class=2", "data.image_size=32",
     "data.batch_size=8", "trainer.max_epochs=1", "trainer.log_every_n_steps=1",

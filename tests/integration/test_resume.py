@@ -23,16 +23,21 @@ from torch.utils.data import DataLoader
 from app_helpers import app_env, compose_app
 from cass_lightning import CASSModule
 from cass_lightning.apps import pretrain as pretrain_app
+from cass_lightning.apps.loggers import build_loggers
 from cass_lightning.apps.pretrain import pretrain
-from cass_lightning.checkpointing import (
+from cass_lightning.apps.resume import ResumeError, plan_start, resume_argv
+from cass_lightning.callbacks.checkpoint import (
     AtomicCheckpointIO,
     LastCheckpoint,
     atomic_checkpoint_plugin,
-    atomic_torch_save,
-    is_temp_file,
 )
-from cass_lightning.loggers import build_loggers
-from cass_lightning.resume import ResumeError, plan_start, resume_argv
+from cass_lightning.io import atomic_write, is_temp_file
+
+
+def atomic_torch_save(obj, path) -> None:
+    """``torch.save`` through the project's one atomic writer, as checkpoints are written."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
 
 HERE = Path(__file__).resolve().parent
 #: A tiny run: 6 synthetic classes x 8 images, batch 8 (drop_last) -> 6 optimizer steps per epoch.
@@ -118,11 +123,11 @@ def test_a_kill_during_a_save_keeps_the_previous_checkpoint(tmp_path):
     atomic_torch_save({"global_step": 1}, target)
     script = (
         "import os, signal, torch\n"
-        "from cass_lightning.checkpointing import atomic_torch_save\n"
+        "from cass_lightning.io import atomic_write\n"
         "def half(obj, f, *a, **k):\n"
         "    f.write(b'PK half'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
         "torch.save = half\n"
-        f"atomic_torch_save({{'global_step': 2}}, {str(target)!r})\n"
+        f"atomic_write({str(target)!r}, lambda h: torch.save({{'global_step': 2}}, h))\n"
     )
     proc = subprocess.run([sys.executable, "-c", script], timeout=120)
     assert proc.returncode == -signal.SIGKILL

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss as tv_focal
 
 from cass_lightning.losses import sigmoid_focal_loss
-from cass_lightning.metrics import METRIC_NAMES, ClassificationMetrics, build_metrics
+from cass_lightning.modules.metrics import METRIC_NAMES, ClassificationMetrics, build_metrics
 
 
 # ------------------------------------------------------------------------------ focal loss

@@ -10,7 +10,7 @@ import timm
 import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR
 
-from cass_lightning.optim import (
+from cass_lightning.modules.optim import (
     arm_param_groups,
     build_optimizer,
     build_scheduler,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -12,8 +13,8 @@ from lightly.loss.vicreg_loss import covariance_loss, variance_loss
 
 from cass_lightning.encoders import freeze_stages, keep_frozen_in_eval
 from cass_lightning.losses import cass_loss, covariance_term, variance_term
-from cass_lightning.objective import CASSObjective, build_predictor, view_pairs
-from cass_lightning.optim import arm_param_groups, group_learning_rates, layer_lr_scales
+from cass_lightning.modules.objective import CASSObjective, build_predictor, view_pairs
+from cass_lightning.modules.optim import arm_param_groups, group_learning_rates
 from cass_lightning.runtime import strategy_for_idle_parameters
 
 DIM = 16
@@ -366,6 +367,15 @@ def test_frozen_batchnorm_stays_in_eval_after_train():
 
 
 # --------------------------------------------------------------------------- layer-wise lr decay
+def layer_lr_scales(model: torch.nn.Module, decay: float) -> dict[str, float]:
+    """Parameter name -> the lr multiplier its optimiser group would give it under layer decay
+    (frozen ones included: measured on a fully trainable copy)."""
+    model = copy.deepcopy(model).requires_grad_(True)
+    groups = arm_param_groups("cnn", [model], lr=1.0, weight_decay=0.0, layer_decay=decay)
+    factor = {id(p): g["layer_lr_factor"] for g in groups for p in g["params"]}
+    return {name: factor[id(p)] for name, p in model.named_parameters()}
+
+
 def test_layer_lr_scales_of_a_resnet():
     model = resnet()
     scales = layer_lr_scales(model, 0.5)
@@ -408,18 +418,18 @@ def test_layer_decay_groups_cover_every_trainable_parameter_once(make):
     names = {id(p): n for n, p in model.named_parameters()}
     head_ids = {id(p) for p in head.parameters()}
     for group in groups:
-        assert group["lr"] == pytest.approx(lr * group["lr_scale"])
+        assert group["lr"] == pytest.approx(lr * group["layer_lr_factor"])
         assert group["weight_decay"] == (0.0 if group["name"].endswith("_no_decay") else 0.05)
-        depth = round(math.log(group["lr_scale"], decay))
+        depth = round(math.log(group["layer_lr_factor"], decay))
         base = "cnn" if depth == 0 else f"cnn_d{depth}"
         assert group["name"] in (base, f"{base}_no_decay")
         for p in group["params"]:
             # the extra modules (head, predictor) keep the full lr
             want = 1.0 if id(p) in head_ids else scales[names[id(p)]]
-            assert group["lr_scale"] == pytest.approx(want)
+            assert group["layer_lr_factor"] == pytest.approx(want)
     assert len({g["name"] for g in groups}) == len(groups)
     # The stem is frozen, so the smallest remaining scale is one stage up.
-    assert min(g["lr_scale"] for g in groups) == pytest.approx(
+    assert min(g["layer_lr_factor"] for g in groups) == pytest.approx(
         min(scales[n] for n, p in model.named_parameters() if p.requires_grad)
     )
     optimizer = torch.optim.Adam(groups)
@@ -430,7 +440,7 @@ def test_without_layer_decay_the_groups_are_the_plain_two():
     model = resnet()
     groups = arm_param_groups("vit", [model], lr=2e-3, weight_decay=0.1)
     assert [g["name"] for g in groups] == ["vit", "vit_no_decay"]
-    assert all(g["lr"] == 2e-3 and g["lr_scale"] == 1.0 for g in groups)
+    assert all(g["lr"] == 2e-3 and g["layer_lr_factor"] == 1.0 for g in groups)
 
 
 # ----------------------------------------------------------------------------------- strategy

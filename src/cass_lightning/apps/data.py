@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from cass_lightning.apps.common import CONFIG_DIR, run_dir
-from cass_lightning.data.base import MedicalDataModule
+from cass_lightning.data.datamodule import MedicalDataModule
 
 COMMANDS = {
     "check": "validate every image and print a summary per split",

@@ -13,22 +13,28 @@ validation split when the dataset has none, as ``results.json`` then says) and w
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.apps.common import CONFIG_DIR, print_config_tree, run_dir, seed_everything
-from cass_lightning.data.base import MedicalDataModule
-from cass_lightning.loggers import build_loggers, logger_context
-from cass_lightning.modules.classifier import ClassifierModule, pretrained_arm_info
+from cass_lightning.apps.common import (
+    CONFIG_DIR,
+    finite_or_none,
+    print_config_tree,
+    refuse_to_overwrite,
+    report_run,
+    run_dir,
+    seed_everything,
+)
+from cass_lightning.apps.loggers import build_loggers, logger_context
+from cass_lightning.data.datamodule import MedicalDataModule
+from cass_lightning.io import atomic_write_json
+from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
 from cass_lightning.runtime import resolve_precision
 
 RESULTS_FILE = "results.json"
@@ -52,37 +58,37 @@ def resolve_weights(weights: Any, weights_file: str | None) -> tuple[str, str | 
     return "export", text
 
 
-def _refuse_to_overwrite(folder: Path) -> None:
-    """A run never writes over another run's results or checkpoints."""
-    checkpoints = folder / "checkpoints"
-    has_checkpoints = checkpoints.is_dir() and any(checkpoints.iterdir())
-    if (folder / RESULTS_FILE).exists() or has_checkpoints:
-        raise FileExistsError(
-            f"{folder} already holds a fine-tuning run; refusing to overwrite it. Start a new "
-            "run (the default run folder is time-stamped) or set hydra.run.dir"
-        )
+def build_data(cfg: DictConfig, source: ArmSource) -> MedicalDataModule:
+    """The datamodule, fed as the weights need: their input size and, for pretrained weights,
+    the normalisation they were trained with. Its training loader is the labelled subset."""
+    follow: dict[str, Any] = {"train_subset": "labelled"}
+    if source.img_size is not None:
+        follow["img_size"] = source.img_size
+    if source.mean is not None and source.std is not None:
+        follow["mean"], follow["std"] = list(source.mean), list(source.std)
+    changed = {k: v for k, v in follow.items() if k in cfg.data and cfg.data[k] != v}
+    if changed and rank_zero_only.rank == 0:
+        print(f"data follows the {source.init} weights: " +
+              ", ".join(f"{k}={v}" for k, v in changed.items()))  # fmt: skip
+    return instantiate(cfg.data, **follow, _convert_="all")
 
 
-def _finite(value: Any) -> float | None:
-    """A float for JSON, or None for NaN/inf (JSON has no NaN)."""
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def build_model(cfg: DictConfig, init: str, weights: str | None, dm: MedicalDataModule) -> Any:
+def build_model(cfg: DictConfig, source: ArmSource, dm: MedicalDataModule) -> ClassifierModule:
     """The ClassifierModule of ``cfg.model`` for the data's classes and labels."""
     model_cfg: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
     model_cfg.pop("weights_file", None)
     use_weights = bool(model_cfg.pop("class_weights", True))
-    class_weights = dm.class_weights().tolist() if use_weights else None
-    return instantiate(
-        model_cfg,
-        init=init,
-        weights=weights,
+    module = get_class(model_cfg.pop("_target_"))
+    model_cfg.update(timm_name=source.timm_name, img_size=source.img_size)
+    # Called directly rather than through instantiate, which would turn ``source`` into a dict.
+    return module(
+        **model_cfg,
+        init=source.init,
+        weights=source.weights,
         num_classes=dm.num_classes,
         multi_label=dm.multi_label,
-        class_weights=class_weights,
-        _convert_="all",
+        class_weights=dm.class_weights().tolist() if use_weights else None,
+        source=source,
     )
 
 
@@ -92,25 +98,32 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     Returns what ``results.json`` holds.
     """
     folder = run_dir(cfg)
-    _refuse_to_overwrite(folder)
+    refuse_to_overwrite(folder, (RESULTS_FILE, "checkpoints"))
     init, weights = resolve_weights(cfg.get("weights"), cfg.model.get("weights_file"))
-    info = pretrained_arm_info(init, weights, cfg.arm)  # fails now on a bad path, naming it
-    if info:
-        with open_dict(cfg):
-            cfg.model.img_size = info["img_size"]  # the data follows the pretraining size
+    model_cfg = cfg.model
+    # Read the weights' description once; a bad path fails here, before any data is built.
+    # Pretrained weights set the input size (model.img_size is for imagenet/random).
+    size = None if init in ("export", "checkpoint") else model_cfg.get("img_size")
+    source = read_arm_source(cfg.arm, init, weights, model_cfg.get("timm_name"), size,
+                             model_cfg.get("in_chans", 3))  # fmt: skip
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     seed_everything(cfg.get("seed"))
 
-    dm: MedicalDataModule = instantiate(cfg.data, _convert_="all")
+    dm = build_data(cfg, source)
     dm.prepare_data()
     dm.setup("fit")
-    model: ClassifierModule = build_model(cfg, init, weights, dm)
+    model = build_model(cfg, source, dm)
     stopping = cfg.early_stopping
     if stopping.mode != model.monitor_mode:
         raise ValueError(
             f"early_stopping.mode={stopping.mode} but {stopping.monitor} is best when "
             f"{'lower' if model.monitor_mode == 'min' else 'higher'}; use {model.monitor_mode}"
+        )
+    if not dm.split_indices("val").size:
+        raise ValueError(
+            f"{dm.root} has no validation split; fine-tuning early-stops and picks its "
+            "checkpoint on validation. Set data.val_fraction > 0"
         )
     best = ModelCheckpoint(
         dirpath=folder / "checkpoints", filename="best-epoch{epoch:03d}",
@@ -127,24 +140,16 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         logger=loggers or False,
         _convert_="all",
     )
-    dm.trainer = trainer  # the loaders split the global batch over the trainer's devices
-    val_loader = dm.val_dataloader()
-    if not val_loader:
-        raise ValueError(
-            f"{dm.root} has no validation split; fine-tuning early-stops and picks its "
-            "checkpoint on validation. Set data.val_fraction > 0"
-        )
-    test_loader, test_split = dm.test_dataloader(), "test"
-    if not test_loader:
-        test_loader, test_split = val_loader, "val"
-        if rank_zero_only.rank == 0:
-            print("no test split in this dataset: the best checkpoint is evaluated on validation")
     for logger in trainer.loggers:
         logger.log_hyperparams({"seed": cfg.get("seed"), "data": dict(dm.hparams)})
 
-    trainer.fit(model, train_dataloaders=dm.labelled_train_dataloader(), val_dataloaders=val_loader)
+    trainer.fit(model, datamodule=dm)
+    test_split = "test" if dm.split_indices("test").size else "val"
+    if test_split == "val" and rank_zero_only.rank == 0:
+        print("no test split in this dataset: the best checkpoint is evaluated on validation")
+    loader = dm.test_dataloader() if test_split == "test" else dm.val_dataloader()
     ckpt_path = "best" if best.best_model_path else None
-    tested = trainer.test(model, dataloaders=test_loader, ckpt_path=ckpt_path, verbose=False)
+    tested = trainer.test(model, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
     hp = model.hparams
     result: dict[str, Any] = {
         "run_dir": str(folder),
@@ -152,6 +157,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         "mode": hp.mode,
         "init": init,
         "weights": weights,
+        "method": source.method,
         "timm_name": hp.timm_name,
         "img_size": hp.img_size,
         "dataset": dm.report.dataset if dm.report else dm.layout,
@@ -161,30 +167,25 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         "labelled_images": len(dm.labelled),
         "seed": cfg.get("seed"),
         "test_split": test_split,
-        "metrics": {k: _finite(v) for k, v in (tested[0] if tested else {}).items()},
+        "metrics": {k: finite_or_none(v) for k, v in (tested[0] if tested else {}).items()},
         "monitor": stopping.monitor,
-        "best_val": _finite(best.best_model_score) if best.best_model_score is not None else None,
+        "best_val": finite_or_none(best.best_model_score)
+        if best.best_model_score is not None
+        else None,
         "best_checkpoint": best.best_model_path or None,
         "epochs_run": int(trainer.current_epoch),
         "stopped_early": bool(early.stopped_epoch),
     }
     if trainer.is_global_zero:
-        (folder / RESULTS_FILE).write_text(json.dumps(result, indent=2))
-        _print_summary(result)
+        atomic_write_json(folder / RESULTS_FILE, result)
+        report_run(
+            f"fine-tuned the {result['arm']} arm ({result['timm_name']}, init {init}, "
+            f"{result['mode']}) for {result['epochs_run']} epochs",
+            {"run folder": result["run_dir"], "best checkpoint": result["best_checkpoint"],
+             "evaluated on": f"{test_split} split"},
+            result["metrics"],
+        )  # fmt: skip
     return result
-
-
-def _print_summary(result: dict[str, Any]) -> None:
-    lines = [
-        f"fine-tuned the {result['arm']} arm ({result['timm_name']}, init {result['init']}, "
-        f"{result['mode']}) for {result['epochs_run']} epochs",
-        f"  run folder:      {result['run_dir']}",
-        f"  best checkpoint: {result['best_checkpoint'] or '-'}",
-        f"  evaluated on:    {result['test_split']} split",
-    ]
-    for key, value in sorted(result["metrics"].items()):
-        lines.append(f"  {key}: {'-' if value is None else f'{value:.4f}'}")
-    print("\n".join(lines))
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="finetune")

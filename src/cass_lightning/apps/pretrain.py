@@ -7,7 +7,6 @@ overrides and ``-m`` sweeps work: ``cass-pretrain -m data.batch_size=8,16 traine
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -24,14 +23,16 @@ from cass_lightning.apps.common import (
     CONFIG_DIR,
     instantiate_group,
     print_config_tree,
+    refuse_to_overwrite,
+    report_run,
     run_dir,
     seed_everything,
 )
-from cass_lightning.callbacks import ExportBackbones
-from cass_lightning.checkpointing import atomic_checkpoint_plugin
-from cass_lightning.loggers import build_loggers, logger_context
-from cass_lightning.resume import plan_start, resumable
+from cass_lightning.apps.loggers import build_loggers, logger_context
+from cass_lightning.apps.resume import plan_start, resumable
+from cass_lightning.callbacks import ExportBackbones, ImagesPerSecond, atomic_checkpoint_plugin
 from cass_lightning.runtime import (
+    apply_speed_switches,
     check_multirun_strategy,
     lr_scale_factor,
     resolve_precision,
@@ -39,17 +40,7 @@ from cass_lightning.runtime import (
     world_size,
 )
 
-
-def _refuse_to_overwrite(folder: Path) -> None:
-    """A run never writes over another run's checkpoints or export."""
-    for sub in ("checkpoints", "export"):
-        target = folder / sub
-        if target.is_dir() and any(target.iterdir()):
-            raise FileExistsError(
-                f"{target} already holds files from an earlier run; refusing to overwrite them. "
-                "Start a new run (the default run folder is time-stamped) or set hydra.run.dir; "
-                f"to continue the run in that folder: cass-pretrain resume={folder}"
-            )
+SUMMARY_FILE = "summary.json"
 
 
 def launch_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -79,21 +70,21 @@ def launch_settings(cfg: DictConfig) -> dict[str, Any]:
     )
     # SyncBatchNorm only exists for CUDA; CPU DDP (gloo, tests) keeps per-process statistics.
     sync_bn = bool(trainer.get("sync_batchnorm", False)) and on_gpu
-    model = cfg.model
-    if bool(model.get("two_views", False)) != (cfg.data.get("train_views") == "pair"):
+    remedies = cfg.model.get("remedies") or {}
+    two_views, views = bool(remedies.get("two_views", False)), cfg.data.get("train_views")
+    if "remedies" in cfg.model and two_views != (views == "pair"):
         raise ValueError(
-            f"model.two_views={model.get('two_views', False)} needs data.train_views=pair and "
-            f"the other way round (got data.train_views={cfg.data.get('train_views')}); "
-            "remedy=two_views sets both"
+            f"model.remedies.two_views={two_views} but data.train_views={views}: leave "
+            "data.train_views to follow the model (remedy=two_views sets two_views)"
         )
-    idle = model.get("predictor", "none") == "alternate"
+    idle = remedies.get("predictor", "none") == "alternate"
     strategy = strategy_for_idle_parameters(trainer.get("strategy", "auto"), idle)
     settings = {
         "precision": precision,
         "strategy": strategy,
         "sync_batchnorm": sync_bn,
         "lr_scaling_rule": rule,
-        "lr_scale": factor,
+        "batch_lr_factor": factor,
         "effective_batch_size": effective,
     }
     if rank_zero_only.rank == 0:
@@ -112,14 +103,22 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     folder = run_dir(cfg)
     run = plan_start(cfg, folder)  # resume=<run folder>: checked; its last.ckpt is run.ckpt_path
     if not run.resuming:
-        _refuse_to_overwrite(folder)
+        refuse_to_overwrite(
+            folder,
+            ("checkpoints", "export"),
+            f"; to continue the run in that folder: cass-pretrain resume={folder}",
+        )
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     seed_everything(cfg.get("seed"))
 
     launch = launch_settings(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
-    model: L.LightningModule = instantiate(cfg.model, lr_scale=launch["lr_scale"], _convert_="all")
+    model: L.LightningModule = instantiate(
+        cfg.model, batch_lr_factor=launch["batch_lr_factor"], _convert_="all"
+    )
+    speed = cfg.get("speed") or {}
+    apply_speed_switches(model, bool(speed.get("channels_last")), bool(speed.get("compile")))
     callbacks = instantiate_group(cfg.get("callbacks"))
     if cfg.get("rich_progress_bar", False) and cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
@@ -146,39 +145,43 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     elapsed = time.perf_counter() - start
 
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # best, and last
-    last = next((c.last_model_path for c in checkpoints if c.last_model_path), None)
-    best = next((c.best_model_path for c in checkpoints if c.best_model_path), None)
     exporter = next((c for c in callbacks if isinstance(c, ExportBackbones)), None)
+    throughput = next((c for c in callbacks if isinstance(c, ImagesPerSecond)), None)
     result: dict[str, Any] = {
         "method": getattr(model, "method_name", type(model).__name__),
         "run_dir": str(folder),
         "fit_seconds": elapsed,
+        "epochs": int(trainer.current_epoch),
+        "steps": int(trainer.global_step),
+        "batch_size": int(cfg.data.batch_size),
+        "images_per_s": throughput.mean_images_per_s() if throughput else None,
+        "peak_memory_gib": throughput.peak_memory_gib if throughput else None,
+        "memory_kind": throughput.memory_kind if throughput else None,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-        "last_checkpoint": last,
-        "best_checkpoint": best,
+        "last_checkpoint": next((c.last_model_path for c in checkpoints if c.last_model_path),
+                                None),
+        "best_checkpoint": next((c.best_model_path for c in checkpoints if c.best_model_path),
+                                None),
         "export_dir": str(exporter.exported_to) if exporter and exporter.exported_to else None,
-    }
-    if trainer.is_global_zero:
-        _print_summary(result)
+    }  # fmt: skip
+    report_run(
+        f"{result['method']} pretraining finished in {elapsed:.0f} s",
+        {"run folder": result["run_dir"], "last checkpoint": result["last_checkpoint"],
+         "best checkpoint": result["best_checkpoint"], "exported arms": result["export_dir"]},
+        result["metrics"],
+        shown=SHOWN_METRICS,
+        summary_file=folder / SUMMARY_FILE,
+        summary=result,
+    )  # fmt: skip
     return result
 
 
-def _print_summary(result: dict[str, Any]) -> None:
-    lines = [
-        f"{result['method']} pretraining finished in {result['fit_seconds']:.0f} s",
-        f"  run folder:      {result['run_dir']}",
-        f"  last checkpoint: {result['last_checkpoint'] or '-'}",
-        f"  best checkpoint: {result['best_checkpoint'] or '-'}",
-        f"  exported arms:   {result['export_dir'] or '-'}",
-    ]
-    metrics = result["metrics"]
-    shown = ("train/loss_epoch", "train/cosine_epoch", "train/cnn_std_epoch", "train/vit_std_epoch",
-             "val/loss", "probe/cnn_val_acc", "probe/vit_val_acc", "knn/cnn_val_acc",
-             "knn/vit_val_acc", "perf/images_per_s")  # fmt: skip
-    for key in shown:
-        if key in metrics:
-            lines.append(f"  {key}: {metrics[key]:.4f}")
-    print("\n".join(lines))
+#: What the end-of-run summary prints (all metrics are in csv/metrics.csv and summary.json).
+SHOWN_METRICS = (
+    "train/loss_epoch", "train/cosine_epoch", "train/cnn_std_epoch", "train/vit_std_epoch",
+    "val/loss", "probe/cnn_val_acc", "probe/vit_val_acc", "knn/cnn_val_acc", "knn/vit_val_acc",
+    "perf/images_per_s",
+)  # fmt: skip
 
 
 @resumable  # resume=<run folder> -> that folder and its saved overrides (see resume.py)

@@ -1,15 +1,13 @@
 """Data: dataset layouts, splits and label fractions, the paper's transforms, datamodules."""
 
-from cass_lightning.data.base import (
+from cass_lightning.data.datamodule import IndexedImageDataset, MedicalDataModule
+from cass_lightning.data.index import SampleIndex
+from cass_lightning.data.layouts import LAYOUTS, build_index
+from cass_lightning.data.presets import (
     ImageFolderDataModule,
-    IndexedImageDataset,
-    MedicalDataModule,
     MedMNISTDataModule,
     SyntheticDataModule,
 )
-from cass_lightning.data.datasets import ImageFolderDataset
-from cass_lightning.data.index import SampleIndex
-from cass_lightning.data.layouts import LAYOUTS, build_index
 from cass_lightning.data.synthetic import write_synthetic_dataset
 from cass_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -23,7 +21,6 @@ __all__ = [
     "IMAGENET_STD",
     "LAYOUTS",
     "ImageFolderDataModule",
-    "ImageFolderDataset",
     "IndexedImageDataset",
     "MedMNISTDataModule",
     "MedicalDataModule",

@@ -16,9 +16,36 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
-from cass_lightning.data.datasets import load_rgb
-
 SPLITS = ("train", "val", "test")
+#: File endings read as images by the folder and CSV layouts (matched case-insensitively).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Bring any common PIL mode to 8-bit RGB.
+
+    16-bit/32-bit integer images are rescaled from 0..65535 (PIL's own conversion clips them to
+    255, turning most medical greyscale scans white). Palette images with transparency go via
+    RGBA so PIL does not warn; alpha is then dropped.
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image).astype(np.float64)
+        scaled = np.round(np.clip(values, 0.0, 65535.0) / 257.0).astype(np.uint8)
+        image = Image.fromarray(scaled)  # uint8 2-D -> "L"
+    elif image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def load_rgb(path: str | Path) -> Image.Image:
+    """Open an image file as RGB, or raise an OSError that names the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return _to_rgb(image)
+    except Exception as exc:
+        raise OSError(f"could not read image {path}: {exc}") from exc
 
 
 class ImageReader(Protocol):

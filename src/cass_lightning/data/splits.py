@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cass_lightning.checks import check_choice
 from cass_lightning.data.index import SampleIndex
 
 CLASS_WEIGHT_KINDS = ("none", "inverse", "paper")
@@ -107,6 +108,7 @@ def class_weights(counts: np.ndarray, kind: str = "inverse") -> np.ndarray:
     counts min-max scaled into [0.2, 1] (as the notebooks compute it). ``none``: ones.
     Classes without examples get weight 0 (they cannot contribute to the loss anyway).
     """
+    check_choice("class weight kind", kind, CLASS_WEIGHT_KINDS)
     counts = np.asarray(counts, dtype=np.float64)
     if kind == "none":
         return np.ones_like(counts, dtype=np.float32)
@@ -116,12 +118,10 @@ def class_weights(counts: np.ndarray, kind: str = "inverse") -> np.ndarray:
     weights = np.zeros_like(counts)
     if kind == "inverse":
         weights[present] = counts.sum() / (present.sum() * counts[present])
-    elif kind == "paper":
+    else:  # paper
         low, high = counts[present].min(), counts[present].max()
         scaled = np.ones_like(counts) if high == low else (counts - low) / (high - low)
         weights[present] = 0.2 + 0.8 * scaled[present]
-    else:
-        raise ValueError(f"class weight kind must be one of {CLASS_WEIGHT_KINDS}, got {kind!r}")
     return weights.astype(np.float32)
 
 

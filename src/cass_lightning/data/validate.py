@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cass_lightning.checks import check_choice
 from cass_lightning.data.index import FileReader, ImageReader, SampleIndex
 
 CHECK_LEVELS = ("full", "header", "none")
@@ -44,8 +45,7 @@ def probe_images(
     reader: ImageReader, keys: list[str], level: str = "full", workers: int = 0
 ) -> list[tuple[tuple[int, int] | None, str | None]]:
     """Open every key (``full``: decode all pixels; ``header``: read headers only)."""
-    if level not in CHECK_LEVELS:
-        raise ValueError(f"check_images must be one of {CHECK_LEVELS}, got {level!r}")
+    check_choice("check_images", level, CHECK_LEVELS)
     if level == "none":
         return [(None, None)] * len(keys)
     if workers <= 1 or len(keys) < 256:

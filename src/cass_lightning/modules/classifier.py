@@ -15,7 +15,8 @@ original weights via ``ClassifierModule.load_from_checkpoint(path, init="random"
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cass_lightning.batches import images_and_targets
+from cass_lightning.checks import check_choice
 from cass_lightning.encoders import create_timm_model
-from cass_lightning.export import load_backbone, read_meta
+from cass_lightning.export import arm_meta, load_backbone, read_meta
 from cass_lightning.losses import sigmoid_focal_loss
-from cass_lightning.metrics import METRIC_NAMES, build_metrics
 from cass_lightning.modules.cass import CASSModule
-from cass_lightning.optim import arm_param_groups, group_learning_rates, lightning_optimizers
+from cass_lightning.modules.legacy import stored_hparams
+from cass_lightning.modules.metrics import METRIC_NAMES, build_metrics
+from cass_lightning.modules.optim import (
+    arm_param_groups,
+    group_learning_rates,
+    lightning_optimizers,
+)
 
 ARMS = ("cnn", "vit")
 INITS = ("export", "checkpoint", "imagenet", "random")
@@ -44,27 +52,24 @@ FINETUNE_OPTIMIZER: dict[str, Any] = {"name": "adam", "lr": 3e-4, "weight_decay"
 FINETUNE_SCHEDULER: dict[str, Any] = {"name": "cyclic_cosine", "t_max": 16, "eta_min": 1e-6}
 
 
-def pretrained_arm_info(init: str, weights: str | Path | None, arm: str) -> dict[str, Any]:
-    """``{timm_name, img_size}`` of an arm stored in an export folder or a CASS checkpoint.
+@dataclass(frozen=True)
+class ArmSource:
+    """Where one arm's starting weights come from, read once: what to build and how to feed it.
 
-    ``img_size`` is the pretraining resolution (the ViT's, for a size-agnostic CNN), which the
-    fine-tuning data should use. ``{}`` for ``imagenet``/``random``, which carry neither.
+    ``img_size`` and ``mean``/``std`` are what the weights were trained with (``None`` where the
+    source does not say, e.g. ``random``): the fine-tuning data must follow them.
     """
-    if arm not in ARMS:
-        raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
-    if init == "export":
-        meta = read_meta(_existing(weights, "export folder", want_dir=True))
-        size = meta[arm]["img_size"] or meta["vit"]["img_size"]
-        return {"timm_name": meta[arm]["timm_name"], "img_size": size}
-    if init == "checkpoint":
-        path = _existing(weights, "CASS checkpoint", want_dir=False)
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-            hp = ckpt["hyper_parameters"]
-            return {"timm_name": hp[arm], "img_size": hp["img_size"]}
-        except Exception as err:
-            raise ValueError(f"{path} is not a readable CASS checkpoint: {err}") from err
-    return {}
+
+    arm: str
+    init: str
+    weights: str | None
+    timm_name: str
+    img_size: int | None
+    in_chans: int
+    method: str
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    meta: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 def _existing(weights: str | Path | None, what: str, want_dir: bool) -> Path:
@@ -77,56 +82,90 @@ def _existing(weights: str | Path | None, what: str, want_dir: bool) -> Path:
     return path
 
 
-def build_backbone(
+def _tuple(values: Sequence[float] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(float(v) for v in values)
+
+
+def read_arm_source(
     arm: str,
     init: str,
     weights: str | Path | None,
-    timm_name: str | None,
-    img_size: int | None,
-    in_chans: int,
-    num_classes: int,
-) -> tuple[nn.Module, str, int | None]:
-    """The initialised timm model with a fresh ``num_classes`` head, its timm name and size."""
-    if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}")
-    if init in ("export", "checkpoint"):
-        info = pretrained_arm_info(init, weights, arm)
-        if timm_name is not None and timm_name != info["timm_name"]:
+    timm_name: str | None = None,
+    img_size: int | None = None,
+    in_chans: int = 3,
+) -> ArmSource:
+    """Read what an export folder, a pretraining checkpoint or a baseline says about ``arm``.
+
+    ``timm_name`` and ``img_size``, when given, must agree with pretrained weights (a ViT's size
+    cannot change; a CNN is size-agnostic and keeps the pretraining size unless one is given).
+    """
+    check_choice("arm", arm, ARMS)
+    check_choice("init", init, INITS)
+    if init in ("imagenet", "random"):
+        name = timm_name or PAPER_BACKBONES[arm]
+        return ArmSource(arm, init, None if weights is None else str(weights), name, img_size,
+                         in_chans, init)  # fmt: skip
+    if init == "export":
+        folder = _existing(weights, "export folder", want_dir=True)
+        meta = read_meta(folder)
+        entry = arm_meta(folder, arm, meta)
+        vit_size = (meta.get("vit") or {}).get("img_size")  # exports made before img_size
+        trained_at = meta.get("img_size") or entry.get("img_size") or vit_size
+        name, chans, method = entry["timm_name"], entry["in_chans"], meta.get("method", "cass")
+        mean, std = meta.get("mean"), meta.get("std")
+    else:
+        path = _existing(weights, "CASS checkpoint", want_dir=False)
+        try:
+            hp = stored_hparams(path)
+            name, trained_at, chans = hp[arm], hp["img_size"], hp.get("in_chans", 3)
+        except Exception as err:
+            raise ValueError(f"{path} is not a readable CASS checkpoint: {err}") from err
+        if "global_crops" in hp:
             raise ValueError(
-                f"timm_name={timm_name!r} but the {arm} arm in {weights} is "
-                f"{info['timm_name']!r}; leave timm_name unset for pretrained weights"
+                f"{path} is a DINO checkpoint; export it with cass-export and fine-tune the "
+                "export folder (weights=<export>)"
             )
-        if arm == "vit" and img_size is not None and img_size != info["img_size"]:
-            raise ValueError(
-                f"img_size={img_size} but the ViT in {weights} was pretrained at "
-                f"{info['img_size']}; the model (and data) img_size must follow the weights"
-            )
-        if init == "export":
-            model = load_backbone(weights, arm, num_classes=num_classes)
-        else:
-            model = _checkpoint_arm(Path(weights), arm)
-        model.reset_classifier(num_classes)
-        return model, info["timm_name"], img_size or info["img_size"]
-    name = timm_name or PAPER_BACKBONES[arm]
-    if init == "imagenet":
-        model = create_timm_model(
-            name, weights_file=weights, pretrained=True, num_classes=num_classes,
-            img_size=img_size, in_chans=in_chans,
-        )  # fmt: skip
+        mean, std, method, meta = hp.get("mean"), hp.get("std"), "cass", None
+    if timm_name is not None and timm_name != name:
+        raise ValueError(
+            f"timm_name={timm_name!r} but the {arm} arm in {weights} is {name!r}; leave "
+            "timm_name unset for pretrained weights"
+        )
+    if arm == "vit" and img_size is not None and trained_at is not None and img_size != trained_at:
+        raise ValueError(
+            f"img_size={img_size} but the ViT in {weights} was pretrained at {trained_at}; the "
+            "model (and data) img_size must follow the weights"
+        )
+    size = img_size if arm == "cnn" and img_size is not None else trained_at
+    return ArmSource(arm, init, str(weights), name, size, chans, str(method), _tuple(mean),
+                     _tuple(std), meta)  # fmt: skip
+
+
+def build_backbone(source: ArmSource, num_classes: int) -> nn.Module:
+    """The initialised timm model of ``source`` with a fresh ``num_classes`` head."""
+    if source.init == "export":
+        model = load_backbone(source.weights, source.arm, num_classes, meta=source.meta)
+    elif source.init == "checkpoint":
+        model = _checkpoint_arm(Path(str(source.weights)), source.arm)
     else:
         model = create_timm_model(
-            name, pretrained=False, num_classes=num_classes, img_size=img_size, in_chans=in_chans
+            source.timm_name,
+            pretrained=source.init == "imagenet",
+            weights_file=source.weights if source.init == "imagenet" else None,
+            num_classes=num_classes,
+            img_size=source.img_size,
+            in_chans=source.in_chans,
         )
     model.reset_classifier(num_classes)  # a fresh head even when the file had one of this width
-    return model, name, img_size
+    return model
 
 
 def _checkpoint_arm(path: Path, arm: str) -> nn.Module:
-    """One arm of a CASS checkpoint, rebuilt without any ImageNet weights or compilation."""
+    """One arm of a CASS checkpoint, rebuilt without any ImageNet weights."""
     try:
         cass = CASSModule.load_from_checkpoint(
             path, map_location="cpu", weights_only=True, pretrained=False,
-            cnn_weights_file=None, vit_weights_file=None, compile=False,
+            cnn_weights_file=None, vit_weights_file=None,
         )  # fmt: skip
     except Exception as err:
         raise ValueError(f"could not load the CASS checkpoint {path}: {err}") from err
@@ -157,6 +196,8 @@ class ClassifierModule(L.LightningModule):
         optimizer, scheduler: as for ``CASSModule``; defaults Adam 3e-4 and the cyclic cosine.
         monitor: the metric the app early-stops and checkpoints on (``val/loss`` or
             ``val/<metric>``); ``monitor_mode`` says min or max.
+        source: what :func:`read_arm_source` returned for these settings, when the caller has
+            already read it (the app does, to size the data); not a hyperparameter.
     """
 
     def __init__(
@@ -177,31 +218,32 @@ class ClassifierModule(L.LightningModule):
         optimizer: dict[str, Any] | None = None,
         scheduler: dict[str, Any] | None = None,
         monitor: str = "val/f1_macro",
+        source: ArmSource | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        if arm not in ARMS:
-            raise ValueError(f"arm must be one of {ARMS}, got {arm!r}")
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+        self.save_hyperparameters(ignore=["source"])
+        check_choice("arm", arm, ARMS)
+        check_choice("mode", mode, MODES)
+        check_choice("loss", loss, LOSSES)
         if loss == "ce" and multi_label:
             raise ValueError("loss='ce' is for multi-class data; use 'focal' or 'bce' here")
         task = "multilabel" if multi_label else "multiclass"
-        allowed = ["val/loss", *(f"val/{name}" for name in METRIC_NAMES[task])]
-        if monitor not in allowed:
-            raise ValueError(f"monitor must be one of {allowed} for {task} data, got {monitor!r}")
+        check_choice("monitor", monitor,
+                     ["val/loss", *(f"val/{name}" for name in METRIC_NAMES[task])])  # fmt: skip
         if class_weights is not None and len(class_weights) != num_classes:
             raise ValueError(
                 f"class_weights has {len(class_weights)} entries for {num_classes} classes"
             )
         self.optimizer_cfg = {**FINETUNE_OPTIMIZER, **(optimizer or {})}
         self.scheduler_cfg = {**FINETUNE_SCHEDULER, **(scheduler or {})}
-        self.backbone, name, size = build_backbone(
-            arm, init, weights, timm_name, img_size, in_chans, num_classes
-        )
-        self.hparams["timm_name"], self.hparams["img_size"] = name, size
+        if source is None:
+            source = read_arm_source(arm, init, weights, timm_name, img_size, in_chans)
+        elif (source.arm, source.init, source.weights) != (arm, init, weights):
+            raise ValueError(f"source describes {source.arm}/{source.init}/{source.weights}, "
+                             f"not {arm}/{init}/{weights}")  # fmt: skip
+        self.source = source
+        self.backbone = build_backbone(source, num_classes)
+        self.hparams["timm_name"], self.hparams["img_size"] = source.timm_name, source.img_size
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
         self.register_buffer("class_weight", weight, persistent=False)
         if mode == "linear":
@@ -251,18 +293,8 @@ class ClassifierModule(L.LightningModule):
         return F.binary_cross_entropy_with_logits(logits.float(), dense, weight=self.class_weight)
 
     # -------------------------------------------------------------- training
-    def _batch(self, batch: Any) -> tuple[Tensor, Tensor]:
-        if isinstance(batch, Mapping):
-            return batch["image"], batch["label"]
-        if isinstance(batch, Sequence) and len(batch) == 2:
-            return batch[0], batch[1]
-        raise TypeError(
-            "fine-tuning batches must be (images, targets) or {'image', 'label'}; "
-            f"got {type(batch).__name__}"
-        )
-
     def _step(self, batch: Any, stage: str) -> Tensor:
-        images, targets = self._batch(batch)
+        images, targets = images_and_targets(batch)
         logits = self(images)
         loss = self.compute_loss(logits, targets)
         on_step = stage == "train"

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cass_lightning.checks import check_choice
 from cass_lightning.data.index import SPLITS, FileReader, SampleIndex
 
 BAD_FILE_POLICIES = ("error", "skip")
@@ -72,8 +73,7 @@ def _is_hidden(name: str) -> bool:
 
 
 def _check_policy(on_bad_file: str) -> None:
-    if on_bad_file not in BAD_FILE_POLICIES:
-        raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
+    check_choice("on_bad_file", on_bad_file, BAD_FILE_POLICIES)
 
 
 def _bullets(items: Sequence[str], limit: int = MAX_LISTED) -> str:

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cass_lightning.data.datasets import DEFAULT_EXTENSIONS
-from cass_lightning.data.index import SPLITS, SampleIndex
+from cass_lightning.data.index import IMAGE_EXTENSIONS, SPLITS, SampleIndex
 from cass_lightning.data.layouts._common import (
     _BadFiles,
     _check_policy,
@@ -190,7 +189,7 @@ def index_brain_mri(root: str | Path, *, on_bad_file: str = "error") -> SampleIn
     bad = _BadFiles(layout, resolved, on_bad_file)
     scanned: list[_ClassFolder] = []
     for split, name in folders.items():
-        by_class = _scan_classes(resolved, resolved / name, DEFAULT_EXTENSIONS, bad)
+        by_class = _scan_classes(resolved, resolved / name, IMAGE_EXTENSIONS, bad)
         if not by_class:
             raise ValueError(
                 f"{layout}: {resolved / name} holds no class folders; expected {expected}"
@@ -237,7 +236,7 @@ def index_image_folder(
     root: str | Path,
     *,
     on_bad_file: str = "error",
-    extensions: Sequence[str] = DEFAULT_EXTENSIONS,
+    extensions: Sequence[str] = IMAGE_EXTENSIONS,
 ) -> SampleIndex:
     """``<root>/<class>/<image>`` (no official splits) or ``<root>/{train,val,test}/<class>/...``
     (official splits; ``train/`` required, same class folders in every split)."""
@@ -268,4 +267,4 @@ def index_synthetic(
         seed=seed,
     ).resolve()
     expected = _expected("synthetic")
-    return _index_folders("synthetic", folder, DEFAULT_EXTENSIONS, on_bad_file, expected)
+    return _index_folders("synthetic", folder, IMAGE_EXTENSIONS, on_bad_file, expected)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cass_lightning.data.datasets import DEFAULT_EXTENSIONS
-from cass_lightning.data.index import SampleIndex
+from cass_lightning.data.index import IMAGE_EXTENSIONS, SampleIndex
 from cass_lightning.data.layouts._common import (
     ISIC_CLASSES,
     ISIC_HEADER,
@@ -120,7 +119,7 @@ def index_isic2019(
             errors.append(f"{where}: listed again (first at line {first_line[image]})")
             continue
         first_line[image] = line
-        filename = image if image.lower().endswith(DEFAULT_EXTENSIONS) else f"{image}.jpg"
+        filename = image if image.lower().endswith(IMAGE_EXTENSIONS) else f"{image}.jpg"
         key = Path(image_dir, filename).as_posix()
         why = lookup.why_missing(str(root / key))
         if why is not None:

@@ -5,8 +5,9 @@ One :class:`MedicalDataModule` serves every dataset (``layout`` picks the reader
 cache, which checks them too), makes the splits, picks the labelled subset and writes
 ``splits.csv`` and ``data_report.json`` into ``output_dir`` so results can be traced.
 
-- ``train_dataloader``: every training image (pretraining never uses labels, whatever
-  ``label_fraction`` says).
+- ``train_dataloader``: with ``train_subset="all"`` (pretraining) every training image, labels
+  ignored whatever ``label_fraction`` says; with ``"labelled"`` (fine-tuning) the
+  ``label_fraction`` subset.
 - ``labelled_train_dataloader``: the ``label_fraction`` subset, for fine-tuning and probes.
 - ``val_dataloader`` / ``test_dataloader``: deterministic resize and normalise.
 """
@@ -25,6 +26,7 @@ import torch
 from lightly.transforms.multi_view_transform import MultiViewTransform
 from torch.utils.data import DataLoader, Dataset
 
+from cass_lightning.checks import check_choice
 from cass_lightning.data.cache import ImageCache, build_cache, cache_size_for
 from cass_lightning.data.index import ImageReader, SampleIndex
 from cass_lightning.data.layouts import LAYOUTS, build_index
@@ -51,6 +53,7 @@ from cass_lightning.data.views import dino_views
 
 BAD_FILE_POLICIES = ("error", "skip")
 TRAIN_VIEWS = ("paper", "pair", "dino")
+TRAIN_SUBSETS = ("all", "labelled")
 
 
 def resolve_workers(num_workers: int) -> int:
@@ -111,6 +114,8 @@ class MedicalDataModule(L.LightningDataModule):
             for ``CASSModule(two_views=True)``) or ``dino`` (DINO's multi-crop list, see
             ``data.views``). The labelled loader always keeps the single paper view, as
             fine-tuning needs.
+        train_subset: what ``train_dataloader`` serves: ``all`` training images (pretraining)
+            or the ``labelled`` subset (fine-tuning, with the paper's single augmented view).
     """
 
     def __init__(
@@ -138,6 +143,7 @@ class MedicalDataModule(L.LightningDataModule):
         class_weight: str = "inverse",
         drop_last: bool = True,
         train_views: str = "paper",
+        train_subset: str = "all",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -145,14 +151,11 @@ class MedicalDataModule(L.LightningDataModule):
             raise ValueError(f"unknown data layout {layout!r}; known: {sorted(LAYOUTS)}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if on_bad_file not in BAD_FILE_POLICIES:
-            raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
-        if check_images not in CHECK_LEVELS:
-            raise ValueError(f"check_images must be one of {CHECK_LEVELS}, got {check_images!r}")
-        if class_weight not in CLASS_WEIGHT_KINDS:
-            raise ValueError(f"class_weight must be one of {CLASS_WEIGHT_KINDS}")
-        if train_views not in TRAIN_VIEWS:
-            raise ValueError(f"train_views must be one of {TRAIN_VIEWS}, got {train_views!r}")
+        check_choice("on_bad_file", on_bad_file, BAD_FILE_POLICIES)
+        check_choice("check_images", check_images, CHECK_LEVELS)
+        check_choice("class_weight", class_weight, CLASS_WEIGHT_KINDS)
+        check_choice("train_views", train_views, TRAIN_VIEWS)
+        check_choice("train_subset", train_subset, TRAIN_SUBSETS)
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
         self.layout = layout
@@ -347,8 +350,11 @@ class MedicalDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Every training image, augmented. Pretraining ignores the labels; those outside the
-        ``label_fraction`` subset read -1 so online probes cannot use them."""
+        """Every training image, augmented (``train_subset="all"``): pretraining ignores the
+        labels; those outside the ``label_fraction`` subset read -1 so online probes cannot use
+        them. With ``train_subset="labelled"``, :meth:`labelled_train_dataloader`."""
+        if self.hparams.train_subset == "labelled":
+            return self.labelled_train_dataloader()
         return self._loader(
             self.split_indices("train"),
             True,
@@ -374,47 +380,3 @@ class MedicalDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list:
         indices = self.split_indices("test")
         return self._loader(indices, False, "the test split") if len(indices) else []
-
-
-class SyntheticDataModule(MedicalDataModule):
-    """The seeded synthetic set (6 classes), written once under ``root``; train/val splits."""
-
-    def __init__(
-        self,
-        root: str | Path,
-        images_per_class: int = 100,
-        val_images_per_class: int = 20,
-        image_size: int = 96,
-        seed: int = 77,
-        **kwargs: Any,
-    ) -> None:
-        options = dict(
-            images_per_class=images_per_class,
-            val_images_per_class=val_images_per_class,
-            image_size=image_size,
-            seed=seed,
-        )
-        kwargs.setdefault("test_fraction", 0.0)
-        super().__init__("synthetic", root, options=options, **kwargs)
-
-
-class ImageFolderDataModule(MedicalDataModule):
-    """``<root>/<class>/<image>``, or ``<root>/{train,val,test}/<class>/<image>``."""
-
-    def __init__(self, root: str | Path, **kwargs: Any) -> None:
-        super().__init__("image_folder", root, **kwargs)
-
-
-class MedMNISTDataModule(MedicalDataModule):
-    """A local MedMNIST ``<root>/<name>[_<size>].npz``; official train/val/test splits."""
-
-    def __init__(
-        self,
-        root: str | Path,
-        name: str,
-        size: int | None = None,
-        class_names: list[str] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        options = dict(name=name, size=size, class_names=class_names)
-        super().__init__("medmnist", root, options=options, **kwargs)

@@ -1,34 +1,14 @@
-"""A decoded, resized image cache: decode each large image once, not every epoch.
+"""Building (or reusing) the cache: decode each sample once, in parallel if asked, swap it in.
 
-Medical images are big (ISIC JPEGs are ~1000x700 px and up) and the CASS paper trains at
-384 px, so decoding and resizing them every epoch starves the accelerator. :func:`build_cache`
-decodes every sample of a :class:`SampleIndex` once, resizes it to ``size x size`` exactly as the
-paper's ``Resize((s, s))`` does (PIL bilinear with antialias, aspect not kept) and stores the
-pixels in one uint8 array file under ``<cache_root>``, never under the dataset root.
-
-The cache folder is named after the index and a hash of (resolved dataset root, size, format
-version), so runs and sweep jobs on the same data share it. Its manifest records every key's
-source fingerprint; when any key or fingerprint differs the cache is rebuilt into a temporary
-sibling folder and swapped in with a rename, so a crash never leaves a half-written cache that
-looks valid. Unchanged samples are copied from the old cache instead of being decoded again.
-
-Layout of ``<cache_root>/<name>-<hash>-<size>px/``:
-
-- ``images.u8``: a ``.npy`` file (read with ``np.load(..., mmap_mode="r")``) of shape
-  ``(N, size, size, 3)``, uint8, one row per index key in index order (rows of bad samples are
-  zero and never served).
-- ``manifest.json``: format version, build id, size, index name and root, keys, fingerprints,
-  source descriptions and the bad keys with their reasons.
+A rebuild writes into a temporary sibling folder and renames it over the old cache, so a crash
+never leaves a half-written cache that looks valid; unchanged samples are copied, not decoded.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -37,11 +17,23 @@ import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from cass_lightning.checks import check_choice
+from cass_lightning.data.cache.store import (
+    ARRAY_FILE,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    ImageCache,
+    _cache_from_manifest,
+    _check_positive_int,
+    _manifest_matches,
+    _open_if_current,
+    _read_manifest,
+    cache_folder_name,
+)
 from cass_lightning.data.index import ImageReader, SampleIndex
 
 try:  # POSIX only: serialises concurrent builders (sweep jobs) of the same cache.
@@ -49,31 +41,8 @@ try:  # POSIX only: serialises concurrent builders (sweep jobs) of the same cach
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
-#: Bump when the file layout or the resize changes; old caches then get a new folder.
-FORMAT_VERSION = 1
-ARRAY_FILE = "images.u8"
-MANIFEST_FILE = "manifest.json"
 BAD_FILE_POLICIES = ("error", "skip")
 _CHUNK = 16  # keys per task when decoding in worker processes
-
-
-# ----------------------------------------------------------------------------- public API
-def cache_size_for(img_size: int, cache_size: int | None) -> int:
-    """The side of the cached images: the training size unless a larger one is asked for.
-
-    A cache smaller than the training size would make the training ``Resize`` upsample an
-    already-shrunk image, silently losing detail the paper's pipeline keeps.
-    """
-    _check_positive_int("img_size", img_size)
-    if cache_size is None:
-        return img_size
-    _check_positive_int("cache_size", cache_size)
-    if cache_size < img_size:
-        raise ValueError(
-            f"cache_size {cache_size} is smaller than the training img_size {img_size}: "
-            f"the cache must be >= the training size (use {img_size}, or None for the same)"
-        )
-    return cache_size
 
 
 def build_cache(
@@ -102,8 +71,7 @@ def build_cache(
     """
     _check_positive_int("size", size)
     _check_positive_int("workers", workers, allow_zero=True)
-    if on_bad_file not in BAD_FILE_POLICIES:
-        raise ValueError(f"on_bad_file must be one of {BAD_FILE_POLICIES}, got {on_bad_file!r}")
+    check_choice("on_bad_file", on_bad_file, BAD_FILE_POLICIES)
     if len(index) == 0:
         raise ValueError(f"{index.name}: the index under {index.root} has no samples to cache")
     if len(set(index.keys)) != len(index.keys):
@@ -137,156 +105,6 @@ def build_cache(
     return cache
 
 
-def cache_folder_name(index: SampleIndex, size: int) -> str:
-    """``<name>-<hash of (resolved root, size, format version)>-<size>px``."""
-    identity = json.dumps([str(Path(index.root).resolve()), int(size), FORMAT_VERSION])
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
-    safe_name = re.sub(r"[^A-Za-z0-9._-]+", "_", index.name) or "index"
-    return f"{safe_name}-{digest}-{size}px"
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageCache:
-    """An opened cache folder.
-
-    Attributes:
-        folder: the cache folder.
-        size: side of the cached square images.
-        keys: every key of the index, in index order (one array row each).
-        bad: key -> reason for samples that could not be read (their rows are never served).
-        build_id: changes with every (re)build, so stale readers notice a swapped cache.
-        built: whether this call decoded (part of) the cache rather than reusing it as is.
-    """
-
-    folder: Path
-    size: int
-    keys: list[str]
-    bad: dict[str, str]
-    build_id: str
-    built: bool = False
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def reader(self) -> CachedReader:
-        """An :class:`ImageReader` over the cached pixels, cheap to send to DataLoader workers."""
-        return CachedReader(self.folder, self.build_id)
-
-    def apply_to(self, index: SampleIndex) -> SampleIndex:
-        """A copy of ``index`` that reads from this cache, without the bad samples.
-
-        Dropped samples are appended to ``skipped`` as ``(where, why)``, as layout readers do.
-        """
-        if list(index.keys) != self.keys:
-            raise ValueError(
-                f"cache {self.folder} holds {len(self.keys)} keys that differ from the "
-                f"{len(index)} keys of index {index.name!r}; rebuild it with build_cache"
-            )
-        keep = np.array([key not in self.bad for key in index.keys], dtype=bool)
-        skipped = list(index.skipped) + [
-            (index.reader.describe(key), reason) for key, reason in self.bad.items()
-        ]
-        return dataclasses.replace(
-            index,
-            keys=[key for key, ok in zip(index.keys, keep) if ok],
-            targets=index.targets[keep],
-            splits=None if index.splits is None else index.splits[keep],
-            reader=self.reader(),
-            skipped=skipped,
-        )
-
-
-class CachedReader:
-    """Reads cached pixels by key; implements :class:`ImageReader`.
-
-    Pickles as the folder path and build id only; each process maps the array file lazily on
-    first use, so DataLoader workers share the page cache instead of copying the array.
-    """
-
-    def __init__(self, folder: str | Path, build_id: str) -> None:
-        self.folder = Path(folder)
-        self.build_id = build_id
-        self._opened: _Opened | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"folder": self.folder, "build_id": self.build_id}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.folder = state["folder"]
-        self.build_id = state["build_id"]
-        self._opened = None
-
-    def __repr__(self) -> str:
-        return f"CachedReader({str(self.folder)!r})"
-
-    def __call__(self, key: str) -> Image.Image:
-        opened = self._open()
-        row = opened.rows.get(key)
-        if row is None:
-            raise KeyError(f"cache {self.folder} has no entry {key!r}")
-        if key in opened.bad:
-            raise OSError(
-                f"{self.describe(key)} has no pixels: the source could not be read when the "
-                f"cache was built ({opened.bad[key]})"
-            )
-        # PIL copies RGB data (it stores 4 bytes per pixel), so the read-only map is never
-        # written through the returned image.
-        return Image.fromarray(opened.array[row])
-
-    def describe(self, key: str) -> str:
-        try:
-            opened = self._open()
-        except OSError:  # describe() feeds error messages; it must not fail itself
-            return f"cache {self.folder} entry {key}"
-        row = opened.rows.get(key)
-        source = "not in this cache" if row is None else f"from {opened.sources[row]}"
-        return f"cache {self.folder} entry {key} ({source})"
-
-    def fingerprint(self, key: str) -> str:
-        opened = self._open()
-        row = opened.rows.get(key)
-        if row is None:
-            raise KeyError(f"cache {self.folder} has no entry {key!r}")
-        return opened.fingerprints[row]
-
-    def _open(self) -> _Opened:
-        if self._opened is None:
-            manifest = _read_manifest(self.folder)
-            if manifest is None:
-                raise OSError(f"cache {self.folder} is missing or unreadable; rebuild it")
-            if manifest["build_id"] != self.build_id:
-                raise OSError(
-                    f"cache {self.folder} was rebuilt (its sources changed) after this reader "
-                    "was made; open it again with build_cache"
-                )
-            keys = manifest["keys"]
-            self._opened = _Opened(
-                array=np.load(self.folder / ARRAY_FILE, mmap_mode="r"),
-                rows={key: i for i, key in enumerate(keys)},
-                fingerprints=manifest["fingerprints"],
-                sources=manifest["sources"],
-                bad=manifest["bad"],
-            )
-        return self._opened
-
-
-# ------------------------------------------------------------------------------- internals
-@dataclasses.dataclass(frozen=True)
-class _Opened:
-    array: np.ndarray
-    rows: dict[str, int]
-    fingerprints: list[str]
-    sources: list[str]
-    bad: dict[str, str]
-
-
-def _check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None:
-    low = 0 if allow_zero else 1
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        kind = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"{name} must be {kind} int, got {value!r}")
-
-
 def _fingerprint(reader: ImageReader, key: str) -> str:
     """The source fingerprint, or a stable marker when the source cannot even be stat-ed."""
     try:
@@ -302,59 +120,6 @@ def _decode(reader: ImageReader, key: str, size: int) -> np.ndarray:
         image = image.convert("RGB")
     resized = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)
-
-
-def _read_manifest(folder: Path) -> dict[str, Any] | None:
-    try:
-        with open(folder / MANIFEST_FILE, encoding="utf-8") as f:
-            manifest = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return manifest if isinstance(manifest, dict) else None
-
-
-def _open_if_current(
-    folder: Path,
-    index: SampleIndex,
-    size: int,
-    data_root: Path,
-    fingerprints: list[str],
-) -> ImageCache | None:
-    """The cache in ``folder`` if it exists and matches the index exactly, else ``None``."""
-    manifest = _read_manifest(folder)
-    if manifest is None or not _manifest_matches(manifest, size, data_root):
-        return None
-    if manifest["keys"] != list(index.keys) or manifest["fingerprints"] != fingerprints:
-        return None
-    try:
-        array = np.load(folder / ARRAY_FILE, mmap_mode="r")
-    except (OSError, ValueError):
-        return None
-    if array.shape != (len(index), size, size, 3) or array.dtype != np.uint8:
-        return None
-    return _cache_from_manifest(folder, manifest, built=False)
-
-
-def _manifest_matches(manifest: dict[str, Any], size: int, data_root: Path) -> bool:
-    return (
-        manifest.get("format_version") == FORMAT_VERSION
-        and manifest.get("size") == size
-        and manifest.get("root") == str(data_root)
-        and isinstance(manifest.get("keys"), list)
-        and isinstance(manifest.get("fingerprints"), list)
-        and isinstance(manifest.get("bad"), dict)
-    )
-
-
-def _cache_from_manifest(folder: Path, manifest: dict[str, Any], built: bool) -> ImageCache:
-    return ImageCache(
-        folder=folder,
-        size=manifest["size"],
-        keys=list(manifest["keys"]),
-        bad=dict(manifest["bad"]),
-        build_id=manifest["build_id"],
-        built=built,
-    )
 
 
 @contextlib.contextmanager

@@ -38,7 +38,14 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.checkpointing import fsync_dir, is_temp_file, temp_path_for
+from cass_lightning.apps.overrides import (
+    override_key,
+    override_value,
+    quote,
+    split_flags,
+    unquote,
+)
+from cass_lightning.io import atomic_write_json, is_temp_file
 
 RUN_INFO = "run_info.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -125,13 +132,6 @@ def read_run_info(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def _write_json_atomic(data: dict[str, Any], path: Path) -> None:
-    tmp = temp_path_for(path)
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def _new_run_id() -> str:
     """Eight lowercase hex characters: a valid wandb run id."""
     return secrets.token_hex(4)
@@ -200,7 +200,7 @@ class RunStart:
             }
         )
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_json_atomic(info, self.folder / RUN_INFO)
+        atomic_write_json(self.folder / RUN_INFO, info)
         if self.resuming:
             print(f"Resuming {self.folder} (run id {self.run_id}) from {self.ckpt_path}")
 
@@ -286,45 +286,6 @@ def _task_overrides() -> list[str]:
 
 
 # ----------------------------------------------------------------------------- the command line
-def _unquote(value: str) -> str:
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-        return value[1:-1]
-    return value
-
-
-def _quote(path: Path) -> str:
-    """``path`` as a Hydra override value: quoted, so ``,`` ``=`` and spaces stay literal."""
-    text = str(path).replace("\\", "\\\\").replace("'", "\\'")
-    return f"'{text}'"
-
-
-def _override_key(override: str) -> str | None:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    try:
-        parsed = OverridesParser.create().parse_override(override)
-    except Exception:  # Hydra reports malformed overrides itself, with its own message
-        return None
-    return f"{parsed.key_or_group}@{parsed.package}" if parsed.package else parsed.key_or_group
-
-
-def _override_value(override: str) -> Any:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    return OverridesParser.create().parse_override(override).value()
-
-
-def _split_flags(args: list[str], overrides: list[str]) -> list[str]:
-    """The tokens of ``args`` that are not the (ordered) ``overrides``: Hydra's own flags."""
-    flags, pending = [], list(overrides)
-    for token in args:
-        if pending and token == pending[0]:
-            pending.pop(0)
-        else:
-            flags.append(token)
-    return flags
-
-
 def _keep_hydra_files(folder: Path) -> None:
     """Copy ``.hydra/*.yaml`` to ``.hydra/part<N>/``: Hydra rewrites them when the run resumes."""
     hydra_dir = folder / ".hydra"
@@ -373,7 +334,7 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
     tokens = [a for a in args if a.startswith("resume=")]
     if not tokens:
         return list(argv)
-    value = _unquote(tokens[-1].split("=", 1)[1])
+    value = unquote(tokens[-1].split("=", 1)[1])
     if value in ("", "null"):
         return list(argv)
     parsed = get_args_parser().parse_args(args)
@@ -392,18 +353,18 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
     given = [o for o in parsed.overrides if not o.startswith("resume=")]
     extra = []
     for override in given:
-        if _override_key(override) == "hydra.run.dir":
+        if override_key(override) == "hydra.run.dir":
             # e.g. added by Lightning when it relaunches this command for the other DDP ranks
-            if Path(str(_override_value(override))).expanduser().resolve() != folder:
+            if Path(str(override_value(override))).expanduser().resolve() != folder:
                 raise ResumeError(f"resume={folder} and {override} name different folders")
             continue
         extra.append(override)
-    replaced = _PLACEMENT_KEYS | {key for o in extra if (key := _override_key(o))}
-    kept = [o for o in saved if _override_key(o) not in replaced]
+    replaced = _PLACEMENT_KEYS | {key for o in extra if (key := override_key(o))}
+    kept = [o for o in saved if override_key(o) not in replaced]
 
-    placement = [f"resume={_quote(folder)}", f"hydra.run.dir={_quote(folder)}"]
+    placement = [f"resume={quote(folder)}", f"hydra.run.dir={quote(folder)}"]
     for override in placement:
-        if Path(str(_override_value(override))) != folder:
+        if Path(str(override_value(override))) != folder:
             raise ResumeError(f"resume={folder}: this folder name cannot be passed to Hydra")
     # --cfg, --info, --help: Hydra only prints, the run folder is not touched.
     prints_only = parsed.cfg or parsed.info or parsed.help or parsed.hydra_help
@@ -412,7 +373,7 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
         _warn_if_started_elsewhere(folder)
         _remove_unfinished_writes(folder)
         _keep_hydra_files(folder)
-    return [argv[0], *kept, *extra, *placement, *_split_flags(args, parsed.overrides)]
+    return [argv[0], *kept, *extra, *placement, *split_flags(args, parsed.overrides)]
 
 
 def resumable(hydra_main: Callable[..., T]) -> Callable[..., T]:

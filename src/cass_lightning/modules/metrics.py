@@ -29,6 +29,8 @@ from torchmetrics.classification import (
 from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
 
+from cass_lightning.checks import check_choice
+
 TASKS = ("multiclass", "multilabel")
 METRIC_NAMES: dict[str, tuple[str, ...]] = {
     "multiclass": ("acc", "f1_macro", "balanced_acc", "auroc", "f1_micro"),
@@ -92,8 +94,7 @@ class ClassificationMetrics(nn.Module):
 
     def __init__(self, task: str, num_classes: int) -> None:
         super().__init__()
-        if task not in TASKS:
-            raise ValueError(f"metrics task must be one of {TASKS}, got {task!r}")
+        check_choice("metrics task", task, TASKS)
         if num_classes < 2:
             raise ValueError(f"metrics need at least 2 classes, got {num_classes}")
         self.task, self.num_classes = task, num_classes

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cass_lightning.apps.common import run_dir as _run_dir
-from cass_lightning.net import host_reachable
+from cass_lightning.io import host_reachable
 
 #: wandb's public cloud server, used when neither WANDB_BASE_URL nor wandb's settings name one.
 DEFAULT_WANDB_HOST = "https://api.wandb.ai"

@@ -16,6 +16,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LambdaLR, LRScheduler
 
+from cass_lightning.checks import check_choice
 from cass_lightning.encoders import layer_ids
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -36,16 +37,6 @@ def layers_below_top(model: nn.Module) -> dict[str, int]:
     return {name: deepest - depth for name, depth in ids.items()}
 
 
-def layer_lr_scales(model: nn.Module, decay: float) -> dict[str, float]:
-    """Layer-wise lr decay (as in BEiT/MAE fine-tuning): parameter name -> lr multiplier
-    ``decay ** layers_below_top``, so the classifier (or the last block) keeps the full lr and the
-    stem gets the smallest. Pretrained low layers, which hold the most general features, then
-    move least."""
-    if not 0.0 < decay <= 1.0:
-        raise ValueError(f"layer_decay must be in (0, 1], got {decay}")
-    return {name: decay**k for name, k in layers_below_top(model).items()}
-
-
 def arm_param_groups(
     arm: str,
     modules: Iterable[nn.Module],
@@ -60,8 +51,8 @@ def arm_param_groups(
     are dropped so the optimiser never holds a group without parameters.
 
     With ``layer_decay`` the first module (the timm backbone) is split further by depth: groups
-    ``<arm>_d<k>`` / ``<arm>_d<k>_no_decay`` at ``lr * layer_decay ** k`` (``lr_scale`` records
-    the multiplier); the full-lr groups keep the plain names.
+    ``<arm>_d<k>`` / ``<arm>_d<k>_no_decay`` at ``lr * layer_decay ** k`` (``layer_lr_factor``
+    records the multiplier); the full-lr groups keep the plain names.
     """
     if layer_decay is not None and not 0.0 < layer_decay <= 1.0:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}")
@@ -84,7 +75,7 @@ def arm_param_groups(
                 name=f"{name}_no_decay" if no_decay else name,
                 params=params,
                 lr=lr * scale,
-                lr_scale=scale,
+                layer_lr_factor=scale,
                 weight_decay=0.0 if no_decay else weight_decay,
             )
         )
@@ -101,13 +92,12 @@ def build_optimizer(
     **unused: Any,
 ) -> Optimizer:
     """Instantiate the optimiser over prepared groups (each group carries its own lr and decay)."""
+    check_choice("optimizer.name", name, OPTIMIZERS)
     if name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    raise ValueError(f"optimizer.name must be one of {OPTIMIZERS}, got {name!r}")
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
 def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
@@ -139,20 +129,19 @@ def build_scheduler(
       a single cosine to ``min_lr_ratio`` times the base lr at the end of the run.
     - ``none``: constant lr.
     """
+    check_choice("scheduler.name", name, SCHEDULERS)
     if name == "none":
         return None
     if name == "cyclic_cosine":
         if t_max < 1:
             raise ValueError(f"scheduler.t_max must be >= 1 step, got {t_max}")
         return CosineAnnealingLR(optimizer, T_max=t_max, eta_min=eta_min)
-    if name == "warmup_cosine":
-        if total_steps < 1:
-            raise ValueError("warmup_cosine needs the run length; the trainer reported 0 steps")
-        warmup = warmup_steps if warmup_steps is not None else round(warmup_fraction * total_steps)
-        return LambdaLR(
-            optimizer, lambda step: warmup_cosine_factor(step, warmup, total_steps, min_lr_ratio)
-        )
-    raise ValueError(f"scheduler.name must be one of {SCHEDULERS}, got {name!r}")
+    if total_steps < 1:
+        raise ValueError("warmup_cosine needs the run length; the trainer reported 0 steps")
+    warmup = warmup_steps if warmup_steps is not None else round(warmup_fraction * total_steps)
+    return LambdaLR(
+        optimizer, lambda step: warmup_cosine_factor(step, warmup, total_steps, min_lr_ratio)
+    )
 
 
 def lightning_optimizers(
@@ -184,5 +173,5 @@ def group_learning_rates(optimizer: Optimizer) -> dict[str, float]:
         f"lr/{group['name']}": float(group["lr"])
         for group in optimizer.param_groups
         if not str(group.get("name", "")).endswith("_no_decay")
-        and float(group.get("lr_scale", 1.0)) == 1.0
+        and float(group.get("layer_lr_factor", 1.0)) == 1.0
     }

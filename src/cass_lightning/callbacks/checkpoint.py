@@ -3,9 +3,8 @@
 A run may be killed at any moment (``kill -9``, a pre-empted node, a full disk). Two rules keep
 ``cass-pretrain resume=<run>`` possible afterwards:
 
-* A save never damages the previous checkpoint. :class:`AtomicCheckpointIO` writes to a hidden
-  temporary file in the same folder, flushes it to disk, then renames it over the target
-  (``os.replace`` is atomic on POSIX): a reader sees the old file or the new one, never half.
+* A save never damages the previous checkpoint. :class:`AtomicCheckpointIO` writes through
+  :func:`cass_lightning.io.atomic_write`: a reader sees the old file or the new one, never half.
 * A kill loses little work. :class:`LastCheckpoint` rewrites ``last.ckpt`` every
   ``every_n_train_steps`` optimizer steps as well as at every epoch end, and never with
   non-finite weights, so a run that stops on a non-finite loss keeps its last good state.
@@ -13,10 +12,6 @@ A run may be killed at any moment (``kill -9``, a pre-empted node, a full disk).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import re
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -28,56 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
 
-#: Temporary files end in this suffix (not ``.ckpt``), so no glob or Lightning's
-#: ``last*.ckpt`` lookup ever mistakes an unfinished write for a checkpoint.
-TEMP_SUFFIX = ".tmp"
-_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
-
-
-def temp_path_for(path: Path) -> Path:
-    """A unique hidden name next to ``path``: same folder, so the final rename is atomic."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_SUFFIX}")
-
-
-def is_temp_file(path: Path) -> bool:
-    """Whether ``path`` is an unfinished write (named by :func:`temp_path_for`) of a killed run."""
-    return _TEMP_NAME.fullmatch(path.name) is not None
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a power loss could otherwise undo it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems (and all of Windows) cannot fsync a directory
-    finally:
-        os.close(fd)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that leaves either the old ``path`` or the complete new one, nothing else.
-
-    On an exception the temporary file is removed; after a ``kill -9`` it stays behind under a
-    hidden ``.<name>.<random>.tmp`` name that never looks like a checkpoint.
-    """
-    target = Path(path)
-    tmp = temp_path_for(target)
-    try:
-        # "xb": a fresh file with the usual umask-based permissions (mkstemp would give 0600).
-        with open(tmp, "xb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    fsync_dir(target.parent)
+from cass_lightning.io import atomic_write
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -102,7 +48,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save(checkpoint, target)
+        atomic_write(target, lambda handle: torch.save(checkpoint, handle))
 
 
 def atomic_checkpoint_plugin() -> AtomicCheckpointIO:

@@ -8,24 +8,94 @@ vit(x))``, both arms receiving gradients. Each remedy changes one thing and they
   makes the CNN the online arm on even steps and the ViT on odd steps; ``symmetric`` uses both
   directions every step (twice the predictor cost, no idle parameters under DDP).
 - **EMA targets**: the target of each arm's prediction is a momentum copy of the *other* arm
-  (``CASSModule(ema_momentum=...)`` keeps the copies; they are passed in here as
+  (``CASSModule(remedies={"ema_momentum": ...})`` keeps the copies; they are passed in here as
   ``cnn_target``/``vit_target``). Targets never receive gradients.
 - **variance / covariance**: VICReg's terms on each arm's L2-normalised outputs scaled by
   ``sqrt(dim)`` (:func:`~cass_lightning.losses.variance_term`), added with their weights.
 - **two views**: each arm sees its own augmentation; the CNN of view 1 is compared with the ViT of
   view 2 and the other way round, and the two losses averaged (crossed and symmetrised).
+
+The optimiser-side remedies (layer-wise lr decay, frozen stages) are applied by the module;
+:class:`Remedies` holds every setting, checked, with the paper's values as defaults.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from torch import Tensor, nn
 
+from cass_lightning.checks import check_choice, check_int, check_keys, check_positive
 from cass_lightning.encoders import build_projector
 from cass_lightning.losses import DEFAULT_EPS, cass_loss, covariance_term, variance_term
 
 PREDICTOR_MODES = ("none", "alternate", "symmetric")
+
+
+@dataclass(frozen=True)
+class Remedies:
+    """The opt-in remedies against collapse, all off by default (= the paper), composable.
+
+    Attributes:
+        layer_decay: layer-wise lr decay per arm, e.g. 0.75 (the stem moves least); None: off.
+        cnn_freeze_stages, vit_freeze_stages: freeze the first N stages of an arm (ResNet: stem,
+            layer1..layer4; ViT: embeddings, then blocks), BatchNorm statistics included.
+        ema_momentum: keep a momentum copy of each arm as the other arm's target (e.g. 0.99),
+            raised along a cosine to ``ema_momentum_end`` over the run; None: off.
+        variance_weight, covariance_weight, variance_target: VICReg terms on each arm's
+            L2-normalised outputs scaled by sqrt(dim) (covariance alone is lowered by shrinking
+            the spread, so it comes with a variance weight).
+        predictor: ``none`` | ``alternate`` | ``symmetric``: predictor MLP + stop-gradient.
+        predictor_hidden_dim: the predictor's bottleneck width.
+        two_views: each arm sees its own augmentation (the data must yield two views).
+    """
+
+    layer_decay: float | None = None
+    cnn_freeze_stages: int = 0
+    vit_freeze_stages: int = 0
+    ema_momentum: float | None = None
+    ema_momentum_end: float = 1.0
+    variance_weight: float = 0.0
+    covariance_weight: float = 0.0
+    variance_target: float = 1.0
+    predictor: str = "none"
+    predictor_hidden_dim: int = 512
+    two_views: bool = False
+
+    def __post_init__(self) -> None:
+        name = "model.remedies"
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"{name}.layer_decay must be in (0, 1], got {self.layer_decay}")
+        check_int(f"{name}.cnn_freeze_stages", self.cnn_freeze_stages, 0)
+        check_int(f"{name}.vit_freeze_stages", self.vit_freeze_stages, 0)
+        if self.ema_momentum is not None and not (
+            0.0 <= self.ema_momentum <= self.ema_momentum_end <= 1.0
+        ):
+            raise ValueError(
+                "need 0 <= ema_momentum <= ema_momentum_end <= 1, got "
+                f"{self.ema_momentum} and {self.ema_momentum_end}"
+            )
+        check_positive(f"{name}.variance_weight", self.variance_weight, allow_zero=True)
+        check_positive(f"{name}.covariance_weight", self.covariance_weight, allow_zero=True)
+        check_choice(f"{name}.predictor", self.predictor, PREDICTOR_MODES)
+        check_int(f"{name}.predictor_hidden_dim", self.predictor_hidden_dim, 1)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> Remedies:
+        """From a plain dict (missing keys: off); an unknown key is refused, not ignored."""
+        values = dict(values or {})
+        check_keys("model.remedies", values, [f.name for f in fields(cls)])
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def any(self) -> bool:
+        """Whether anything differs from the paper."""
+        return self != Remedies()
 
 
 def build_predictor(dim: int, hidden_dim: int = 512) -> nn.Sequential:
@@ -69,8 +139,7 @@ class CASSObjective(nn.Module):
         eps: float = DEFAULT_EPS,
     ) -> None:
         super().__init__()
-        if predictor not in PREDICTOR_MODES:
-            raise ValueError(f"predictor must be one of {PREDICTOR_MODES}, got {predictor!r}")
+        check_choice("predictor", predictor, PREDICTOR_MODES)
         if variance_weight < 0 or covariance_weight < 0:
             raise ValueError(
                 "variance_weight and covariance_weight must be >= 0, got "

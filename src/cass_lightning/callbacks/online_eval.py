@@ -1,0 +1,127 @@
+"""Online evaluation during pretraining: a linear probe per arm every step, kNN every N epochs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
+
+from cass_lightning.batches import batch_labels
+from cass_lightning.evaluation import LinearProbe, extract_features, knn_accuracy
+
+
+class OnlineEvaluation(L.Callback):
+    """Is the representation improving? Measured during pretraining, without a separate job.
+
+    - Online linear probe per arm: a linear layer on the detached pooled features of each
+      training batch, trained with its own Adam on the labelled rows only (the datamodule marks
+      the others -1), evaluated on the validation batches (``probe/<arm>_val_acc``).
+    - Weighted kNN per arm every ``every_n_epochs`` (and at the last epoch): the labelled
+      training images (eval transform) are the bank, the validation split the queries, features
+      in fp32 (``knn/<arm>_val_acc``).
+
+    Needs a datamodule with single-label classes and a validation split (a ``MedicalDataModule``);
+    otherwise it says so once and does nothing. Probes are diagnostics: not checkpointed.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 5,
+        k: int = 20,
+        temperature: float = 0.07,
+        probe_lr: float = 1e-3,
+        arms: Sequence[str] = ("cnn", "vit"),
+    ) -> None:
+        self.every_n_epochs = max(1, int(every_n_epochs))
+        self.k, self.temperature, self.probe_lr = k, temperature, probe_lr
+        self.arms = tuple(arms)
+        self.probes: dict[str, Any] = {}
+        self._correct: dict[str, int] = {}
+        self._seen = 0
+        self.enabled = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        dm = trainer.datamodule
+        usable = (
+            stage == "fit"
+            and dm is not None
+            and hasattr(dm, "labelled_eval_dataloader")
+            and hasattr(pl_module, "pooled")
+        )
+        if usable:
+            dm.setup(stage)
+            usable = not dm.multi_label and len(dm.split_indices("val")) > 0
+        if not usable:
+            rank_zero_only(print)(
+                "online evaluation off: it needs a single-label MedicalDataModule with a "
+                "validation split and a CASSModule"
+            )
+            return
+        self.enabled = True
+        for arm in self.arms:
+            features = int(getattr(pl_module, arm).num_features)
+            probe = LinearProbe(features, dm.num_classes, lr=self.probe_lr)
+            self.probes[arm] = probe.to(pl_module.device)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
+    ) -> None:
+        if not self.enabled:
+            return
+        labels = batch_labels(batch).to(pl_module.device)
+        for arm, probe in self.probes.items():
+            probe.to(pl_module.device)
+            loss, accuracy = probe.step(pl_module.pooled[arm], labels)
+            if not math.isnan(loss):
+                pl_module.log_dict(
+                    {f"probe/{arm}_train_loss": loss, f"probe/{arm}_train_acc": accuracy},
+                    on_step=False,
+                    on_epoch=True,
+                )
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._correct = dict.fromkeys(self.probes, 0)
+        self._seen = 0
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if not self.enabled or trainer.sanity_checking:
+            return
+        labels = batch_labels(batch).to(pl_module.device)
+        for arm, probe in self.probes.items():
+            predicted = probe.predict(pl_module.pooled[arm])
+            self._correct[arm] += int((predicted == labels).sum())
+        self._seen += int(labels.shape[0])
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.enabled or trainer.sanity_checking or not self._seen:
+            return
+        metrics = {f"probe/{arm}_val_acc": self._correct[arm] / self._seen for arm in self.probes}
+        epoch = trainer.current_epoch + 1
+        if epoch % self.every_n_epochs == 0 or epoch >= (trainer.max_epochs or epoch):
+            metrics.update(self.knn(trainer, pl_module))
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True)
+
+    def knn(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        dm = trainer.datamodule
+        results = {}
+        for arm in self.probes:
+            backbone = getattr(pl_module, arm)
+            bank, bank_labels = extract_features(
+                backbone, dm.labelled_eval_dataloader(), pl_module.device
+            )
+            queries, labels = extract_features(backbone, dm.val_dataloader(), pl_module.device)
+            results[f"knn/{arm}_val_acc"] = knn_accuracy(
+                bank, bank_labels, queries, labels, dm.num_classes, self.k, self.temperature
+            )
+        return results
