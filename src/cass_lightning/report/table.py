@@ -11,7 +11,7 @@ from cass_lightning.report.collect import ARMS, METHODS
 
 CSV_FIELDS = (
     "dataset", "method", "arm", "mode", "label_fraction", "metric", "mean", "std", "n",
-    "n_missing", "seeds", "test_split",
+    "n_missing", "seeds", "test_split", "pretrain_batch_size", "pretrain_epochs",
 )  # fmt: skip
 
 
@@ -25,8 +25,41 @@ def order(value: str, known: Sequence[str]) -> tuple[int, str]:
     return (known.index(value), value) if value in known else (len(known), value)
 
 
+def pretrain_point(result: dict[str, Any]) -> tuple[int | None, int | None]:
+    """``(batch_size, epochs)`` of a robustness-grid run's pretraining; ``(None, None)`` otherwise.
+
+    Runs whose pretraining differs are different rows: they are never averaged together.
+    """
+    pretrain = result.get("pretrain") or {}
+    if not isinstance(pretrain, dict):
+        raise ValueError(
+            f"{result.get('results_file', 'a result')}: pretrain must be a dict with batch_size "
+            f"and epochs, not {pretrain!r}"
+        )
+    batch, epochs = pretrain.get("batch_size"), pretrain.get("epochs")
+    return (None if batch is None else int(batch), None if epochs is None else int(epochs))
+
+
+def pretrain_tag(row: dict[str, Any]) -> str:
+    """`` (batch 8, 50 epochs)`` for a robustness-grid row, empty for the study's main rows."""
+    batch, epochs = row.get("pretrain_batch_size"), row.get("pretrain_epochs")
+    parts = [
+        f"batch {batch}" if batch is not None else "",
+        f"{epochs} epochs" if epochs is not None else "",
+    ]
+    parts = [p for p in parts if p]
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def _none_first(value: int | None) -> tuple[bool, int]:
+    return (value is not None, value or 0)
+
+
 def aggregate(results: Sequence[dict[str, Any]], metric: str = "f1_macro") -> list[dict[str, Any]]:
     """One row per (dataset, method, arm, mode, label_fraction): mean, sample std and n over seeds.
+
+    Runs of the robustness grid (results with ``pretrain``: batch size and epochs) make rows of
+    their own, one per pretraining point, with ``pretrain_batch_size`` and ``pretrain_epochs``.
 
     A run whose metric is ``None`` (non-finite: results.json has no NaN) counts in ``n_missing``
     rather than silently lowering or raising the mean. A run that does not hold the metric at
@@ -43,11 +76,11 @@ def aggregate(results: Sequence[dict[str, Any]], metric: str = "f1_macro") -> li
             )
         group = (
             str(result.get("dataset")), result["method"], str(result.get("arm")),
-            str(result.get("mode")), float(result["label_fraction"]),
+            str(result.get("mode")), float(result["label_fraction"]), *pretrain_point(result),
         )  # fmt: skip
         groups.setdefault(group, []).append(result)
     rows = []
-    for (dataset, method, arm, mode, fraction), runs in groups.items():
+    for (dataset, method, arm, mode, fraction, batch, epochs), runs in groups.items():
         values = [float(r["metrics"][key]) for r in runs if r["metrics"][key] is not None]
         values = [v for v in values if math.isfinite(v)]
         mean = statistics.fmean(values) if values else None
@@ -58,9 +91,11 @@ def aggregate(results: Sequence[dict[str, Any]], metric: str = "f1_macro") -> li
             "n": len(values), "n_missing": len(runs) - len(values),
             "seeds": " ".join(str(s) for s in sorted(str(r.get("seed")) for r in runs)),
             "test_split": "+".join(sorted({str(r.get("test_split")) for r in runs})),
+            "pretrain_batch_size": batch, "pretrain_epochs": epochs,
         })  # fmt: skip
     rows.sort(key=lambda r: (r["dataset"], r["mode"], order(r["method"], METHODS),
-                             order(r["arm"], ARMS), r["label_fraction"]))  # fmt: skip
+                             order(r["arm"], ARMS), _none_first(r["pretrain_batch_size"]),
+                             _none_first(r["pretrain_epochs"]), r["label_fraction"]))  # fmt: skip
     return rows
 
 
@@ -96,8 +131,11 @@ def markdown(rows: Sequence[dict[str, Any]], metric: str) -> str:
         lines += ["", f"## {dataset} ({mode}, evaluated on the {splits} split)", ""]
         lines.append("| method | arm | " + " | ".join(map(fraction_label, fractions)) + " |")
         lines.append("|---|---|" + "---|" * len(fractions))
-        cells = {(r["method"], r["arm"], r["label_fraction"]): r for r in section}
-        for method, arm in dict.fromkeys((r["method"], r["arm"]) for r in section):
+        cells = {(r["method"] + pretrain_tag(r), r["arm"], r["label_fraction"]): r
+                 for r in section}  # fmt: skip
+        for method, arm in dict.fromkeys(
+            (r["method"] + pretrain_tag(r), r["arm"]) for r in section
+        ):
             values = [cell(cells.get((method, arm, f))) for f in fractions]
             lines.append(f"| {method} | {arm} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
