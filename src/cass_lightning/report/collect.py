@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,3 +71,22 @@ def collect_results(folders: Iterable[str | Path]) -> list[dict[str, Any]]:
         result["results_file"] = str(file)
         results.append(result)
     return results
+
+
+def missing_reason(
+    missing: Sequence[dict[str, Any]], method: str, arm: str, dataset: str | None = None
+) -> str | None:
+    """Why the study has no runs for ``method`` on ``arm`` (and ``dataset``), or ``None``.
+
+    ``missing`` holds ``{"method", "arm", "reason"}`` entries from the caller (``cass-study``);
+    an entry without ``dataset`` applies to every dataset. Reasons of several matching entries
+    are joined with ``; ``.
+    """
+    reasons = [
+        str(m["reason"])
+        for m in missing
+        if m.get("method") == method
+        and m.get("arm") == arm
+        and (dataset is None or m.get("dataset") in (None, dataset))
+    ]
+    return "; ".join(dict.fromkeys(reasons)) or None

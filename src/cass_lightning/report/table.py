@@ -15,6 +15,22 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
+METHOD_NAMES = {"cass": "CASS", "dino": "DINO", "imagenet": "ImageNet", "random": "Random"}
+ARM_NAMES = {"cnn": "CNN", "vit": "ViT"}
+METRIC_NAMES = {"f1_macro": "macro-F1", "balanced_acc": "balanced accuracy"}
+
+
+def row_name(method: str, arm: str) -> str:
+    """The paper's name for a row: ``CASS-CNN``, ``DINO-ViT``, ``ImageNet-CNN``, ..."""
+    return f"{METHOD_NAMES.get(method, method)}-{ARM_NAMES.get(arm, arm)}"
+
+
+def metric_name(metric: str) -> str:
+    """``test/f1_macro`` -> ``macro-F1``: the metric as the prose names it."""
+    short = metric_key(metric).split("/", 1)[1]
+    return METRIC_NAMES.get(short, short)
+
+
 def metric_key(metric: str) -> str:
     """``f1_macro`` and ``test/f1_macro`` both name the test-split metric results.json holds."""
     return metric if "/" in metric else f"test/{metric}"
