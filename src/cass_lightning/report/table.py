@@ -109,10 +109,16 @@ def aggregate(results: Sequence[dict[str, Any]], metric: str = "f1_macro") -> li
             "test_split": "+".join(sorted({str(r.get("test_split")) for r in runs})),
             "pretrain_batch_size": batch, "pretrain_epochs": epochs,
         })  # fmt: skip
-    rows.sort(key=lambda r: (r["dataset"], r["mode"], order(r["method"], METHODS),
-                             order(r["arm"], ARMS), _none_first(r["pretrain_batch_size"]),
-                             _none_first(r["pretrain_epochs"]), r["label_fraction"]))  # fmt: skip
+    rows.sort(key=row_order)
     return rows
+
+
+def row_order(row: dict[str, Any]) -> tuple[Any, ...]:
+    """Sort key of aggregated rows: dataset, mode, the paper's method and arm order, the
+    pretraining point (main runs first), label fraction."""
+    return (row["dataset"], row["mode"], order(row["method"], METHODS), order(row["arm"], ARMS),
+            _none_first(row.get("pretrain_batch_size")), _none_first(row.get("pretrain_epochs")),
+            row["label_fraction"])  # fmt: skip
 
 
 def fraction_label(fraction: float) -> str:
