@@ -207,3 +207,17 @@ def test_robustness_grid_runs_are_rows_of_their_own(tmp_path):
     assert [(r["pretrain_batch_size"], r["pretrain_epochs"]) for r in saved] == [
         ("", ""), ("8", "50"), ("32", "50"),
     ]  # fmt: skip
+
+
+def test_cli_writes_a_study_report_with_verdicts(runs, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main([str(runs), "--out", str(out), "--study"]) == 0
+    assert {"study.md", "report.csv", "verdicts.csv", "fractions.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    printed = capsys.readouterr().out
+    # CASS-CNN (seeds 0, 1 at 10%) has no DINO-CNN run to pair with: said, not hidden.
+    assert "CASS-CNN vs DINO-CNN at 10% labels: DINO-CNN missing (no runs at 10% labels)" in printed
+    assert "No pretraining costs were given" in printed
+    assert main([str(runs), "--out", str(out), "--study"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
