@@ -14,7 +14,7 @@ from typing import Any
 
 from cass_lightning.report.collect import ARMS, METHODS, missing_reason
 from cass_lightning.report.costs import check_costs, cost_markdown
-from cass_lightning.report.perclass import confusion_total, per_class_f1
+from cass_lightning.report.perclass import classes_of, confusion_total, per_class_f1
 from cass_lightning.report.plots import plot, plot_confusions, plot_per_class_f1, plot_robustness
 from cass_lightning.report.robustness import grids, heatmaps, robustness_markdown
 from cass_lightning.report.table import (
@@ -27,6 +27,7 @@ from cass_lightning.report.table import (
     order,
     row_name,
     row_order,
+    sections,
 )
 from cass_lightning.report.verdict import BASELINES, VERDICT_FIELDS, Comparison, main_runs, verdicts
 from cass_lightning.report.writer import refuse_existing, write_csv
@@ -93,7 +94,7 @@ def table_rows(
         rows += aggregate([r for r in results if str(r["dataset"]) == dataset], chosen)
     rows = [{**r, "note": None} for r in rows]
     main = [r for r in rows if r["pretrain_batch_size"] is None and r["pretrain_epochs"] is None]
-    for (dataset, mode), section in _sections(main).items():
+    for (dataset, mode), section in sections(main).items():
         present = {(r["method"], r["arm"]) for r in section}
         for method, arm in layout(results, missing):
             if (method, arm) in present:
@@ -107,13 +108,6 @@ def table_rows(
                     "pretrain_batch_size": None, "pretrain_epochs": None, "note": note,
                 })  # fmt: skip
     return sorted(rows, key=row_order)
-
-
-def _sections(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    found: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for row in rows:
-        found.setdefault((row["dataset"], row["mode"]), []).append(row)
-    return found
 
 
 def paper_table(section: Sequence[dict[str, Any]], rows: Sequence[tuple[str, str]]) -> list[str]:
@@ -167,11 +161,12 @@ def _figures(results: Sequence[dict[str, Any]], order_rows: Sequence[tuple[str, 
     runs = main_runs(results)
     keys = {(str(r["dataset"]), str(r["mode"]), float(r["label_fraction"])) for r in runs}
     for dataset, mode, fraction in sorted(keys):
+        at = [r for r in runs if (str(r["dataset"]), str(r["mode"]), float(r["label_fraction"]))
+              == (dataset, mode, fraction)]  # fmt: skip
+        classes_of(at)  # every row of one figure must name the same classes
         bars, panels = [], []
         for method, arm in order_rows:
-            group = [r for r in runs if (str(r["dataset"]), str(r["mode"]), r["method"],
-                     str(r["arm"]), float(r["label_fraction"]))
-                     == (dataset, mode, method, arm, fraction)]  # fmt: skip
+            group = [r for r in at if (r["method"], str(r["arm"])) == (method, arm)]
             f1, confusion = per_class_f1(group), confusion_total(group)
             if f1:
                 bars.append((row_name(method, arm), f1))
@@ -206,14 +201,14 @@ def study_markdown(
 ) -> str:
     """``study.md`` from the rows, the verdicts, the costs and the planned figure names."""
     main = [r for r in rows if r["pretrain_batch_size"] is None and r["pretrain_epochs"] is None]
-    sections = _sections(main)
+    tables = sections(main)
     lines = [f"# {title}", "", INTRO, "", "## Summary"]
-    for dataset, mode in sections:
+    for dataset, mode in tables:
         if any((c.dataset, c.mode) == (dataset, mode) for c in comparisons):
             lines += ["", *summary(comparisons, dataset, mode)]
     if plotted:
         lines += ["", f"![metric against the labelled fraction]({FRACTIONS_FILE})"]
-    for (dataset, mode), section in sections.items():
+    for (dataset, mode), section in tables.items():
         split = "+".join(sorted({r["test_split"] for r in section if r["test_split"]}))
         key = section[0]["metric"]
         lines += ["", f"## {dataset} ({mode})", "",
