@@ -186,3 +186,38 @@ def test_fraction_labels_read_as_percent():
     assert [fraction_label(f) for f in (0.01, 0.1, 1.0, 0.5, 0.005)] == [
         "1%", "10%", "100%", "50%", "0.5%",
     ]  # fmt: skip
+
+
+def test_robustness_grid_runs_are_rows_of_their_own(tmp_path):
+    run(tmp_path / "main", value=0.5, seed=0)
+    for i, (batch, value) in enumerate(((8, 0.2), (8, 0.4), (32, 0.9))):
+        folder = run(tmp_path / f"grid{i}", value=value, seed=i)
+        result = json.loads((folder / "results.json").read_text())
+        result["pretrain"] = {"batch_size": batch, "epochs": 50}
+        (folder / "results.json").write_text(json.dumps(result))
+    rows = aggregate(collect_results([tmp_path]))
+    got = [(r["pretrain_batch_size"], r["pretrain_epochs"], r["mean"], r["n"]) for r in rows]
+    assert got == [(None, None, 0.5, 1), (8, 50, pytest.approx(0.3), 2), (32, 50, 0.9, 1)]
+    paths = write_report(rows, tmp_path / "out")
+    md = paths["md"].read_text()
+    assert "| random | cnn | 0.5000 ± 0.0000 (1) |" in md
+    assert "| random (batch 8, 50 epochs) | cnn | 0.3000 ± 0.1414 (2) |" in md
+    with paths["csv"].open() as fh:
+        saved = list(csv.DictReader(fh))
+    assert [(r["pretrain_batch_size"], r["pretrain_epochs"]) for r in saved] == [
+        ("", ""), ("8", "50"), ("32", "50"),
+    ]  # fmt: skip
+
+
+def test_cli_writes_a_study_report_with_verdicts(runs, tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main([str(runs), "--out", str(out), "--study"]) == 0
+    assert {"study.md", "report.csv", "verdicts.csv", "fractions.png"} <= {
+        p.name for p in out.iterdir()
+    }
+    printed = capsys.readouterr().out
+    # CASS-CNN (seeds 0, 1 at 10%) has no DINO-CNN run to pair with: said, not hidden.
+    assert "CASS-CNN vs DINO-CNN at 10% labels: DINO-CNN missing (no runs at 10% labels)" in printed
+    assert "No pretraining costs were given" in printed
+    assert main([str(runs), "--out", str(out), "--study"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err

@@ -1,0 +1,92 @@
+"""Finding ``results.json`` files and naming the pretraining method behind each run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"  # what cass-finetune writes (apps/finetune.py)
+META_FILE = "meta.json"  # what an export holds (export.py)
+METHODS = ("cass", "dino", "imagenet", "random")  # table order: CASS first, then its baselines
+ARMS = ("cnn", "vit")
+REQUIRED_KEYS = ("init", "arm", "mode", "dataset", "label_fraction", "metrics")
+
+
+def method_label(result: dict[str, Any], source: Path | None = None) -> str:
+    """The pretraining method behind one run, from its ``init`` and, for exports, ``meta.json``.
+
+    An export says which method wrote it (DINO's exports carry ``"method": "dino"``; CASS's
+    exports predate that key, so a missing key means CASS). A ``.ckpt`` is always a CASS
+    checkpoint: ``cass-finetune`` reads no other kind.
+    """
+    init = result.get("init")
+    where = f" ({source})" if source else ""
+    if init in ("imagenet", "random"):
+        return str(init)
+    if init == "checkpoint":
+        return "cass"
+    if init == "export":
+        weights = result.get("weights")
+        meta_path = Path(str(weights)) / META_FILE
+        if not weights or not meta_path.is_file():
+            raise FileNotFoundError(
+                f"{meta_path} not found: the run{where} was fine-tuned from that export, whose "
+                "meta.json names the pretraining method. Put the export back at that path"
+            )
+        method = json.loads(meta_path.read_text()).get("method", "cass")
+        return "dino" if str(method).lower() == "dino" else "cass"
+    raise ValueError(f"unknown init {init!r} in a results file{where}")
+
+
+def collect_results(folders: Iterable[str | Path]) -> list[dict[str, Any]]:
+    """Every ``results.json`` under ``folders`` (searched recursively), each with its method.
+
+    Each returned dict is the file's content plus ``method`` and ``results_file``. A file found
+    through two overlapping folders counts once, so no run is averaged in twice.
+    """
+    roots = [Path(f) for f in folders]
+    if not roots:
+        raise ValueError("name at least one folder of fine-tuning runs")
+    missing = [str(r) for r in roots if not r.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"not a folder: {', '.join(missing)}")
+    files = sorted({p.resolve() for r in roots for p in r.rglob(RESULTS_FILE) if p.is_file()})
+    if not files:
+        raise FileNotFoundError(
+            f"no {RESULTS_FILE} found under {', '.join(str(r) for r in roots)}: point at the "
+            "folders of cass-finetune runs (each run writes one)"
+        )
+    results = []
+    for file in files:
+        try:
+            result = json.loads(file.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{file} is not valid JSON: {err}") from err
+        absent = [k for k in REQUIRED_KEYS if k not in result]
+        if absent:
+            raise ValueError(f"{file} lacks {', '.join(absent)}: not a cass-finetune results.json")
+        result["method"] = method_label(result, file)
+        result["results_file"] = str(file)
+        results.append(result)
+    return results
+
+
+def missing_reason(
+    missing: Sequence[dict[str, Any]], method: str, arm: str, dataset: str | None = None
+) -> str | None:
+    """Why the study has no runs for ``method`` on ``arm`` (and ``dataset``), or ``None``.
+
+    ``missing`` holds ``{"method", "arm", "reason"}`` entries from the caller (``cass-study``);
+    an entry without ``dataset`` applies to every dataset. Reasons of several matching entries
+    are joined with ``; ``.
+    """
+    reasons = [
+        str(m["reason"])
+        for m in missing
+        if m.get("method") == method
+        and m.get("arm") == arm
+        and (dataset is None or m.get("dataset") in (None, dataset))
+    ]
+    return "; ".join(dict.fromkeys(reasons)) or None
