@@ -107,7 +107,7 @@ class LinearProbe(nn.Module):
         loss.backward()
         self.optimizer.step()
         accuracy = (logits.argmax(dim=1) == labels[keep]).float().mean()
-        return float(loss), float(accuracy)
+        return float(loss.detach()), float(accuracy)
 
     @torch.no_grad()
     def predict(self, features: Tensor) -> Tensor:

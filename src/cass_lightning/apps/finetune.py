@@ -32,6 +32,7 @@ from cass_lightning.apps.common import (
     seed_everything,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
+from cass_lightning.callbacks import LoopTimer
 from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.io import atomic_write_json
 from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
@@ -133,10 +134,11 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         monitor=stopping.monitor, mode=stopping.mode, patience=int(stopping.patience)
     )
     loggers = build_loggers(cfg.get("logger"), **logger_context(cfg))
+    timer = LoopTimer()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")),
-        callbacks=[best, early],
+        callbacks=[best, early, timer],
         logger=loggers or False,
         _convert_="all",
     )
@@ -175,6 +177,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best.best_model_path or None,
         "epochs_run": int(trainer.current_epoch),
         "stopped_early": bool(early.stopped_epoch),
+        "loop_seconds": timer.seconds,
     }
     if trainer.is_global_zero:
         atomic_write_json(folder / RESULTS_FILE, result)

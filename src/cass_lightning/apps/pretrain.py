@@ -30,7 +30,12 @@ from cass_lightning.apps.common import (
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
 from cass_lightning.apps.resume import plan_start, resumable
-from cass_lightning.callbacks import ExportBackbones, ImagesPerSecond, atomic_checkpoint_plugin
+from cass_lightning.callbacks import (
+    ExportBackbones,
+    ImagesPerSecond,
+    LoopTimer,
+    atomic_checkpoint_plugin,
+)
 from cass_lightning.runtime import (
     apply_speed_switches,
     check_multirun_strategy,
@@ -120,6 +125,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     speed = cfg.get("speed") or {}
     apply_speed_switches(model, bool(speed.get("channels_last")), bool(speed.get("compile")))
     callbacks = instantiate_group(cfg.get("callbacks"))
+    timer = LoopTimer()
+    callbacks.append(timer)
     if cfg.get("rich_progress_bar", False) and cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     run.record()  # run_info.json; a resumed run's old metrics.csv becomes metrics.part<N>.csv
@@ -151,6 +158,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "method": getattr(model, "method_name", type(model).__name__),
         "run_dir": str(folder),
         "fit_seconds": elapsed,
+        "loop_seconds": timer.seconds,
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
         "batch_size": int(cfg.data.batch_size),

@@ -14,7 +14,7 @@ from cass_lightning.callbacks.checkpoint import (
 )
 from cass_lightning.callbacks.export import ExportBackbones
 from cass_lightning.callbacks.media import LogAttentionMaps, LogAugmentedSamples, image_grid
-from cass_lightning.callbacks.monitors import CollapseMonitor, ImagesPerSecond
+from cass_lightning.callbacks.monitors import CollapseMonitor, ImagesPerSecond, LoopTimer
 from cass_lightning.callbacks.online_eval import OnlineEvaluation
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "LastCheckpoint",
     "LogAttentionMaps",
     "LogAugmentedSamples",
+    "LoopTimer",
     "OnlineEvaluation",
     "atomic_checkpoint_plugin",
     "image_grid",

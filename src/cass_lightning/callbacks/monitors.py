@@ -70,6 +70,26 @@ class ImagesPerSecond(L.Callback):
         return self.total_images / self.total_seconds if self.total_seconds > 0 else None
 
 
+class LoopTimer(L.Callback):
+    """Seconds spent inside the training loop (validation included) and the test loop, so a
+    caller can tell the time the work took from the time around it (set-up, imports, I/O)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._since: float | None = None
+
+    def _start(self, *args: Any) -> None:
+        self._since = time.perf_counter()
+
+    def _stop(self, *args: Any) -> None:
+        if self._since is not None:
+            self.seconds += time.perf_counter() - self._since
+            self._since = None
+
+    on_train_start = on_test_start = _start
+    on_train_end = on_test_end = _stop
+
+
 class CollapseMonitor(L.Callback):
     """Warns once (with the epoch and the numbers) when CASS shows collapse, or stops the run.
 

@@ -239,10 +239,12 @@ def write_study_report(
     missing: Sequence[dict[str, Any]] = (),
     metric: str | None = None,
     title: str = "CASS study report",
+    notes: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Write ``study.md``, ``report.csv``, ``verdicts.csv`` and the PNGs into ``out_dir``.
 
     ``metric`` applies to every dataset; ``None`` takes :func:`default_metric` per dataset.
+    ``notes`` (e.g. the study's points that did not finish) close ``study.md`` as a list.
     Returns ``{file name: path}``. Refuses, before writing anything, when any of those files
     already exists (a report is a record of the runs it read).
     """
@@ -284,7 +286,8 @@ def write_study_report(
         where = f"{dataset} ({mode}), {fraction_label(fraction)} labels"
         path = paths[figure_name("robustness", dataset, mode, fraction)]
         plot_robustness(heatmaps(grid), f"{where}: {metric_name(metric_for(dataset))}", path)
-    paths[STUDY_FILE].write_text(
-        study_markdown(rows, comparisons, costs, order_rows, figures, title, bool(main))
-    )
+    text = study_markdown(rows, comparisons, costs, order_rows, figures, title, bool(main))
+    if notes:
+        text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
+    paths[STUDY_FILE].write_text(text)
     return paths

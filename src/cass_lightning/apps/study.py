@@ -1,0 +1,328 @@
+"""``cass-study``: the paper's study (CASS, DINO, ImageNet and random baselines -> fine-tuning grid
+-> report with a verdict) as one resumable command; a study is a folder with ``plan.json``.
+
+    cass-study study=smoke
+    cass-study study=paper data=isic2019 data.root=/data/ISIC2019 \\
+        study.weights.cnn=resnet50.safetensors study.weights.vit=vit_b16_384.safetensors
+
+The study lives in ``runs/study/<name>/``: ``plan.json`` (every point: app, overrides, digest,
+status), ``points/<id>/`` (each an ordinary cass-pretrain or cass-finetune run folder) and
+``report/``. Stages run in order (pretraining, then fine-tuning); each stage is one worker,
+``python -m cass_lightning.apps.study_points -m point=...``, so points go through Hydra's
+launcher. Run the same command again to finish an interrupted or partly failed study.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.overrides import override_key, quote
+from cass_lightning.apps.study_plan import (
+    FAILED_FILE,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    Point,
+    StudySettings,
+    build_plan,
+    missing_rows,
+    statuses_of,
+    write_plan,
+)
+from cass_lightning.apps.study_points import TIMING_FILE, compose_point
+from cass_lightning.io import read_json
+
+#: The worker was stopped from outside (Ctrl-C, SIGTERM): the study stops too.
+STOPPED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
+#: Restarts of a stage's worker after it died in the middle of a point (each marks that point
+#: failed), before the stage is given up.
+MAX_RESTARTS = 3
+
+
+# ----------------------------------------------------------------------------- settings
+def _forwarded(task_overrides: list[str], prefixes: tuple[str, ...]) -> list[str]:
+    """The overrides typed on the ``cass-study`` command line whose key starts with a prefix."""
+    out = []
+    for override in task_overrides:
+        key = (override_key(override) or "").lstrip("+~")
+        if any(key == p.rstrip(".") or key.startswith(p) for p in prefixes):
+            out.append(override)
+    return out
+
+
+def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -> StudySettings:
+    """The study's settings as plain values; the data overrides every point (and the data
+    check) shares: ``data=...`` and ``data.*`` from the command line, ``study.overrides.data``,
+    and the shared decoded cache."""
+    s = cfg.study
+    plain: dict[str, Any] = OmegaConf.to_container(s, resolve=True)  # type: ignore[assignment]
+    weights = {arm: str(Path(f).expanduser().resolve()) if f else None
+               for arm, f in (plain.get("weights") or {}).items()}  # fmt: skip
+    if bool(weights.get("cnn")) != bool(weights.get("vit")):
+        raise ValueError(
+            "give both study.weights.cnn and study.weights.vit (CASS starts both arms from "
+            "ImageNet weights, or neither), got only one"
+        )
+    for arm, file in weights.items():
+        if file and not Path(file).is_file():
+            raise FileNotFoundError(f"study.weights.{arm}: {file} not found")
+    data = [*_forwarded(task_overrides, ("data.", "data", "paths.data_dir")),
+            *plain["overrides"].get("data", [])]  # fmt: skip
+    data.append(f"data.cache_dir={quote(study_dir / 'cache')}" if plain.get("cache")
+                else "data.check_images=none")  # fmt: skip
+    scale = float(plain.get("epoch_scale", 1.0))
+    grid = []
+    if plain.get("robustness"):
+        r = plain["robustness"]
+        grid = [(int(b), max(1, round(int(e) * scale))) for b in r["batch_sizes"]
+                for e in r["epochs"]]  # fmt: skip
+    o = plain["overrides"]
+    return StudySettings(
+        kind=str(plain["kind"]), encoders=dict(plain["encoders"]), weights=weights,
+        methods=list(plain["methods"]), arms=list(plain["arms"]),
+        fractions=[float(f) for f in plain["fractions"]], seeds=[int(x) for x in plain["seeds"]],
+        modes=list(plain["modes"]),
+        pretrain_epochs=max(1, round(int(plain["pretrain"]["epochs"]) * scale)),
+        pretrain_batch_size=int(plain["pretrain"]["batch_size"]),
+        pretrain_seed=int(plain["pretrain"].get("seed", 77)),
+        common=list(o.get("common", [])), data=data, pretrain=list(o.get("pretrain", [])),
+        cass=list(o.get("cass", [])),
+        dino=list(o.get("dino", [])), finetune=list(o.get("finetune", [])), grid=grid,
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- printing
+def plan_table(points: list[Point], statuses: dict[str, str]) -> str:
+    counts: dict[str, int] = {}
+    for status in statuses.values():
+        counts[status] = counts.get(status, 0) + 1
+    lines = [f"{'status':11s} point"]
+    lines += [f"{statuses[p.id]:11s} {p.id}" for p in points]
+    lines.append(f"{len(points)} points: " +
+                 ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))  # fmt: skip
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- running
+def check_data(settings: StudySettings, study_dir: Path) -> None:
+    """Index and check every image once for the whole study (and fill the shared cache), so the
+    points skip it; a bad dataset stops the study here, before any training."""
+    from cass_lightning.apps.data import check
+
+    folder = study_dir / "data-check"
+    point = Point(
+        "data-check",
+        "data_app",
+        -1,
+        "-",
+        "-",
+        [*settings.data, f"model.img_size={settings.encoders['img_size']}"],
+        "",
+    )
+    cfg = compose_point(point, folder, [])
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        status = check(cfg)
+    finally:
+        HydraConfig.instance().cfg = saved  # type: ignore[assignment]
+    if status:
+        raise ValueError(f"the study's data did not pass the check (report in {folder})")
+
+
+def run_stage(points: list[Point], study_dir: Path, launcher: list[str]) -> int:
+    """Run ``points`` in one worker (a Hydra multirun over their ids); returns its exit code."""
+    ids = ",".join(p.id for p in points)
+    command = [sys.executable, "-m", "cass_lightning.apps.study_points", "-m",
+               f"study_dir={quote(study_dir)}", f"point={ids}", *launcher]  # fmt: skip
+    return subprocess.call(command)
+
+
+def _record_crash(points: list[Point], study_dir: Path, code: int) -> int:
+    """Mark as failed the point(s) a dead worker left interrupted; how many there were."""
+    from cass_lightning.io import atomic_write_json
+
+    statuses = statuses_of(points, study_dir)
+    crashed = [p for p in points if statuses[p.id] in ("interrupted", "partial")]
+    for point in crashed:
+        atomic_write_json(point.folder(study_dir) / FAILED_FILE, {
+            "point": point.id, "error": "WorkerDied",
+            "message": f"the worker process ended with code {code} while running this point",
+        })  # fmt: skip
+    return len(crashed)
+
+
+def run_points(points: list[Point], study_dir: Path, launcher: list[str]) -> int:
+    """Every stage in order; points already done are skipped. Returns 0, or the exit code to
+    stop with (the worker was interrupted).
+
+    With the default launcher each pretraining point gets a worker of its own, so its cost
+    (time, peak memory) is its own; the fine-tuning points share one worker. With another
+    launcher (SLURM) every stage is one multirun and each point is its own job anyway."""
+    for stage in (0, 1):
+        for _ in range(MAX_RESTARTS + 1):
+            statuses = statuses_of(points, study_dir)
+            todo = [p for p in points if p.stage == stage and statuses[p.id] not in
+                    ("done", "blocked", "running")]  # fmt: skip
+            todo = [p for p in todo if statuses[p.id] != "failed" or not _failed_now(p, study_dir)]
+            if not todo:
+                break
+            groups = [todo] if launcher or stage else [[p] for p in todo]
+            code = 0
+            for group in groups:
+                code = run_stage(group, study_dir, launcher)
+                if code:
+                    break
+            if code in STOPPED:
+                return 130 if code in (130, -signal.SIGINT) else 143
+            if code == 0 or not _record_crash(todo, study_dir, code):
+                break
+    return 0
+
+
+_STARTED_AT = time.time()
+
+
+def _failed_now(point: Point, study_dir: Path) -> bool:
+    """Whether the point failed during this invocation (then it is not retried now)."""
+    failed = point.folder(study_dir) / FAILED_FILE
+    return failed.is_file() and failed.stat().st_mtime >= _STARTED_AT
+
+
+# ----------------------------------------------------------------------------- report
+def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> dict[str, Any]:
+    """What the report needs: fine-tuning results (labelled by the plan), pretraining costs,
+    the rows with no finished run (with why), and a note per point that did not finish."""
+    results, costs, notes = [], [], []
+    unfinished: dict[tuple[str, str], list[str]] = {}
+    for p in points:
+        folder = p.folder(study_dir)
+        if statuses[p.id] != "done":
+            reason = f"{p.id} {statuses[p.id]}"
+            if statuses[p.id] == "failed":
+                failure = read_json(folder / FAILED_FILE, "failure record")
+                reason += f" ({failure.get('error')}: {failure.get('message')})"
+            notes.append(reason)
+            unfinished.setdefault((p.method, p.arm), []).append(reason)
+            continue
+        if p.app == "pretrain":
+            summary = read_json(folder / SUMMARY_FILE, "pretraining summary")
+            costs.append({**{k: summary.get(k) for k in (
+                "fit_seconds", "images_per_s", "peak_memory_gib", "memory_kind", "epochs",
+                "batch_size", "steps")}, "method": p.method, "arm": p.arm,
+                "dataset": summary.get("dataset", "")})  # fmt: skip
+        else:
+            result = read_json(folder / RESULTS_FILE, "fine-tuning results")
+            result["method"] = p.method
+            if "grid_batch_size" in p.info:
+                result["pretrain"] = {"batch_size": p.info["grid_batch_size"],
+                                      "epochs": p.info["grid_epochs"]}  # fmt: skip
+            results.append(result)
+    done_rows = {(r["method"], r["arm"]) for r in results}
+    missing = [{"method": m, "arm": a, "reason": "no point finished: " + "; ".join(why[:3])}
+               for (m, a), why in unfinished.items() if (m, a) not in done_rows
+               and a != "both"]  # fmt: skip
+    dataset = next((r["dataset"] for r in results), "")
+    for cost in costs:
+        cost["dataset"] = cost["dataset"] or dataset
+    return {"results": results, "costs": costs, "missing": missing, "notes": notes}
+
+
+def free_report_dir(study_dir: Path) -> Path:
+    """``report/``, or ``report-<n>/`` when an earlier invocation wrote one (never overwritten)."""
+    target, n = study_dir / "report", 1
+    while target.exists():
+        n += 1
+        target = study_dir / f"report-{n}"
+    return target
+
+
+def overhead(points: list[Point], study_dir: Path, wall: float) -> dict[str, float]:
+    """The study's time outside the points' training and evaluation loops, in this invocation."""
+    loops = 0.0
+    for p in points:
+        timing = p.folder(study_dir) / TIMING_FILE
+        if timing.is_file() and timing.stat().st_mtime >= _STARTED_AT:
+            loops += float(read_json(timing, "timing").get("loop_seconds") or 0.0)
+    return {"wall_seconds": wall, "loop_seconds": loops, "overhead_seconds": wall - loops,
+            "overhead_fraction": (wall - loops) / wall if wall > 0 else 0.0}  # fmt: skip
+
+
+def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> int:
+    """Plan, run what is not done, report. Returns the exit code."""
+    start = time.perf_counter()
+    study_dir = Path(str(cfg.study.dir)).expanduser().resolve()
+    settings = settings_from(cfg, task_overrides, study_dir)
+    points = build_plan(settings, study_dir)
+    statuses = statuses_of(points, study_dir)
+    write_plan(study_dir, settings, points, statuses)
+    print(plan_table(points, statuses))
+    if cfg.study.plan_only:
+        return 0
+    if any(s != "done" for s in statuses.values()):
+        check_data(settings, study_dir)
+    code = run_points(points, study_dir, launcher)
+    statuses = statuses_of(points, study_dir)
+    timing = overhead(points, study_dir, time.perf_counter() - start)
+    write_plan(study_dir, settings, points, statuses, {"last_invocation": timing})
+    print(plan_table(points, statuses))
+    if code:
+        print(f"cass-study: stopped; run the same command again to continue ({study_dir})")
+        return code
+    from cass_lightning.report import write_study_report
+
+    gathered = gather(points, study_dir, statuses)
+    if gathered["results"]:
+        out = free_report_dir(study_dir)
+        paths = write_study_report(
+            gathered["results"],
+            gathered["costs"],
+            out,
+            missing=[*missing_rows(settings), *gathered["missing"]],
+        )
+        print(f"report: {out / 'study.md'} ({len(paths)} files)")
+    print(
+        f"study time {timing['wall_seconds']:.0f} s, of which {timing['overhead_seconds']:.0f} "
+        f"s ({timing['overhead_fraction']:.0%}) outside the training and evaluation loops"
+    )
+    failed = [p.id for p in points if statuses[p.id] != "done"]
+    if failed:
+        print(f"cass-study: {len(failed)} point(s) not done: {', '.join(failed[:10])}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="study")
+def _main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    task = list(hydra_cfg.overrides.task)
+    launcher = [
+        o
+        for o in [*hydra_cfg.overrides.hydra, *task]
+        if (override_key(o) or "").startswith(("hydra/launcher", "hydra.launcher"))
+    ]
+    try:
+        code = study(cfg, task, launcher)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"cass-study: {err}", file=sys.stderr)
+        code = 1
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The plan of a study: every point (a pretraining or fine-tuning run), its settings, its folder
+and, read from the folder, its status.
+
+A point is an app (``pretrain`` or ``finetune``) and the overrides that app is composed with.
+Its id ends in a digest of those overrides (and of the point it depends on), so a changed setting
+makes a new point in a new folder beside the old one: nothing a finished point wrote is ever
+overwritten, and the same command twice finds its points done. The status is never stored as a
+fact: it is read from what each point folder holds (export, results, a failure record, a start
+record whose process is gone).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cass_lightning.io import atomic_write_json, read_json
+
+PLAN_FILE = "plan.json"
+POINTS_DIR = "points"
+STARTED_FILE = "started.json"
+FAILED_FILE = "failed.json"
+RESULTS_FILE = "results.json"  # what cass-finetune writes
+SUMMARY_FILE = "summary.json"  # what cass-pretrain writes
+STATUSES = ("done", "pending", "partial", "running", "interrupted", "failed", "blocked")
+#: Methods of the paper's table, and the pretraining each needs.
+METHODS = ("cass", "dino", "imagenet", "random")
+ARMS = ("cnn", "vit")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """Everything that decides a study's points, as plain values (see ``conf/study/``)."""
+
+    kind: str
+    encoders: dict[str, Any]
+    weights: dict[str, str | None]
+    methods: list[str]
+    arms: list[str]
+    fractions: list[float]
+    seeds: list[int]
+    modes: list[str]
+    pretrain_epochs: int
+    pretrain_batch_size: int
+    pretrain_seed: int
+    common: list[str] = field(default_factory=list)
+    data: list[str] = field(default_factory=list)
+    pretrain: list[str] = field(default_factory=list)
+    cass: list[str] = field(default_factory=list)
+    dino: list[str] = field(default_factory=list)
+    finetune: list[str] = field(default_factory=list)
+    grid: list[tuple[int, int]] = field(default_factory=list)  # robustness: (batch, epochs)
+
+
+@dataclass
+class Point:
+    """One run of the study."""
+
+    id: str
+    app: str  # pretrain | finetune
+    stage: int  # 0: pretraining, 1: fine-tuning
+    method: str  # cass | dino | imagenet | random
+    arm: str  # cnn | vit | both
+    overrides: list[str]
+    digest: str
+    needs: str | None = None  # id of the pretraining point this one fine-tunes
+    info: dict[str, Any] = field(default_factory=dict)  # fraction, seed, mode, batch, epochs
+
+    def folder(self, study_dir: Path) -> Path:
+        return study_dir / POINTS_DIR / self.id
+
+
+def digest_of(app: str, overrides: list[str], needs: str | None) -> str:
+    text = json.dumps({"app": app, "overrides": overrides, "needs": needs}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _point(app: str, label: str, stage: int, method: str, arm: str, overrides: list[str],
+           needs: Point | None = None, **info: Any) -> Point:  # fmt: skip
+    digest = digest_of(app, overrides, needs.digest if needs else None)
+    return Point(f"{label}-{digest[:8]}", app, stage, method, arm, overrides, digest,
+                 needs.id if needs else None, info)  # fmt: skip
+
+
+def _encoder_overrides(s: StudySettings) -> list[str]:
+    """The encoder and init settings CASS and DINO share, so their rows are comparable."""
+    e, w = s.encoders, s.weights
+    out = [f"model.cnn={e['cnn']}", f"model.vit={e['vit']}", f"model.img_size={e['img_size']}"]
+    if w.get("cnn") and w.get("vit"):
+        out += ["model.pretrained=true", f"model.cnn_weights_file={w['cnn']}",
+                f"model.vit_weights_file={w['vit']}"]  # fmt: skip
+    else:
+        out += ["model.pretrained=false"]
+    return out
+
+
+def _pretraining(s: StudySettings, batch: int, epochs: int, suffix: str) -> dict[str, Point]:
+    """The CASS point and one DINO point per arm, at one batch size and length."""
+    run = [*s.common, *s.data, *s.pretrain, *_encoder_overrides(s), f"data.batch_size={batch}",
+           f"trainer.max_epochs={epochs}", f"seed={s.pretrain_seed}"]  # fmt: skip
+    info = {"batch_size": batch, "epochs": epochs}
+    points = {}
+    if "cass" in s.methods:
+        points["cass"] = _point("pretrain", f"pretrain-cass{suffix}", 0, "cass", "both",
+                                [*s.cass, *run], **info)  # fmt: skip
+    if "dino" in s.methods:
+        for arm in s.arms:
+            overrides = [*s.dino, "model=dino", f"model.arm={arm}", *run]
+            points[f"dino-{arm}"] = _point("pretrain", f"pretrain-dino-{arm}{suffix}", 0, "dino",
+                                           arm, overrides, **info)  # fmt: skip
+    return points
+
+
+def _finetuning(s: StudySettings, study_dir: Path, pretrained: dict[str, Point],
+                fractions: list[float], suffix: str) -> list[Point]:  # fmt: skip
+    """Every (method, arm) row at each fraction x seed x mode."""
+    points = []
+    e = s.encoders
+    for arm in s.arms:
+        sources: list[tuple[str, list[str], Point | None]] = []
+        if "cass" in pretrained:
+            export = pretrained["cass"].folder(study_dir) / "export"
+            sources.append(("cass", [f"weights={export}"], pretrained["cass"]))
+        if f"dino-{arm}" in pretrained:
+            export = pretrained[f"dino-{arm}"].folder(study_dir) / "export"
+            sources.append(("dino", [f"weights={export}"], pretrained[f"dino-{arm}"]))
+        baseline = [f"model.timm_name={e[arm]}", f"model.img_size={e['img_size']}"]
+        if "imagenet" in s.methods and s.weights.get(arm) and not suffix:
+            file = f"model.weights_file={s.weights[arm]}"
+            sources.append(("imagenet", ["weights=imagenet", *baseline, file], None))
+        if "random" in s.methods and not suffix:
+            sources.append(("random", ["weights=random", *baseline], None))
+        for method, weights, needs in sources:
+            for fraction in fractions:
+                for seed in s.seeds:
+                    for mode in s.modes:
+                        label = (f"finetune-{method}-{arm}{suffix}-{fraction * 100:g}pct-s{seed}"
+                                 f"{'' if mode == 'finetune' else '-' + mode}")  # fmt: skip
+                        overrides = [*s.common, *s.data, *s.finetune, *weights, f"arm={arm}",
+                                     f"mode={mode}", f"data.label_fraction={fraction}",
+                                     f"seed={seed}"]  # fmt: skip
+                        info: dict[str, Any] = {"fraction": fraction, "seed": seed, "mode": mode}
+                        if needs is not None and suffix:  # a point of the robustness grid
+                            info["grid_batch_size"] = needs.info["batch_size"]
+                            info["grid_epochs"] = needs.info["epochs"]
+                        points.append(_point("finetune", label, 1, method, arm, overrides,
+                                             needs, **info))  # fmt: skip
+    return points
+
+
+def build_plan(s: StudySettings, study_dir: Path) -> list[Point]:
+    """Every point of the study, pretraining first."""
+    if not s.grid:
+        pretrained = _pretraining(s, s.pretrain_batch_size, s.pretrain_epochs, "")
+        return [*pretrained.values(), *_finetuning(s, study_dir, pretrained, s.fractions, "")]
+    points: list[Point] = []
+    tuned: list[Point] = []
+    for batch, epochs in s.grid:
+        suffix = f"-b{batch}-e{epochs}"
+        pretrained = _pretraining(s, batch, epochs, suffix)
+        points += pretrained.values()
+        tuned += _finetuning(s, study_dir, pretrained, s.fractions, suffix)
+    return points + tuned
+
+
+def missing_rows(s: StudySettings) -> list[dict[str, str]]:
+    """Table rows the study cannot fill, and why (the report shows them with the reason)."""
+    rows = []
+    for arm in s.arms:
+        if "imagenet" in s.methods and not s.weights.get(arm) and not s.grid:
+            rows.append({"method": "imagenet", "arm": arm, "reason": (
+                f"no ImageNet weights file given (study.weights.{arm}); the model hub is not "
+                "used, so this baseline was not run")})  # fmt: skip
+    return rows
+
+
+# ----------------------------------------------------------------------------- status
+def _alive(started: dict[str, Any]) -> bool:
+    """Whether the process that started a point is still running (on this machine)."""
+    if started.get("host") != socket.gethostname():
+        return True  # another machine (a SLURM node): trust the record
+    try:
+        os.kill(int(started.get("pid", -1)), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def point_status(point: Point, study_dir: Path, statuses: dict[str, str] | None = None) -> str:
+    """``done``, ``running``, ``interrupted`` (started, its process gone), ``partial`` (a
+    pretraining run that can resume from its last checkpoint), ``failed``, ``blocked`` (its
+    pretraining is not done) or ``pending``."""
+    folder = point.folder(study_dir)
+    if point.app == "pretrain":
+        if (folder / "export" / "meta.json").is_file() and (folder / SUMMARY_FILE).is_file():
+            return "done"
+    elif (folder / RESULTS_FILE).is_file():
+        return "done"
+    if (folder / FAILED_FILE).is_file():
+        return "failed"
+    if (folder / STARTED_FILE).is_file():
+        started = read_json(folder / STARTED_FILE, "point start record")
+        if _alive(started):
+            return "running"
+        if point.app == "pretrain" and (folder / "checkpoints" / "last.ckpt").is_file():
+            return "partial"
+        return "interrupted"
+    if statuses is not None and point.needs and statuses.get(point.needs) != "done":
+        return "blocked"
+    return "pending"
+
+
+def statuses_of(points: list[Point], study_dir: Path) -> dict[str, str]:
+    statuses: dict[str, str] = {}
+    for point in sorted(points, key=lambda p: p.stage):
+        statuses[point.id] = point_status(point, study_dir, statuses)
+    return statuses
+
+
+def write_plan(study_dir: Path, settings: StudySettings, points: list[Point],
+               statuses: dict[str, str], extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """``plan.json``: the settings, and every point with its overrides, digest and status."""
+    plan = {
+        "settings": asdict(settings),
+        "points": [
+            {**asdict(p), "folder": str(p.folder(study_dir)), "status": statuses[p.id]}
+            for p in points
+        ],
+        **(extra or {}),
+    }
+    study_dir.mkdir(parents=True, exist_ok=True)
+    return atomic_write_json(study_dir / PLAN_FILE, plan)
+
+
+def read_plan(study_dir: Path) -> list[Point]:
+    """The points of ``plan.json`` (what a worker runs)."""
+    plan = read_json(study_dir / PLAN_FILE, "study plan")
+    fields = Point.__dataclass_fields__
+    return [Point(**{k: v for k, v in p.items() if k in fields}) for p in plan["points"]]

@@ -1,0 +1,201 @@
+"""The study's worker: runs points of a study's ``plan.json`` as jobs of a Hydra multirun.
+
+``cass-study`` starts one worker per stage::
+
+    python -m cass_lightning.apps.study_points -m study_dir=<study> point=<id>,<id>,...
+
+so each point is a job of Hydra's launcher: the default launcher runs them one after another in
+this process (imports and data setup paid once), ``hydra/launcher=slurm`` sends each as its own
+SLURM job. A job composes the point's app config (``pretrain`` or ``finetune``) with the point's
+overrides, into the point's own folder, and calls the app's task. A point that raises is recorded
+in its ``failed.json`` and the next point runs; a pretraining point interrupted earlier resumes
+from its ``last.ckpt``; an interrupted fine-tuning attempt is moved aside (never deleted) and the
+point starts again.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.initialize import get_gh_backup, restore_gh_from_backup
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.study_plan import (
+    FAILED_FILE,
+    STARTED_FILE,
+    Point,
+    point_status,
+    read_plan,
+)
+from cass_lightning.io import atomic_write_json
+
+TIMING_FILE = "timing.json"
+STAGE_NAMES = ("pretraining", "fine-tuning")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _set_aside(folder: Path, why: str) -> Path:
+    """Move an unfinished attempt out of the point's way: ``<id>.<why>-<n>``, never deleted."""
+    n = 1
+    while (target := folder.with_name(f"{folder.name}.{why}-{n}")).exists():
+        n += 1
+    os.rename(folder, target)
+    return target
+
+
+def prepare_folder(point: Point, study_dir: Path) -> list[str]:
+    """Make the point's folder ready for a (new) start; return extra overrides (``resume=``)."""
+    folder = point.folder(study_dir)
+    status = point_status(point, study_dir)
+    if status == "partial" or (
+        status == "failed" and point.app == "pretrain"
+        and (folder / "checkpoints" / "last.ckpt").is_file()
+    ):  # fmt: skip
+        if (folder / FAILED_FILE).is_file():
+            _set_aside_file(folder / FAILED_FILE)
+        return [f"resume={folder}"]
+    if status in ("interrupted", "failed"):
+        moved = _set_aside(folder, status)
+        print(f"study: the earlier {status} attempt of {point.id} is kept as {moved.name}")
+    return []
+
+
+def _set_aside_file(path: Path) -> None:
+    n = 1
+    while (target := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
+        n += 1
+    os.rename(path, target)
+
+
+def compose_point(point: Point, folder: Path, extra: list[str]) -> DictConfig:
+    """The point's app config, composed as ``@hydra.main`` would, writing into ``folder``."""
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3",
+                                   job_name=point.app):  # fmt: skip
+            overrides = [*point.overrides, *extra]
+            cfg = compose(config_name=point.app, overrides=overrides, return_hydra_config=True)
+    finally:
+        restore_gh_from_backup(backup)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(folder)
+        cfg.hydra.run.dir = str(folder)
+        cfg.hydra.mode = RunMode.RUN
+        cfg.hydra.job.num = 0
+        cfg.hydra.overrides.task = overrides
+    return cfg
+
+
+def _save_hydra_files(cfg: DictConfig, folder: Path) -> None:
+    """``.hydra/config.yaml`` and ``overrides.yaml`` as a ``cass-<app>`` run leaves them, so the
+    point folder is an ordinary run folder (``cass-pretrain resume=<folder>`` works by hand)."""
+    hydra_dir = folder / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.save(task, hydra_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(cfg.hydra.overrides.task)), hydra_dir / "overrides.yaml")
+
+
+def _task(app: str) -> Callable[[DictConfig], dict[str, Any]]:
+    if app == "pretrain":
+        from cass_lightning.apps.pretrain import pretrain
+
+        return pretrain
+    from cass_lightning.apps.finetune import finetune
+
+    return finetune
+
+
+def run_point(point: Point, study_dir: Path) -> bool:
+    """Run one point in this process; ``True`` when it finished. A failure is recorded in the
+    point's ``failed.json`` (never raised), so the stage goes on with the next point."""
+    folder = point.folder(study_dir)
+    if point_status(point, study_dir) == "done":
+        return True
+    extra = prepare_folder(point, study_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    atomic_write_json(folder / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(),
+                                              "started": _now(), "point": point.id})  # fmt: skip
+    worker_config = HydraConfig.instance().cfg
+    try:
+        cfg = compose_point(point, folder, extra)
+        _save_hydra_files(cfg, folder)
+        HydraConfig.instance().set_config(cfg)
+        result = _task(point.app)(cfg)
+        ok = True
+    except Exception as err:  # recorded for the user and the report; the stage goes on
+        atomic_write_json(folder / FAILED_FILE, {
+            "point": point.id, "error": type(err).__name__, "message": str(err),
+            "traceback": traceback.format_exc().splitlines()[-30:], "failed": _now(),
+        })  # fmt: skip
+        print(f"study: point {point.id} FAILED: {type(err).__name__}: {err}", file=sys.stderr)
+        result, ok = {}, False
+    finally:
+        HydraConfig.instance().cfg = worker_config  # type: ignore[assignment]
+    atomic_write_json(folder / TIMING_FILE, {
+        "wall_seconds": time.perf_counter() - start,
+        "loop_seconds": result.get("loop_seconds"),
+    })  # fmt: skip
+    return ok
+
+
+def progress_line(
+    points: list[Point], stage: int, study_dir: Path, started: float, ran: int
+) -> str:
+    """``points done / total`` (all, and in this stage), failures, and the time this stage
+    still needs at the pace of the points this worker ran."""
+    statuses = {p.id: point_status(p, study_dir) for p in points}
+    done = sum(s == "done" for s in statuses.values())
+    failed = sum(s == "failed" for s in statuses.values())
+    in_stage = [p for p in points if p.stage == stage]
+    left = sum(statuses[p.id] not in ("done", "failed") for p in in_stage)
+    line = f"study: {done}/{len(points)} points done ({STAGE_NAMES[stage]}: {left} to go)"
+    if failed:
+        line += f", {failed} failed"
+    if ran and left:
+        eta = (time.perf_counter() - started) / ran * left
+        line += f", about {eta / 60:.1f} min left in this stage"
+    return line
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="study_points")
+def main(cfg: DictConfig) -> bool:
+    """One job: one point of the study at ``cfg.study_dir``."""
+    study_dir = Path(str(cfg.study_dir))
+    points = read_plan(study_dir)
+    by_id = {p.id: p for p in points}
+    point = by_id.get(str(cfg.point))
+    if point is None:
+        raise SystemExit(f"cass-study: no point {cfg.point} in {study_dir}/plan.json")
+    clock = _CLOCK.setdefault(str(study_dir), [time.perf_counter(), 0])
+    ok = run_point(point, study_dir)
+    clock[1] += 1
+    print(progress_line(points, point.stage, study_dir, clock[0], clock[1]), flush=True)
+    return ok
+
+
+#: Per worker process: when it started and how many points it ran (for the progress line).
+_CLOCK: dict[str, list[float]] = {}
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""cass-study end to end: plan, kill in the middle of a point, resume, report, nothing twice."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+
+from app_helpers import app_env, compose_app
+from cass_lightning.apps.study import settings_from
+
+#: study=smoke, smaller: one label fraction, two seeds, short runs; last.ckpt every 2 steps so
+#: a kill lands after a checkpoint and in the middle of CASS's pretraining.
+STUDY = [
+    "study=smoke", "study.seeds=[0,1]", "study.fractions=[1.0]", "study.pretrain.epochs=3",
+    'study.overrides.pretrain=["rich_progress_bar=false",'
+    '"callbacks.last_checkpoint.every_n_train_steps=2"]',
+    'study.overrides.finetune=["trainer.max_epochs=1"]',
+]  # fmt: skip
+ROWS = {(m, a) for m in ("cass", "dino", "random") for a in ("cnn", "vit")}
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+def _study(tmp_path: Path, *extra: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cass_lightning.apps.study", *STUDY, *extra],
+        env=app_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def _statuses(tmp_path: Path) -> dict[str, str]:
+    proc = _study(tmp_path, "study.plan_only=true", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line[:1].islower()]
+    return {row[1]: row[0] for row in rows if len(row) == 2 and row[0] != "status"}
+
+
+@pytest.mark.slow
+def test_smoke_study_survives_a_kill_and_reports_every_row(tmp_path):
+    study = tmp_path / "runs" / "study" / "smoke-synthetic"
+    before = _statuses(tmp_path)
+    assert len(before) == 3 + len(ROWS) * 2  # CASS, DINO x 2 arms; 6 rows x 2 seeds
+    assert {s for p, s in before.items() if p.startswith("pretrain")} == {"pending"}
+    assert {s for p, s in before.items() if p.startswith("finetune-random")} == {"pending"}
+    assert {s for p, s in before.items() if p.startswith(("finetune-cass", "finetune-dino"))} == {
+        "blocked"
+    }
+
+    # Kill the whole study (orchestrator and worker) once CASS has written a checkpoint.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cass_lightning.apps.study", *STUDY], env=app_env(tmp_path),
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 600
+    while not list(study.glob("points/pretrain-cass-*/checkpoints/last.ckpt")):
+        assert proc.poll() is None, "the study ended before CASS wrote a checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+    during = _statuses(tmp_path)
+    cass = next(p for p in during if p.startswith("pretrain-cass"))
+    assert during[cass] == "partial"  # its process is gone; it resumes from last.ckpt
+    assert sum(s == "done" for s in during.values()) == 0
+
+    done = _study(tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "outside the training and evaluation loops" in done.stdout
+    after = _statuses(tmp_path)
+    assert after.keys() == before.keys() and set(after.values()) == {"done"}
+
+    # No point ran twice: one folder per point, nothing set aside; CASS resumed once, in place.
+    assert sorted(p.name for p in (study / "points").iterdir()) == sorted(before)
+    starts = json.loads((study / "points" / cass / "run_info.json").read_text())["starts"]
+    assert len(starts) == 2 and starts[1]["resumed_from"].endswith("last.ckpt")
+    summary = json.loads((study / "points" / cass / "summary.json").read_text())
+    assert summary["steps"] == 3 * (6 * 24 // 16)  # every planned step, none twice
+    for dino in (p for p in after if p.startswith("pretrain-dino")):
+        info = json.loads((study / "points" / dino / "run_info.json").read_text())
+        assert len(info["starts"]) == 1
+
+    # The report: every row of the table with two seeds, and the missing ImageNet rows explained.
+    with (study / "report" / "report.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    measured = {(r["method"], r["arm"]) for r in rows if r["n"] == "2"}
+    assert measured == ROWS
+    imagenet = [r for r in rows if r["method"] == "imagenet"]
+    assert {r["arm"] for r in imagenet} == {"cnn", "vit"}
+    assert all("no ImageNet weights file" in r["note"] for r in imagenet)
+    text = (study / "report" / "study.md").read_text()
+    assert "CASS-CNN vs DINO-CNN" in text and "2 paired seeds" in text
+    plan = json.loads((study / "plan.json").read_text())
+    assert plan["last_invocation"]["overhead_seconds"] >= 0
+    assert {p["status"] for p in plan["points"]} == {"done"}
+
+    # The same command again: nothing to run, the report is kept and a new one is written beside.
+    again = _study(tmp_path)
+    assert again.returncode == 0
+    assert (study / "report-2" / "study.md").is_file()
+    assert json.loads((study / "points" / cass / "summary.json").read_text()) == summary
+
+
+def test_study_settings_refuse_one_weights_file_and_forward_the_data(tmp_path):
+    cfg = compose_app(tmp_path, ["study=paper", "data.batch_size=8"], config_name="study")
+    task = ["study=paper", "data=synthetic", "data.root=/x", "+data.foo=1", "study.seeds=[0]"]
+    settings = settings_from(cfg, task, tmp_path / "study")
+    assert settings.data[:3] == ["data=synthetic", "data.root=/x", "+data.foo=1"]
+    assert settings.data[-1].startswith("data.cache_dir=")  # one decoded cache for every point
+    assert settings.cass == ["experiment=paper_reference"] and settings.pretrain_epochs == 100
+    weights = tmp_path / "cnn.safetensors"
+    weights.write_bytes(b"")
+    one = compose_app(tmp_path, ["study=paper", f"study.weights.cnn={weights}"],
+                      config_name="study")  # fmt: skip
+    with pytest.raises(ValueError, match=r"both study\.weights\.cnn and study\.weights\.vit"):
+        settings_from(one, [], tmp_path / "study")
+    vit = f"study.weights.vit={tmp_path / 'gone'}"
+    gone = compose_app(tmp_path, ["study=paper", f"study.weights.cnn={weights}", vit],
+                       config_name="study")  # fmt: skip
+    with pytest.raises(FileNotFoundError, match=r"study\.weights\.vit"):
+        settings_from(gone, [], tmp_path / "study")
+    scaled = compose_app(tmp_path, ["study=robustness", "study.epoch_scale=0.1"],
+                         config_name="study")  # fmt: skip
+    grid = settings_from(scaled, [], tmp_path / "study").grid
+    assert grid == [(b, e) for b in (8, 16, 32) for e in (5, 10, 20, 30)]
