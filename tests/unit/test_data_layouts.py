@@ -439,11 +439,11 @@ def test_medmnist_multi_label_targets(tmp_path: Path) -> None:
 
 
 def test_medmnist_missing_file_lists_present_archives(tmp_path: Path) -> None:
-    _npz(tmp_path, "dermamnist_64.npz")
+    _npz(tmp_path, "pathmnist_64.npz")
     _npz(tmp_path, "bloodmnist.npz")
     with pytest.raises(FileNotFoundError, match=r"dermamnist_128\.npz not found") as info:
         index_medmnist(tmp_path, name="dermamnist", size=128)
-    assert "['bloodmnist.npz', 'dermamnist_64.npz']" in _message(info)
+    assert "['bloodmnist.npz', 'pathmnist_64.npz']" in _message(info)
 
 
 def test_medmnist_missing_array_names_key_and_file(tmp_path: Path) -> None:
