@@ -330,7 +330,9 @@ def test_csv_absolute_paths_and_duplicates(tmp_path: Path) -> None:
     outside = _image(tmp_path / "elsewhere" / "z.png")
     lines = ["path,label", f"{outside},a", "a.png,b"]
     root = _csv_root(tmp_path / "root", lines, ["a.png"])
-    index = index_csv(root, csv_file="data.csv", image_dir="img")
+    with pytest.raises(ValueError, match=r"line 2: .* leaves the dataset root"):
+        index_csv(root, csv_file="data.csv", image_dir="img")
+    index = index_csv(root, csv_file="data.csv", image_dir="img", allow_outside_root=True)
     assert str(outside.resolve()) in index.keys
     assert index.reader(str(outside.resolve())).mode == "RGB"
     (root / "data.csv").write_text("path,label\na.png,a\n./a.png,b\n")

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from cass_lightning.checks import check_choice
 from cass_lightning.data.cache import ImageCache, build_cache, cache_size_for
 from cass_lightning.data.index import ImageReader, SampleIndex
-from cass_lightning.data.layouts import LAYOUTS, build_index
+from cass_lightning.data.layouts import LAYOUTS, build_index, layout_takes
 from cass_lightning.data.splits import (
     CLASS_WEIGHT_KINDS,
     assign_splits,
@@ -104,6 +104,9 @@ class MedicalDataModule(L.LightningDataModule):
         label_seed: seed of the labelled subset (nested across fractions for one seed).
         on_bad_file: ``error`` (default: stop, naming every bad file) or ``skip`` (drop them
             and write ``skipped.csv`` to ``output_dir``).
+        allow_outside_root: let CSV layouts (``isic2019``, ``csv``, ``autoimmune``) read paths
+            that leave ``root`` (``../x``, absolute paths elsewhere); refused by default, naming
+            the CSV line. Symbolic links inside the root are followed either way.
         check_images: ``full`` (decode every image at setup), ``header`` or ``none``.
         cache_dir: decode and resize each image once into this folder, reused across runs.
         cache_size: side of the cached images (>= img_size; default img_size).
@@ -136,6 +139,7 @@ class MedicalDataModule(L.LightningDataModule):
         label_fraction: float = 1.0,
         label_seed: int = 0,
         on_bad_file: str = "error",
+        allow_outside_root: bool = False,
         check_images: str = "full",
         cache_dir: str | Path | None = None,
         cache_size: int | None = None,
@@ -182,9 +186,10 @@ class MedicalDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ building
     def build_index(self) -> SampleIndex:
-        return build_index(
-            self.layout, self.root, on_bad_file=self.hparams.on_bad_file, **self.options
-        )
+        options = dict(self.options)
+        if layout_takes(self.layout, "allow_outside_root"):
+            options.setdefault("allow_outside_root", bool(self.hparams.allow_outside_root))
+        return build_index(self.layout, self.root, on_bad_file=self.hparams.on_bad_file, **options)
 
     def prepare_data(self) -> None:
         """One process writes what is shared: the synthetic images, the decoded cache."""
