@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from cass_lightning.checks import check_choice
-from cass_lightning.data.index import FileReader, ImageReader, SampleIndex
+from cass_lightning.data.index import FileReader, ImageReader, SampleIndex, upright_size
 
 CHECK_LEVELS = ("full", "header", "none")
 
@@ -28,8 +28,9 @@ def _probe(reader: ImageReader, key: str, level: str) -> tuple[tuple[int, int] |
     try:
         if level == "header" and isinstance(reader, FileReader):
             with Image.open(reader.root / key) as image:
+                size = upright_size(image)
                 image.verify()
-                return image.size, None
+                return size, None
         image = reader(key)
         return image.size, None
     except Exception as exc:  # any failure to read is a bad file, named with its reason
