@@ -168,7 +168,9 @@ def test_brain_mri_official_splits_and_grayscale_reads_as_rgb(tmp_path: Path) ->
 
 def test_brain_mri_class_sets_must_agree(tmp_path: Path) -> None:
     root = _brain(tmp_path)
-    _image(root / "Testing" / "other" / "Te-ot_0010.jpg", mode="L")
+    for file in (root / "Testing" / "pituitary").iterdir():
+        file.unlink()
+    (root / "Testing" / "pituitary").rmdir()
     with pytest.raises(ValueError, match=r"Training/ has \[.*'pituitary'\]; Testing/ has \[.*"):
         index_brain_mri(root)
 

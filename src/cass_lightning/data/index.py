@@ -110,6 +110,8 @@ class SampleIndex:
             the distribution has none (then seeded stratified splits are made).
         reader: reads a key as an RGB image.
         skipped: ``(where, why)`` for entries the layout reader dropped under ``on_bad_file=skip``.
+        skipped_meta: ``where -> (official split or None, labels)`` of those entries where the
+            layout knows them, so the datamodule can say which classes lost images.
     """
 
     name: str
@@ -120,6 +122,7 @@ class SampleIndex:
     reader: ImageReader
     splits: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_meta: dict[str, tuple[str | None, tuple[str, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.keys)

@@ -147,16 +147,24 @@ def _open_root(layout: str, root: str | Path, expected: str) -> Path:
 
 
 class _BadFiles:
-    """Entries that point at files which are not there, handled by the ``on_bad_file`` policy."""
+    """Entries that point at files which are not there, handled by the ``on_bad_file`` policy.
+
+    Each entry may say which official split and labels it would have had, so the datamodule
+    can tell the user which classes lost images where (``SampleIndex.skipped_meta``).
+    """
 
     def __init__(self, layout: str, root: Path, policy: str) -> None:
         self.layout = layout
         self.root = root
         self.policy = policy
         self.entries: list[tuple[str, str]] = []
+        self.meta: dict[str, tuple[str | None, tuple[str, ...]]] = {}
 
-    def add(self, where: str, why: str) -> None:
+    def add(
+        self, where: str, why: str, split: str | None = None, labels: Sequence[str] = ()
+    ) -> None:
         self.entries.append((where, why))
+        self.meta[where] = (split, tuple(labels))
 
     def resolve(self) -> list[tuple[str, str]]:
         """The skipped entries under ``skip``; under ``error`` one error naming all of them."""
@@ -307,6 +315,7 @@ def _finish(
     classes: list[str],
     splits: list[str] | None,
     skipped: list[tuple[str, str]],
+    skipped_meta: dict[str, tuple[str | None, tuple[str, ...]]] | None = None,
 ) -> SampleIndex:
     """Sort by key and build the index; an index left with no samples is an error."""
     if not keys:
@@ -324,4 +333,5 @@ def _finish(
         reader=FileReader(root),
         splits=None if splits is None else np.array([splits[i] for i in order], dtype=object),
         skipped=skipped,
+        skipped_meta=dict(skipped_meta or {}),
     )

@@ -132,11 +132,11 @@ def index_isic2019(
             continue
         why = lookup.why_missing(str(root / key))
         if why is not None:
-            bad.add(str(root / key), f"{why} (listed at {csv_file} line {line})")
+            bad.add(str(root / key), f"{why} (listed at {csv_file} line {line})", None, ones)
             continue
         keys.append(key)
         labels.append(ISIC_CLASSES.index(ones[0]))
     _raise_row_errors(layout, csv_path, errors)
     skipped = bad.resolve()
     targets = np.asarray(labels, dtype=np.int64)
-    return _finish(layout, root, keys, targets, list(ISIC_CLASSES), None, skipped)
+    return _finish(layout, root, keys, targets, list(ISIC_CLASSES), None, skipped, bad.meta)

@@ -157,7 +157,8 @@ def _index_table(
         seen.update(labels)
         why = lookup.why_missing(str(resolved / key))
         if why is not None:
-            bad.add(str(resolved / key), f"{why} (listed at {csv_file} line {line})")
+            where, listed = str(resolved / key), f"listed at {csv_file} line {line}"
+            bad.add(where, f"{why} ({listed})", split, labels)
             continue
         entries.append((key, labels, split))
     _raise_row_errors(layout, csv_path, errors)
@@ -177,7 +178,7 @@ def _index_table(
         targets = np.asarray([position[labels[0]] for _, labels, _ in entries], dtype=np.int64)
     keys = [key for key, _, _ in entries]
     splits = None if split_column is None else [split or "" for _, _, split in entries]
-    return _finish(layout, resolved, keys, targets, names, splits, skipped)
+    return _finish(layout, resolved, keys, targets, names, splits, skipped, bad.meta)
 
 
 def index_autoimmune(
