@@ -109,3 +109,13 @@ def test_nothing_left_out_says_nothing(tmp_path, capsys):
     assert "left out" not in capsys.readouterr().err
     assert dm.report.removed == {"images": 0, "by_split": {}, "by_class": {}}
     assert not (tmp_path / "run" / "skipped.csv").exists()
+
+
+def test_no_readable_image_at_all_is_one_clear_error(tmp_path):
+    root = _tree(tmp_path / "data", {"a": 2, "b": 2})
+    for file in root.rglob("*.png"):
+        _break(file)
+    dm = ImageFolderDataModule(root, img_size=8, batch_size=2, label_fraction=0.5,
+                               on_bad_file="skip")  # fmt: skip
+    with pytest.raises(ValueError, match=r"none of the 4 images under .* can be read; fix"):
+        dm.setup()

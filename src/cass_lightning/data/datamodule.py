@@ -186,6 +186,12 @@ class MedicalDataModule(L.LightningDataModule):
         full = self.build_index()
         bad, sizes = self._check(full)
         keep = np.array([key not in bad for key in full.keys], dtype=bool)
+        if not keep.any():
+            listed = [f"  {full.reader.describe(k)}: {why}" for k, why in list(bad.items())[:50]]
+            raise ValueError(
+                f"none of the {len(full)} images under {full.root} can be read; fix or "
+                "replace them (the first 50):\n" + "\n".join(listed)
+            )
         # Unreadable images go before the splits are drawn, so no split gets a class whose
         # images there are all unreadable.
         index = dataclasses.replace(
