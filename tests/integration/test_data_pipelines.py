@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -242,3 +243,77 @@ def test_unusual_image_modes_in_each_layout_read_as_rgb(tmp_path, layout, build,
     for i in range(len(dm.train_dataloader().dataset)):
         x, _ = dm.train_dataloader().dataset[i]
         assert x.shape == (3, 16, 16) and torch.isfinite(x).all()
+
+
+# --- debug=tiny with every dataset, and the run's seed drawing the labels ----------------------
+TINY_DATA = {
+    "isic2019": lambda data: isic(data / "ISIC2019"),
+    "brain_mri": lambda data: brain(data / "brain_mri", per_class=4),
+    "dermofit": lambda data: dermofit(data / "dermofit"),
+    "autoimmune": lambda data: autoimmune(data / "autoimmune"),
+    "medmnist": lambda data: npz(data / "medmnist", "dermamnist_64.npz").parent,
+    "image_folder": lambda data: folder(data / "mine"),
+    "csv": lambda data: csv_layout(data / "table"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(TINY_DATA))
+def test_debug_tiny_instantiates_every_data_config(tmp_path, name):
+    from hydra.utils import instantiate
+
+    root = TINY_DATA[name](tmp_path / "data")
+    overrides = ["debug=tiny", f"data={name}", "data.val_fraction=0.2"]
+    if name in ("image_folder", "csv"):
+        overrides.append(f"data.root={root}")
+    if name == "csv":
+        overrides.append("data.options.csv_file=labels.csv")
+    cfg = compose_app(tmp_path, overrides)
+    assert "images_per_class" not in cfg.data or name == "synthetic"
+    dm = instantiate(cfg.data, _convert_="all")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dermofit's fixture has 3 of the 10 classes
+        dm.setup()
+    assert dm.batch_size == 8 and dm.img_size == 32 and dm.num_classes >= 2
+
+
+def test_debug_tiny_pretrains_on_a_real_layout(tmp_path):
+    from cass_lightning.apps.pretrain import pretrain
+
+    brain(tmp_path / "data" / "brain_mri", per_class=4)
+    cfg = compose_app(tmp_path, ["debug=tiny", "data=brain_mri", "trainer.fast_dev_run=true",
+                                 "print_config=false", "rich_progress_bar=false"])  # fmt: skip
+    assert pretrain(cfg)["metrics"]["train/loss"] >= 0.0
+
+
+def test_debug_tiny_still_shrinks_the_synthetic_set(tmp_path):
+    cfg = compose_app(tmp_path, ["debug=tiny"])
+    assert (cfg.data.images_per_class, cfg.data.val_images_per_class) == (4, 2)
+    assert cfg.data.image_size == 32
+    assert (
+        compose_app(tmp_path, ["debug=tiny", "data.images_per_class=6"]).data.images_per_class == 6
+    )
+    assert compose_app(tmp_path, []).data.images_per_class == 100
+
+
+@pytest.mark.parametrize("config_name", ["pretrain", "finetune"])
+def test_label_seed_follows_the_run_seed_unless_set(tmp_path, config_name):
+    for seed in (0, 1, 2):
+        assert (
+            compose_app(tmp_path, [f"seed={seed}"], config_name=config_name).data.label_seed == seed
+        )
+    explicit = compose_app(tmp_path, ["seed=1", "data.label_seed=5"], config_name=config_name)
+    assert explicit.data.label_seed == 5
+
+
+def test_data_app_without_a_seed_draws_labels_with_seed_zero(tmp_path):
+    assert compose_app(tmp_path, [], config_name="data_app").data.label_seed == 0
+
+
+def test_new_data_options_compose_and_override(tmp_path):
+    cfg = compose_app(tmp_path, ["data=isic2019", "data.allow_outside_root=true"])
+    assert cfg.data.allow_outside_root is True
+    for name in ("brain_mri", "dermofit"):
+        cfg = compose_app(tmp_path, [f"data={name}"])
+        assert cfg.data.options.allow_extra_classes is False
+        cfg = compose_app(tmp_path, [f"data={name}", "data.options.allow_extra_classes=true"])
+        assert cfg.data.options.allow_extra_classes is True

@@ -168,7 +168,9 @@ def test_brain_mri_official_splits_and_grayscale_reads_as_rgb(tmp_path: Path) ->
 
 def test_brain_mri_class_sets_must_agree(tmp_path: Path) -> None:
     root = _brain(tmp_path)
-    _image(root / "Testing" / "other" / "Te-ot_0010.jpg", mode="L")
+    for file in (root / "Testing" / "pituitary").iterdir():
+        file.unlink()
+    (root / "Testing" / "pituitary").rmdir()
     with pytest.raises(ValueError, match=r"Training/ has \[.*'pituitary'\]; Testing/ has \[.*"):
         index_brain_mri(root)
 
@@ -330,7 +332,9 @@ def test_csv_absolute_paths_and_duplicates(tmp_path: Path) -> None:
     outside = _image(tmp_path / "elsewhere" / "z.png")
     lines = ["path,label", f"{outside},a", "a.png,b"]
     root = _csv_root(tmp_path / "root", lines, ["a.png"])
-    index = index_csv(root, csv_file="data.csv", image_dir="img")
+    with pytest.raises(ValueError, match=r"line 2: .* leaves the dataset root"):
+        index_csv(root, csv_file="data.csv", image_dir="img")
+    index = index_csv(root, csv_file="data.csv", image_dir="img", allow_outside_root=True)
     assert str(outside.resolve()) in index.keys
     assert index.reader(str(outside.resolve())).mode == "RGB"
     (root / "data.csv").write_text("path,label\na.png,a\n./a.png,b\n")
@@ -439,11 +443,11 @@ def test_medmnist_multi_label_targets(tmp_path: Path) -> None:
 
 
 def test_medmnist_missing_file_lists_present_archives(tmp_path: Path) -> None:
-    _npz(tmp_path, "dermamnist_64.npz")
+    _npz(tmp_path, "pathmnist_64.npz")
     _npz(tmp_path, "bloodmnist.npz")
     with pytest.raises(FileNotFoundError, match=r"dermamnist_128\.npz not found") as info:
         index_medmnist(tmp_path, name="dermamnist", size=128)
-    assert "['bloodmnist.npz', 'dermamnist_64.npz']" in _message(info)
+    assert "['bloodmnist.npz', 'pathmnist_64.npz']" in _message(info)
 
 
 def test_medmnist_missing_array_names_key_and_file(tmp_path: Path) -> None:

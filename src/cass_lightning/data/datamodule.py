@@ -2,20 +2,22 @@
 
 One :class:`MedicalDataModule` serves every dataset (``layout`` picks the reader in
 ``layouts/``). At setup it indexes the root, checks every image (or builds/reuses the decoded
-cache, which checks them too), makes the splits, picks the labelled subset and writes
-``splits.csv`` and ``data_report.json`` into ``output_dir`` so results can be traced.
+cache, which checks them too), leaves out unreadable images (``on_bad_file=skip``) *before*
+drawing the splits, picks the labelled subset and writes ``splits.csv`` and
+``data_report.json`` into ``output_dir`` so results can be traced.
 
 - ``train_dataloader``: with ``train_subset="all"`` (pretraining) every training image, labels
   ignored whatever ``label_fraction`` says; with ``"labelled"`` (fine-tuning) the
   ``label_fraction`` subset.
-- ``labelled_train_dataloader``: the ``label_fraction`` subset, for fine-tuning and probes.
+- ``labelled_train_dataloader``: the ``label_fraction`` subset, for fine-tuning and probes; a
+  subset smaller than one batch is served as one smaller batch (see ``loaders``).
 - ``val_dataloader`` / ``test_dataloader``: deterministic resize and normalise.
 """
 
 from __future__ import annotations
 
-import csv
-import os
+import dataclasses
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,18 +26,25 @@ import lightning as L
 import numpy as np
 import torch
 from lightly.transforms.multi_view_transform import MultiViewTransform
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from cass_lightning.checks import check_choice
 from cass_lightning.data.cache import ImageCache, build_cache, cache_size_for
 from cass_lightning.data.index import ImageReader, SampleIndex
-from cass_lightning.data.layouts import LAYOUTS, build_index
+from cass_lightning.data.layouts import LAYOUTS, build_index, layout_takes
+from cass_lightning.data.loaders import (
+    IndexedImageDataset,
+    labelled_batching,
+    resolve_workers,
+    strict_batching,
+)
+from cass_lightning.data.outputs import tell, write_outputs
+from cass_lightning.data.removal import emptied_classes, removed_samples, summarise_removed
 from cass_lightning.data.splits import (
     CLASS_WEIGHT_KINDS,
     assign_splits,
     class_weights,
     label_subset,
-    write_split_csv,
 )
 from cass_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -51,40 +60,11 @@ from cass_lightning.data.validate import (
 )
 from cass_lightning.data.views import dino_views
 
+__all__ = ["IndexedImageDataset", "MedicalDataModule", "resolve_workers"]
+
 BAD_FILE_POLICIES = ("error", "skip")
 TRAIN_VIEWS = ("paper", "pair", "dino")
 TRAIN_SUBSETS = ("all", "labelled")
-
-
-def resolve_workers(num_workers: int) -> int:
-    """-1 means "a sensible default": up to 4 workers, never more than the CPUs present."""
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < -1:
-        raise ValueError(f"num_workers must be an int >= 0, or -1 for auto; got {num_workers!r}")
-    if num_workers == -1:
-        return min(4, os.cpu_count() or 1)
-    return num_workers
-
-
-class IndexedImageDataset(Dataset):
-    """``(image, target)`` for a subset of an index, read through any :class:`ImageReader`."""
-
-    def __init__(
-        self, reader: ImageReader, keys: list[str], targets: np.ndarray, transform: Any
-    ) -> None:
-        self.reader = reader
-        self.keys = keys
-        self.targets = targets
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
-        image = self.transform(self.reader(self.keys[i]))
-        target = self.targets[i]
-        if target.ndim:  # multi-hot row
-            return image, torch.as_tensor(target, dtype=torch.float32)
-        return image, int(target)
 
 
 class MedicalDataModule(L.LightningDataModule):
@@ -101,9 +81,14 @@ class MedicalDataModule(L.LightningDataModule):
         val_fraction, test_fraction: of the whole set, for layouts without official splits.
         split_seed: seed of those splits (the paper: 77).
         label_fraction: share of the training split that carries labels for fine-tuning.
-        label_seed: seed of the labelled subset (nested across fractions for one seed).
-        on_bad_file: ``error`` (default: stop, naming every bad file) or ``skip`` (drop them
-            and write ``skipped.csv`` to ``output_dir``).
+        label_seed: seed of the labelled subset (nested across fractions for one seed); the
+            configs make it follow the run's ``seed``. Recorded in the outputs.
+        on_bad_file: ``error`` (default: stop, naming every bad file) or ``skip`` (leave them
+            out before splitting, print what was left out per split and class, warn about
+            classes left without images in a split, and write ``skipped.csv``).
+        allow_outside_root: let CSV layouts (``isic2019``, ``csv``, ``autoimmune``) read paths
+            that leave ``root`` (``../x``, absolute paths elsewhere); refused by default, naming
+            the CSV line. Symbolic links inside the root are followed either way.
         check_images: ``full`` (decode every image at setup), ``header`` or ``none``.
         cache_dir: decode and resize each image once into this folder, reused across runs.
         cache_size: side of the cached images (>= img_size; default img_size).
@@ -136,6 +121,7 @@ class MedicalDataModule(L.LightningDataModule):
         label_fraction: float = 1.0,
         label_seed: int = 0,
         on_bad_file: str = "error",
+        allow_outside_root: bool = False,
         check_images: str = "full",
         cache_dir: str | Path | None = None,
         cache_size: int | None = None,
@@ -182,9 +168,10 @@ class MedicalDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ building
     def build_index(self) -> SampleIndex:
-        return build_index(
-            self.layout, self.root, on_bad_file=self.hparams.on_bad_file, **self.options
-        )
+        options = dict(self.options)
+        if layout_takes(self.layout, "allow_outside_root"):
+            options.setdefault("allow_outside_root", bool(self.hparams.allow_outside_root))
+        return build_index(self.layout, self.root, on_bad_file=self.hparams.on_bad_file, **options)
 
     def prepare_data(self) -> None:
         """One process writes what is shared: the synthetic images, the decoded cache."""
@@ -196,37 +183,65 @@ class MedicalDataModule(L.LightningDataModule):
         """Index, check, split and pick labels once; every stage reuses the result."""
         if self.index is not None:
             return
-        index = self.build_index()
-        bad, sizes = self._check(index)
-        splits = assign_splits(
-            index, self.hparams.val_fraction, self.hparams.test_fraction, self.hparams.split_seed
+        full = self.build_index()
+        bad, sizes = self._check(full)
+        keep = np.array([key not in bad for key in full.keys], dtype=bool)
+        if not keep.any():
+            listed = [f"  {full.reader.describe(k)}: {why}" for k, why in list(bad.items())[:50]]
+            raise ValueError(
+                f"none of the {len(full)} images under {full.root} can be read; fix or "
+                "replace them (the first 50):\n" + "\n".join(listed)
+            )
+        # Unreadable images go before the splits are drawn, so no split gets a class whose
+        # images there are all unreadable.
+        index = dataclasses.replace(
+            full,
+            keys=[key for key, ok in zip(full.keys, keep) if ok],
+            targets=full.targets[keep],
+            splits=None if full.splits is None else full.splits[keep],
         )
-        keep = np.array([key not in bad for key in index.keys], dtype=bool)
-        train = np.flatnonzero((splits == "train") & keep)
-        labelled = label_subset(index, train, self.hparams.label_fraction, self.hparams.label_seed)
+        hp = self.hparams
+        splits = assign_splits(index, hp.val_fraction, hp.test_fraction, hp.split_seed)
+        train = np.flatnonzero(splits == "train")
+        labelled = label_subset(index, train, hp.label_fraction, hp.label_seed)
+        removed = removed_samples(full, bad) if hp.on_bad_file == "skip" else []
+        official = set() if full.splits is None else {str(s) for s in full.splits}
         report = DataReport(
             dataset=index.name,
             root=str(index.root),
             classes=list(index.classes),
             multi_label=index.multi_label,
-            bad_files=[(index.reader.describe(k), why) for k, why in bad.items()],
-            skipped=list(index.skipped),
+            bad_files=[(full.reader.describe(k), why) for k, why in bad.items()],
+            skipped=list(full.skipped),
+            seeds={"split_seed": int(hp.split_seed), "label_seed": int(hp.label_seed)},
+            label_fraction=float(hp.label_fraction),
+            removed=summarise_removed(removed),
+            warnings=emptied_classes(index, splits, removed, official),
         )
+        kept_sizes = [size for size, ok in zip(sizes, keep) if ok]
         for name in ("train", "val", "test"):
-            members = np.flatnonzero((splits == name) & keep)
+            members = np.flatnonzero(splits == name)
             if len(members):
-                report.splits[name] = summarise_split(index, members, sizes)
+                report.splits[name] = summarise_split(index, members, kept_sizes)
         report.labelled["train"] = len(labelled)
-        if bad and self.hparams.on_bad_file == "error":
+        if bad and hp.on_bad_file == "error":
             report.problems.append(
                 f"{len(bad)} unreadable image(s); fix or remove them, or set "
                 "data.on_bad_file=skip to train without them"
             )
-        self._write_outputs(index, splits, labelled, keep, report, bad)
+        full_splits = np.full(len(full), "excluded", dtype=object)
+        full_splits[keep] = splits
+        if self.hparams.output_dir is not None and self._is_main_process():
+            write_outputs(Path(self.hparams.output_dir), full, full_splits,
+                          np.flatnonzero(keep)[labelled], report, hp.label_seed)  # fmt: skip
         if not report.ok:
             raise ValueError(report.format())
+        if self._is_main_process():
+            tell(report)
         self.index, self.splits, self.labelled, self.report = index, splits, labelled, report
-        self._keep = keep
+
+    def _is_main_process(self) -> bool:
+        return self.trainer is None or self.trainer.is_global_zero
 
     def _check(self, index: SampleIndex) -> tuple[dict[str, str], list[Any]]:
         """Bad keys with reasons, and each image's size where known."""
@@ -242,27 +257,6 @@ class MedicalDataModule(L.LightningDataModule):
         )
         bad = {key: why for key, (_, why) in zip(index.keys, probes) if why is not None}
         return bad, [size for size, _ in probes]
-
-    def _write_outputs(
-        self,
-        index: SampleIndex,
-        splits: np.ndarray,
-        labelled: np.ndarray,
-        keep: np.ndarray,
-        report: DataReport,
-        bad: dict[str, str],
-    ) -> None:
-        out = self.hparams.output_dir
-        if out is None or (self.trainer is not None and not self.trainer.is_global_zero):
-            return
-        out = Path(out)
-        write_split_csv(index, np.where(keep, splits, "excluded"), labelled, out / "splits.csv")
-        report.write(out / "data_report.json")
-        if self.hparams.on_bad_file == "skip" and (bad or index.skipped):
-            with (out / "skipped.csv").open("w", newline="") as fh:
-                writer = csv.writer(fh)
-                writer.writerow(["file", "reason"])
-                writer.writerows(report.bad_files + report.skipped)
 
     # ------------------------------------------------------------------ accessors
     def _require_setup(self) -> SampleIndex:
@@ -284,12 +278,15 @@ class MedicalDataModule(L.LightningDataModule):
 
     def split_indices(self, split: str) -> np.ndarray:
         self._require_setup()
-        return np.flatnonzero((self.splits == split) & self._keep)
+        return np.flatnonzero(self.splits == split)
 
     def class_weights(self, kind: str | None = None) -> torch.Tensor:
-        """Loss weights from the labelled training subset's class counts."""
+        """Loss weights from the class counts of the whole training split, whatever
+        ``label_fraction`` is (as the reference notebooks compute them): at 1% labels the
+        labelled subset has about one image per class, whose counts would weigh every class
+        the same. ``kind`` defaults to ``class_weight`` (see ``splits.class_weights``)."""
         index = self._require_setup()
-        counts = index.class_counts(self.labelled)
+        counts = index.class_counts(self.split_indices("train"))
         return torch.from_numpy(class_weights(counts, kind or self.hparams.class_weight))
 
     def per_device_batch_size(self) -> int:
@@ -325,15 +322,21 @@ class MedicalDataModule(L.LightningDataModule):
         what: str,
         transform: Any = None,
         hide_unlabelled: bool = False,
+        labelled: bool = False,
     ) -> DataLoader:
+        """A loader of ``indices``; training loaders follow ``loaders``' batching rules
+        (``labelled``: the labelled subset's, which trains even below one batch)."""
         batch = self.per_device_batch_size()
         drop_last = train and self.hparams.drop_last
-        if drop_last and len(indices) < batch:
-            raise ValueError(
-                f"{what} of {self.root} has {len(indices)} images, fewer than one batch of "
-                f"{batch}; with drop_last=True no batch would be produced. Lower "
-                "data.batch_size, add images, or set data.drop_last=false."
+        if train and labelled:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            batch, drop_last, note = labelled_batching(
+                len(indices), batch, drop_last, world, what, self.root
             )
+            if note and self._is_main_process():
+                print(note, file=sys.stderr)
+        elif train:
+            batch, drop_last = strict_batching(len(indices), batch, drop_last, what, self.root)
         pin = (
             torch.cuda.is_available()
             if self.hparams.pin_memory is None
@@ -366,7 +369,7 @@ class MedicalDataModule(L.LightningDataModule):
     def labelled_train_dataloader(self) -> DataLoader:
         """The ``label_fraction`` subset of the training split, augmented."""
         self._require_setup()
-        return self._loader(self.labelled, True, "the labelled training subset")
+        return self._loader(self.labelled, True, "the labelled training subset", labelled=True)
 
     def labelled_eval_dataloader(self) -> DataLoader:
         """The labelled training subset without augmentation (the kNN bank)."""

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 SPLITS = ("train", "val", "test")
 #: File endings read as images by the folder and CSV layouts (matched case-insensitively).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+#: The EXIF tag saying how a camera held the picture; values 5-8 swap width and height.
+EXIF_ORIENTATION = 0x0112
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -39,13 +41,28 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as RGB, or raise an OSError that names the file."""
+    """Open an image file as upright RGB, or raise an OSError that names the file.
+
+    Phones and dermoscopes store pixels as the sensor saw them and an EXIF orientation tag
+    saying how to turn them; the pixels are turned here, so the model sees what a viewer shows.
+    """
     try:
         with Image.open(path) as image:
             image.load()
+            ImageOps.exif_transpose(image, in_place=True)
             return _to_rgb(image)
     except Exception as exc:
         raise OSError(f"could not read image {path}: {exc}") from exc
+
+
+def upright_size(image: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` as shown after the EXIF orientation (headers only, no decoding)."""
+    width, height = image.size
+    try:
+        turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
+    except Exception:  # a broken EXIF block: the pixels decide, as load_rgb will see
+        turned = False
+    return (height, width) if turned else (width, height)
 
 
 class ImageReader(Protocol):
@@ -93,6 +110,8 @@ class SampleIndex:
             the distribution has none (then seeded stratified splits are made).
         reader: reads a key as an RGB image.
         skipped: ``(where, why)`` for entries the layout reader dropped under ``on_bad_file=skip``.
+        skipped_meta: ``where -> (official split or None, labels)`` of those entries where the
+            layout knows them, so the datamodule can say which classes lost images.
     """
 
     name: str
@@ -103,6 +122,7 @@ class SampleIndex:
     reader: ImageReader
     splits: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped_meta: dict[str, tuple[str | None, tuple[str, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.keys)

@@ -126,20 +126,26 @@ def class_weights(counts: np.ndarray, kind: str = "inverse") -> np.ndarray:
 
 
 def write_split_csv(
-    index: SampleIndex, splits: np.ndarray, labelled: np.ndarray, path: str | Path
+    index: SampleIndex,
+    splits: np.ndarray,
+    labelled: np.ndarray,
+    path: str | Path,
+    label_seed: int | None = None,
 ) -> Path:
-    """Save which sample went where (and which training samples carry labels) as CSV."""
+    """Save which sample went where (and which training samples carry labels) as CSV; the
+    ``label_seed`` column says which seed drew the labelled subset (empty when not given)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     is_labelled = np.zeros(len(index), dtype=bool)
     is_labelled[np.asarray(labelled, dtype=np.int64)] = True
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["key", "split", "labelled", "label"])
+        writer.writerow(["key", "split", "labelled", "label", "label_seed"])
+        seed = "" if label_seed is None else int(label_seed)
         for i, key in enumerate(index.keys):
             if index.multi_label:
                 label = "|".join(index.classes[c] for c in np.flatnonzero(index.targets[i] > 0))
             else:
                 label = index.classes[int(index.targets[i])]
-            writer.writerow([key, splits[i], int(is_labelled[i]), label])
+            writer.writerow([key, splits[i], int(is_labelled[i]), label, seed])
     return path

@@ -18,7 +18,8 @@ import numpy as np
 from PIL import Image
 
 from cass_lightning.checks import check_choice
-from cass_lightning.data.index import FileReader, ImageReader, SampleIndex
+from cass_lightning.data.index import FileReader, ImageReader, SampleIndex, upright_size
+from cass_lightning.data.removal import format_removed
 
 CHECK_LEVELS = ("full", "header", "none")
 
@@ -28,8 +29,9 @@ def _probe(reader: ImageReader, key: str, level: str) -> tuple[tuple[int, int] |
     try:
         if level == "header" and isinstance(reader, FileReader):
             with Image.open(reader.root / key) as image:
+                size = upright_size(image)
                 image.verify()
-                return image.size, None
+                return size, None
         image = reader(key)
         return image.size, None
     except Exception as exc:  # any failure to read is a bad file, named with its reason
@@ -79,6 +81,13 @@ class DataReport:
     bad_files: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    #: ``split_seed`` and ``label_seed`` the splits and the labelled subset were drawn with.
+    seeds: dict[str, int] = field(default_factory=dict)
+    label_fraction: float | None = None
+    #: What ``on_bad_file=skip`` left out (see ``removal.summarise_removed``).
+    removed: dict[str, Any] = field(default_factory=dict)
+    #: Classes left without images in a split by the removals, one sentence each.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -92,6 +101,10 @@ class DataReport:
             "multi_label": self.multi_label,
             "splits": {k: v.as_dict() for k, v in self.splits.items()},
             "labelled": self.labelled,
+            "label_fraction": self.label_fraction,
+            **self.seeds,
+            "removed": self.removed,
+            "warnings": self.warnings,
             "bad_files": [{"file": f, "reason": r} for f, r in self.bad_files],
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
             "problems": self.problems,
@@ -118,13 +131,17 @@ class DataReport:
             lines.append(f"  {name:5s} {split.images:7d} images | {counts}")
             lines.append(f"        sizes seen: {sizes}")
             if name in self.labelled:
-                lines.append(f"        labelled for fine-tuning: {self.labelled[name]}")
+                seed = self.seeds.get("label_seed")
+                drawn = "" if seed is None else f" (label_seed {seed})"
+                lines.append(f"        labelled for fine-tuning: {self.labelled[name]}{drawn}")
         for title, entries in (("unreadable", self.bad_files), ("skipped", self.skipped)):
             if entries:
                 lines.append(f"  {title} files: {len(entries)}")
                 lines += [f"    {f}: {r}" for f, r in entries[:50]]
                 if len(entries) > 50:
                     lines.append(f"    ... and {len(entries) - 50} more")
+        lines += ["  " + line for line in format_removed(self.removed)]
+        lines += [f"  WARNING: {w}" for w in self.warnings]
         lines += [f"  PROBLEM: {p}" for p in self.problems]
         lines.append("  OK" if self.ok else "  NOT OK")
         return "\n".join(lines)

@@ -17,8 +17,9 @@ from PIL import Image
 
 from cass_lightning.data.index import SampleIndex
 
-#: Bump when the file layout or the resize changes; old caches then get a new folder.
-FORMAT_VERSION = 1
+#: Bump when the file layout, the decoding or the resize changes; old caches then get a new
+#: folder and are never served again. 2: images are turned upright by their EXIF orientation.
+FORMAT_VERSION = 2
 ARRAY_FILE = "images.u8"
 MANIFEST_FILE = "manifest.json"
 

@@ -66,6 +66,7 @@ __all__ = [
     "index_isic2019",
     "index_medmnist",
     "index_synthetic",
+    "layout_takes",
 ]
 
 # --------------------------------------------------------------------------- entry point
@@ -79,6 +80,11 @@ LAYOUTS: dict[str, Callable[..., SampleIndex]] = {
     "medmnist": index_medmnist,
     "synthetic": index_synthetic,
 }
+
+
+def layout_takes(layout: str, option: str) -> bool:
+    """Whether the reader of ``layout`` accepts ``option`` (e.g. ``allow_outside_root``)."""
+    return option in inspect.signature(LAYOUTS[layout]).parameters
 
 
 def build_index(layout: str, root: str | Path, **options: Any) -> SampleIndex:

@@ -147,16 +147,24 @@ def _open_root(layout: str, root: str | Path, expected: str) -> Path:
 
 
 class _BadFiles:
-    """Entries that point at files which are not there, handled by the ``on_bad_file`` policy."""
+    """Entries that point at files which are not there, handled by the ``on_bad_file`` policy.
+
+    Each entry may say which official split and labels it would have had, so the datamodule
+    can tell the user which classes lost images where (``SampleIndex.skipped_meta``).
+    """
 
     def __init__(self, layout: str, root: Path, policy: str) -> None:
         self.layout = layout
         self.root = root
         self.policy = policy
         self.entries: list[tuple[str, str]] = []
+        self.meta: dict[str, tuple[str | None, tuple[str, ...]]] = {}
 
-    def add(self, where: str, why: str) -> None:
+    def add(
+        self, where: str, why: str, split: str | None = None, labels: Sequence[str] = ()
+    ) -> None:
         self.entries.append((where, why))
+        self.meta[where] = (split, tuple(labels))
 
     def resolve(self) -> list[tuple[str, str]]:
         """The skipped entries under ``skip``; under ``error`` one error naming all of them."""
@@ -261,13 +269,42 @@ def _read_csv(
     return positions, rows
 
 
-def _key_for(root: Path, base: Path, path: str) -> str:
-    """Key of a CSV path: relative to the root when inside it, else the absolute path."""
+def _key_for(root: Path, base: Path, path: str) -> tuple[str, bool]:
+    """Key of a CSV path, and whether it lies inside the root.
+
+    The path is normalised first (``a/../b`` is ``b``), so the file read is the one the key
+    names. Inside the root the key is relative to it; a path whose folder resolves into the
+    root (an absolute path spelled through a symlinked alias of the root) counts as inside.
+    Outside, the key is the absolute normalised path.
+    """
     full = os.path.normpath(os.path.join(base, path))
     root_text = str(root)
-    if full.startswith(root_text.rstrip(os.sep) + os.sep):
-        return Path(os.path.relpath(full, root_text)).as_posix()
-    return Path(full).as_posix()
+    prefix = root_text.rstrip(os.sep) + os.sep
+    if full.startswith(prefix):
+        return Path(os.path.relpath(full, root_text)).as_posix(), True
+    folder, name = os.path.split(full)
+    real_folder = os.path.realpath(folder)
+    if real_folder == root_text or real_folder.startswith(prefix):
+        return Path(os.path.relpath(os.path.join(real_folder, name), root_text)).as_posix(), True
+    return Path(full).as_posix(), False
+
+
+def _outside_root(what: str, path: str, key: str, root: Path) -> str:
+    """The message for a path (a CSV cell or an option) that leaves the dataset root."""
+    return (
+        f"{what} {path!r} leaves the dataset root {root} (it points at {key}); refused so "
+        "that a CSV cannot read files elsewhere. Move the file under the root, or set "
+        "data.allow_outside_root=true to read it"
+    )
+
+
+def _check_image_dir(layout: str, root: Path, image_dir: str, allow_outside_root: bool) -> Path:
+    """The image folder ``root/image_dir``; an ``image_dir`` leaving the root is refused."""
+    _, inside = _key_for(root, root, os.path.join(str(image_dir), "_"))
+    if not inside and not allow_outside_root:
+        full = os.path.normpath(os.path.join(root, image_dir))
+        raise ValueError(f"{layout}: " + _outside_root("option image_dir", image_dir, full, root))
+    return root / image_dir
 
 
 def _finish(
@@ -278,6 +315,7 @@ def _finish(
     classes: list[str],
     splits: list[str] | None,
     skipped: list[tuple[str, str]],
+    skipped_meta: dict[str, tuple[str | None, tuple[str, ...]]] | None = None,
 ) -> SampleIndex:
     """Sort by key and build the index; an index left with no samples is an error."""
     if not keys:
@@ -295,4 +333,5 @@ def _finish(
         reader=FileReader(root),
         splits=None if splits is None else np.array([splits[i] for i in order], dtype=object),
         skipped=skipped,
+        skipped_meta=dict(skipped_meta or {}),
     )

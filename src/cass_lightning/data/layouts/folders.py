@@ -1,13 +1,15 @@
 """Readers for layouts whose labels are folder names: image folders, Brain MRI, Dermofit, synthetic.
 
-They share one scan: walk the class folders (optionally under train/val/test), list the image
-files without decoding them, then check that no class folder is empty and that every split has
-the same classes, since a missing class would shift every later label index.
+They share one scan (``scan.FolderScan``: links followed, loops cut, each real file once):
+walk the class folders (optionally under train/val/test), list the image files without
+decoding them, then check that no class folder is empty and that every split has the same
+classes, since a missing class would shift every later label index. Brain MRI and Dermofit
+know their classes: an extra class folder is refused by name unless ``allow_extra_classes``.
 """
 
 from __future__ import annotations
 
-import os
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,13 +22,18 @@ from cass_lightning.data.layouts._common import (
     _expected,
     _finish,
     _is_dir,
-    _is_hidden,
     _mismatch,
     _open_root,
     _subdirs,
     _visible_entries,
 )
+from cass_lightning.data.layouts.scan import ClassFolder, FolderScan, drop_duplicates
 from cass_lightning.data.synthetic import write_synthetic_dataset
+
+BRAIN_MRI_CLASSES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
+DERMOFIT_CLASSES: tuple[str, ...] = (
+    "AK", "BCC", "ML", "SCC", "SK", "IEC", "PYO", "VASC", "DF", "MEL",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- folder scanning
@@ -36,61 +43,23 @@ def _normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
     return tuple(ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions)
 
 
-def _scan_images(
-    folder: Path, root: Path, extensions: tuple[str, ...], bad: _BadFiles
-) -> list[str]:
-    """Keys of the image files under ``folder``, sub-folders included (symlinks followed)."""
-    found: list[str] = []
-    seen: set[str] = set()
-    prefix = Path(os.path.relpath(folder, root)).as_posix()
-    stack = [(str(folder), prefix)]
-    while stack:
-        path, key_prefix = stack.pop()
-        real = os.path.realpath(path)
-        if real in seen:  # a symlink loop, or the same folder linked twice
-            continue
-        seen.add(real)
-        with os.scandir(path) as entries:
-            for entry in entries:
-                if _is_hidden(entry.name):
-                    continue
-                key = f"{key_prefix}/{entry.name}"
-                if _is_dir(entry):
-                    stack.append((entry.path, key))
-                elif entry.name.lower().endswith(extensions):
-                    if entry.is_file():
-                        found.append(key)
-                    else:
-                        bad.add(entry.path, "broken symbolic link")
-    return found
-
-
-def _scan_classes(
-    root: Path, folder: Path, extensions: tuple[str, ...], bad: _BadFiles
-) -> dict[str, list[str]]:
-    """``{class: keys}`` for every visible class folder in ``folder``."""
-    return {name: _scan_images(folder / name, root, extensions, bad) for name in _subdirs(folder)}
-
-
-#: One scanned folder of classes: its official split (or None), its path relative to the root
-#: ("" for the root itself) and ``{class: keys}``.
-_ClassFolder = tuple[str | None, str, dict[str, list[str]]]
-
-
 def _index_class_tree(
     layout: str,
     root: Path,
-    folders: list[_ClassFolder],
+    folders: list[ClassFolder],
     bad: _BadFiles,
     expected: str,
+    linked: set[str] | None,
 ) -> SampleIndex:
     """Turn scanned class folders into an index.
 
     Missing files are reported first (they may be why a class looks empty); then every class
     folder must hold images and every split must have the same classes, since a missing class
-    would shift every later label index.
+    would shift every later label index. A file reached under two keys counts once (see
+    ``scan.drop_duplicates``; ``linked`` names the keys reached through links, ``None``: any).
     """
     skipped = bad.resolve()
+    folders = drop_duplicates(layout, root, folders, linked)
     empty = [
         f"{prefix}/{name}/" if prefix else f"{name}/"
         for _, prefix, by_class in folders
@@ -121,7 +90,8 @@ def _index_class_tree(
             splits.extend([split or ""] * len(by_class[name]))
     has_splits = folders[0][0] is not None
     targets = np.asarray(labels, dtype=np.int64)
-    return _finish(layout, root, keys, targets, reference, splits if has_splits else None, skipped)
+    official = splits if has_splits else None
+    return _finish(layout, root, keys, targets, reference, official, skipped, bad.meta)
 
 
 def _index_folders(
@@ -129,9 +99,10 @@ def _index_folders(
 ) -> SampleIndex:
     """``<root>/<class>/<image>`` or ``<root>/{train,val,test}/<class>/<image>``."""
     bad = _BadFiles(layout, root, on_bad_file)
+    scan = FolderScan(root, extensions, bad)
     names = _subdirs(root)
     split_folders = [name for name in names if name in SPLITS]
-    folders: list[_ClassFolder] = []
+    folders: list[ClassFolder] = []
     if split_folders:
         if "train" not in split_folders:
             raise ValueError(
@@ -145,7 +116,7 @@ def _index_folders(
                 f"{others}; expected either <class>/ folders or train/ val/ test/ folders"
             )
         folders = [
-            (split, split, _scan_classes(root, root / split, extensions, bad))
+            (split, split, scan.classes(root / split, _subdirs(root / split), split))
             for split in SPLITS
             if split in split_folders
         ]
@@ -158,20 +129,51 @@ def _index_folders(
     else:
         if not names:
             raise _mismatch(layout, root, expected, "there are no class folders")
-        folders = [(None, "", _scan_classes(root, root, extensions, bad))]
+        folders = [(None, "", scan.classes(root, names))]
     if (
         not any(keys for _, _, by_class in folders for keys in by_class.values())
         and not bad.entries
     ):
         endings = ", ".join(extensions)
         raise _mismatch(layout, root, expected, f"no image files (ending in {endings})")
-    return _index_class_tree(layout, root, folders, bad, expected)
+    return _index_class_tree(layout, root, folders, bad, expected, scan.linked)
+
+
+def _check_known_classes(
+    layout: str, root: Path, folders: list[ClassFolder], known: Sequence[str], allow_extra: bool
+) -> None:
+    """Refuse class folders outside ``known`` (naming them) unless ``allow_extra``; warn about
+    known classes that are absent, since the label space then differs from the paper's."""
+    found = sorted({name for _, _, by_class in folders for name in by_class})
+    extra = [name for name in found if name not in known]
+    if extra and not allow_extra:
+        places = sorted({f"{prefix}/{name}/" if prefix else f"{name}/"
+                         for _, prefix, by_class in folders for name in by_class
+                         if name in extra})  # fmt: skip
+        raise ValueError(
+            f"{layout}: class folder(s) {extra} under {root} are not {layout} classes "
+            f"({', '.join(known)}); found at {', '.join(places)}. Remove or move them, or set "
+            f"data.options.allow_extra_classes=true to train with them as extra classes."
+        )
+    missing = [name for name in known if name not in found]
+    if missing:
+        warnings.warn(
+            f"{layout}: no class folder for {missing} under {root}; training on "
+            f"{len(found)} classes ({', '.join(found)}) instead of the dataset's {len(known)}",
+            stacklevel=3,
+        )
 
 
 # --------------------------------------------------------------------------- folder layouts
-def index_brain_mri(root: str | Path, *, on_bad_file: str = "error") -> SampleIndex:
+def index_brain_mri(
+    root: str | Path, *, on_bad_file: str = "error", allow_extra_classes: bool = False
+) -> SampleIndex:
     """Kaggle's Brain Tumor MRI set: ``Training/<class>/`` (split train), ``Testing/<class>/``
-    (split test, the official test set). Grayscale JPEGs are fine: the reader gives RGB."""
+    (split test, the official test set). Grayscale JPEGs are fine: the reader gives RGB.
+
+    The classes are glioma, meningioma, notumor and pituitary: another class folder (in both
+    splits it would silently become a fifth class) is refused unless ``allow_extra_classes``.
+    """
     layout = "brain_mri"
     _check_policy(on_bad_file)
     expected = _expected(layout)
@@ -187,20 +189,32 @@ def index_brain_mri(root: str | Path, *, on_bad_file: str = "error") -> SampleIn
             probe=lambda p: all((p / name).is_dir() for name in folders.values()),
         )
     bad = _BadFiles(layout, resolved, on_bad_file)
-    scanned: list[_ClassFolder] = []
+    scan = FolderScan(resolved, IMAGE_EXTENSIONS, bad)
+    scanned: list[ClassFolder] = []
     for split, name in folders.items():
-        by_class = _scan_classes(resolved, resolved / name, IMAGE_EXTENSIONS, bad)
-        if not by_class:
+        classes = _subdirs(resolved / name)
+        if not classes:
             raise ValueError(
                 f"{layout}: {resolved / name} holds no class folders; expected {expected}"
             )
-        scanned.append((split, name, by_class))
-    return _index_class_tree(layout, resolved, scanned, bad, expected)
+        scanned.append((split, name, {c: [] for c in classes}))
+    _check_known_classes(layout, resolved, scanned, BRAIN_MRI_CLASSES, allow_extra_classes)
+    scanned = [
+        (split, name, scan.classes(resolved / name, list(by_class), split))
+        for split, name, by_class in scanned
+    ]
+    return _index_class_tree(layout, resolved, scanned, bad, expected, scan.linked)
 
 
-def index_dermofit(root: str | Path, *, on_bad_file: str = "error") -> SampleIndex:
+def index_dermofit(
+    root: str | Path, *, on_bad_file: str = "error", allow_extra_classes: bool = False
+) -> SampleIndex:
     """Dermofit: ``<class>/<lesion_id>/<lesion_id>.png``; the ``<lesion_id>mask.png``
-    segmentation masks beside some images are never indexed, nor is any other file."""
+    segmentation masks beside some images are never indexed, nor is any other file.
+
+    The classes are the library's ten (AK BCC ML SCC SK IEC PYO VASC DF MEL): another class
+    folder is refused unless ``allow_extra_classes``.
+    """
     layout = "dermofit"
     _check_policy(on_bad_file)
     expected = _expected(layout)
@@ -223,13 +237,16 @@ def index_dermofit(root: str | Path, *, on_bad_file: str = "error") -> SampleInd
                 bad.add(
                     str(folder / wanted),
                     f"lesion folder {name}/{lesion}/ has no {wanted} (found: {found})",
+                    labels=(name,),
                 )
                 continue
             keys.append(f"{name}/{lesion}/{match}")
         per_class[name] = keys
     if lesions == 0:
         raise _mismatch(layout, resolved, expected, "no <class>/<lesion_id>/ folders")
-    return _index_class_tree(layout, resolved, [(None, "", per_class)], bad, expected)
+    scanned: list[ClassFolder] = [(None, "", per_class)]
+    _check_known_classes(layout, resolved, scanned, DERMOFIT_CLASSES, allow_extra_classes)
+    return _index_class_tree(layout, resolved, scanned, bad, expected, None)
 
 
 def index_image_folder(

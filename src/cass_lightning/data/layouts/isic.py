@@ -16,12 +16,15 @@ from cass_lightning.data.layouts._common import (
     ISIC_CLASSES,
     ISIC_HEADER,
     _BadFiles,
+    _check_image_dir,
     _check_policy,
     _expected,
     _FileLookup,
     _finish,
+    _key_for,
     _mismatch,
     _open_root,
+    _outside_root,
     _raise_row_errors,
     _read_csv,
 )
@@ -54,23 +57,26 @@ def index_isic2019(
     on_bad_file: str = "error",
     image_dir: str = "ISIC_2019_Training_Input",
     csv_file: str = "ISIC_2019_Training_GroundTruth.csv",
+    allow_outside_root: bool = False,
 ) -> SampleIndex:
     """ISIC-2019 as distributed: the training images and the one-hot ground-truth CSV.
 
     Images are looked up by the CSV's ``image`` column plus ``.jpg``, so the licence files and
     any ``_downsampled`` copies in the image folder are never picked up by accident. The UNK
     column is optional and may be blank; a 1 there is an unknown label (the training data has
-    none).
+    none). An ``image`` cell that leaves the root (``../x``, an absolute path elsewhere) is
+    refused with its line unless ``allow_outside_root``.
     """
     layout = "isic2019"
     _check_policy(on_bad_file)
     expected = _expected(layout, image_dir=image_dir, csv_file=csv_file)
     root = _open_root(layout, root, expected)
+    base = _check_image_dir(layout, root, image_dir, allow_outside_root)
     csv_path = root / csv_file
     absent = [
         name
         for name, present in (
-            (f"{image_dir}/", (root / image_dir).is_dir()),
+            (f"{image_dir}/", base.is_dir()),
             (csv_file, csv_path.is_file()),
         )
         if not present
@@ -120,14 +126,17 @@ def index_isic2019(
             continue
         first_line[image] = line
         filename = image if image.lower().endswith(IMAGE_EXTENSIONS) else f"{image}.jpg"
-        key = Path(image_dir, filename).as_posix()
+        key, inside = _key_for(root, base, filename)
+        if not inside and not allow_outside_root:
+            errors.append(f"{where}: " + _outside_root("image", image, key, root))
+            continue
         why = lookup.why_missing(str(root / key))
         if why is not None:
-            bad.add(str(root / key), f"{why} (listed at {csv_file} line {line})")
+            bad.add(str(root / key), f"{why} (listed at {csv_file} line {line})", None, ones)
             continue
         keys.append(key)
         labels.append(ISIC_CLASSES.index(ones[0]))
     _raise_row_errors(layout, csv_path, errors)
     skipped = bad.resolve()
     targets = np.asarray(labels, dtype=np.int64)
-    return _finish(layout, root, keys, targets, list(ISIC_CLASSES), None, skipped)
+    return _finish(layout, root, keys, targets, list(ISIC_CLASSES), None, skipped, bad.meta)

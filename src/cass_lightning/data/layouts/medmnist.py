@@ -8,7 +8,10 @@ attributes so it pickles into DataLoader workers.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -65,12 +68,26 @@ class NpzReader:
         return f"{stat.st_size}-{stat.st_mtime_ns}"
 
 
+#: What reading a damaged archive raises: a truncated or non-zip file (BadZipFile), a corrupted
+#: member (BadZipFile "Bad CRC-32", zlib.error), a cut ``.npy`` header (ValueError, EOFError).
+_DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _damaged(path: Path, exc: BaseException) -> ValueError:
+    return ValueError(
+        f"medmnist: {path} is damaged or incomplete ({type(exc).__name__}: {exc}). It is "
+        "usually an interrupted download: download the file again and compare its size and "
+        "MD5 with the ones MedMNIST publishes, then rerun."
+    )
+
+
 def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    """The six MedMNIST arrays, read into memory; a missing array raises naming it."""
+    """The six MedMNIST arrays, read into memory; a missing array raises naming it, a damaged
+    archive raises a ValueError naming the file and what to do (never a bare zip error)."""
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"medmnist: could not read {path} as an .npz archive ({exc})") from exc
+    except _DAMAGED as exc:
+        raise _damaged(path, exc) from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise ValueError(f"medmnist: {path} holds a single array, not an .npz archive")
     with archive:
@@ -81,8 +98,50 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
             )
         try:
             return {key: archive[key] for key in MEDMNIST_ARRAYS}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"medmnist: {path} is damaged ({exc})") from exc
+        except _DAMAGED as exc:
+            raise _damaged(path, exc) from exc
+
+
+def _npz_size(file_name: str, name: str) -> int:
+    """The image side a MedMNIST file name stands for: 28 without a suffix."""
+    suffix = file_name[len(name) : -len(".npz")]
+    return int(suffix[1:]) if suffix else 28
+
+
+def _choose_npz(root: Path, name: str, candidates: list[str], expected: str) -> Path:
+    """The requested file; else the only other size of the same set (with a warning).
+
+    ``data.size`` defaults to 64 while the standard download is ``<name>.npz`` (28 px): when
+    the requested size is absent and exactly one ``<name>.npz`` / ``<name>_<size>.npz`` is
+    present it is used, since the datamodule resizes images to ``img_size`` anyway. Several
+    other sizes are ambiguous and refused.
+    """
+    path = next((root / c for c in candidates if (root / c).is_file()), None)
+    if path is not None:
+        return path
+    present = sorted(e.name for e in _visible_entries(root) if e.name.lower().endswith(".npz"))
+    pattern = re.compile(rf"{re.escape(name)}(_\d+)?\.npz")
+    same_set = [f for f in present if pattern.fullmatch(f) and (root / f).is_file()]
+    if len(same_set) == 1:
+        found = same_set[0]
+        warnings.warn(
+            f"medmnist: {root / candidates[0]} not found; using {found} "
+            f"({_npz_size(found, name)} px images), the only {name} file in {root}. Images are "
+            f"resized to the training img_size either way; set data.size="
+            f"{_npz_size(found, name)} to ask for this file and silence this warning.",
+            stacklevel=3,
+        )
+        return root / found
+    if len(same_set) > 1:
+        sizes = ", ".join(f"{f} ({_npz_size(f, name)} px)" for f in same_set)
+        raise FileNotFoundError(
+            f"medmnist: {root / candidates[0]} not found, and {root} holds several other sizes "
+            f"of {name}: {sizes}. Choose one with data.size=<px> (28 for {name}.npz)."
+        )
+    raise FileNotFoundError(
+        f"medmnist: {root / candidates[0]} not found; .npz files in {root}: "
+        f"{present or 'none'}. Expected {expected} under {root}"
+    )
 
 
 def _medmnist_class_names(
@@ -115,6 +174,9 @@ def index_medmnist(
 ) -> SampleIndex:
     """A MedMNIST v2/v3 set: ``<root>/<name>.npz`` (28 px) or ``<root>/<name>_<size>.npz``.
 
+    When the file of ``size`` is absent and exactly one other size of the set is there, that
+    one is used with a warning naming it (see :func:`_choose_npz`).
+
     Labels of shape ``(N, 1)`` are multi-class, ``(N, C)`` with C > 1 multi-label (ChestMNIST).
     Splits are the official train/val/test arrays. ``on_bad_file`` is accepted for a uniform
     interface; an array cannot point at a missing file.
@@ -133,13 +195,7 @@ def index_medmnist(
         candidates = [f"{name}_{size}.npz"]
     expected = _expected("medmnist", file=" or ".join(candidates))
     resolved = _open_root("medmnist", root, expected)
-    path = next((resolved / c for c in candidates if (resolved / c).is_file()), None)
-    if path is None:
-        present = [e.name for e in _visible_entries(resolved) if e.name.lower().endswith(".npz")]
-        raise FileNotFoundError(
-            f"medmnist: {resolved / candidates[0]} not found; .npz files in {resolved}: "
-            f"{present or 'none'}. Expected {expected} under {resolved}"
-        )
+    path = _choose_npz(resolved, name, candidates, expected)
     arrays = _load_npz(path)
 
     images: dict[str, np.ndarray] = {}

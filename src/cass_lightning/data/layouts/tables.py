@@ -17,6 +17,7 @@ import numpy as np
 from cass_lightning.data.index import SPLITS, SampleIndex
 from cass_lightning.data.layouts._common import (
     _BadFiles,
+    _check_image_dir,
     _check_policy,
     _dir_text,
     _expected,
@@ -25,6 +26,7 @@ from cass_lightning.data.layouts._common import (
     _key_for,
     _mismatch,
     _open_root,
+    _outside_root,
     _raise_row_errors,
     _read_csv,
     _sort_labels,
@@ -74,9 +76,14 @@ def _index_table(
     split_column: str | None,
     image_dir: str,
     on_bad_file: str,
+    allow_outside_root: bool,
     expected: str,
 ) -> SampleIndex:
-    """One CSV row per image: a path, a label (or a list of labels) and maybe a split."""
+    """One CSV row per image: a path, a label (or a list of labels) and maybe a split.
+
+    A path that leaves the root (``../x``, or an absolute path elsewhere) is refused with its
+    line unless ``allow_outside_root``; symbolic links inside the root are followed.
+    """
     _check_policy(on_bad_file)
     known = None if classes is None else _class_list(layout, classes)
     required = [path_column, label_column, *([split_column] if split_column else [])]
@@ -92,7 +99,7 @@ def _index_table(
             f"{csv_file} not found",
             probe=lambda p: (p / csv_file).is_file(),
         )
-    base = resolved / image_dir
+    base = _check_image_dir(layout, resolved, image_dir, allow_outside_root)
     if not base.is_dir():
         raise _mismatch(layout, resolved, expected, f"image folder {image_dir}/ not found")
     columns, rows = _read_csv(layout, csv_path, required, ",".join(required))
@@ -137,7 +144,11 @@ def _index_table(
                     f"expected one of {', '.join(SPLITS)}"
                 )
                 continue
-        key = _key_for(resolved, base, path)
+        key, inside = _key_for(resolved, base, path)
+        if not inside and not allow_outside_root:
+            errors.append(f"line {line}: " + _outside_root(f"path {path_column!r}", path, key,
+                                                           resolved))  # fmt: skip
+            continue
         if key in first_line:
             errors.append(f"{where}: listed again (first at line {first_line[key]})")
             continue
@@ -146,7 +157,8 @@ def _index_table(
         seen.update(labels)
         why = lookup.why_missing(str(resolved / key))
         if why is not None:
-            bad.add(str(resolved / key), f"{why} (listed at {csv_file} line {line})")
+            where, listed = str(resolved / key), f"listed at {csv_file} line {line}"
+            bad.add(where, f"{why} ({listed})", split, labels)
             continue
         entries.append((key, labels, split))
     _raise_row_errors(layout, csv_path, errors)
@@ -166,7 +178,7 @@ def _index_table(
         targets = np.asarray([position[labels[0]] for _, labels, _ in entries], dtype=np.int64)
     keys = [key for key, _, _ in entries]
     splits = None if split_column is None else [split or "" for _, _, split in entries]
-    return _finish(layout, resolved, keys, targets, names, splits, skipped)
+    return _finish(layout, resolved, keys, targets, names, splits, skipped, bad.meta)
 
 
 def index_autoimmune(
@@ -177,6 +189,7 @@ def index_autoimmune(
     file_column: str = "file",
     label_column: str = "label",
     on_bad_file: str = "error",
+    allow_outside_root: bool = False,
 ) -> SampleIndex:
     """The dermatomyositis biopsies: multi-label, one CSV row per image with a list of labels.
 
@@ -202,6 +215,7 @@ def index_autoimmune(
         split_column=None,
         image_dir=image_dir,
         on_bad_file=on_bad_file,
+        allow_outside_root=allow_outside_root,
         expected=expected,
     )
 
@@ -218,8 +232,11 @@ def index_csv(
     split_column: str | None = None,
     image_dir: str = ".",
     on_bad_file: str = "error",
+    allow_outside_root: bool = False,
 ) -> SampleIndex:
     """Your own CSV: an image path (relative to ``root/image_dir``, or absolute) and a label.
+
+    Paths must stay inside ``root`` unless ``allow_outside_root`` (see ``_index_table``).
 
     With ``classes`` the label space is fixed (in that order) and anything else is an error;
     without, it is the sorted set of labels seen. ``multi_label`` cells are list literals or
@@ -248,5 +265,6 @@ def index_csv(
         split_column=split_column,
         image_dir=image_dir,
         on_bad_file=on_bad_file,
+        allow_outside_root=allow_outside_root,
         expected=expected,
     )

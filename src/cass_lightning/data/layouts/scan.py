@@ -1,0 +1,131 @@
+"""Walking class folders safely: symbolic-link loops are cut and each real file counts once.
+
+Folder layouts follow symbolic links (datasets are often assembled from links into a larger
+store), which opens two ways to multiply samples: a link back to an ancestor (a loop) and one
+folder reached through two links. :class:`FolderScan` lists each real folder once per class
+folder, and :func:`drop_duplicates` then finds every real file indexed under more than one
+key: twice in the same class and split it is kept once (with a warning); in two classes or
+two splits it is refused, since one image cannot carry two labels or sit in train and test.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from cass_lightning.data.layouts._common import _BadFiles, _bullets, _is_dir, _is_hidden
+
+#: One scanned folder of classes: its official split (or None), its path relative to the root
+#: ("" for the root itself) and ``{class: keys}``.
+ClassFolder = tuple[str | None, str, dict[str, list[str]]]
+
+
+class FolderScan:
+    """Lists image files under class folders; remembers which keys were reached via a link."""
+
+    def __init__(self, root: Path, extensions: tuple[str, ...], bad: _BadFiles) -> None:
+        self.root = root
+        self.extensions = extensions
+        self.bad = bad
+        self.linked: set[str] = set()
+
+    def images(self, folder: Path, split: str | None = None, label: str = "") -> list[str]:
+        """Keys of the image files under ``folder``, sub-folders included (links followed).
+
+        Depth first in name order, so which of two links to one folder is kept never depends
+        on the file system's listing order. ``split`` and ``label`` describe broken links.
+        """
+        found: list[str] = []
+        seen: dict[str, str] = {}
+        prefix = Path(os.path.relpath(folder, self.root)).as_posix()
+        stack = [(str(folder), prefix)]
+        while stack:
+            path, key_prefix = stack.pop()
+            real = os.path.realpath(path)
+            via_link = real != os.path.normpath(path)  # the root is resolved: only links differ
+            if real in seen:
+                warnings.warn(
+                    f"folder {path} is {real}, already scanned as {seen[real]} (a symbolic-link "
+                    "loop or a folder linked twice); its images are indexed once",
+                    stacklevel=2,
+                )
+                continue
+            seen[real] = path
+            with os.scandir(path) as listing:
+                entries = sorted((e for e in listing if not _is_hidden(e.name)), key=_name)
+            folders = []
+            for entry in entries:
+                key = f"{key_prefix}/{entry.name}"
+                if _is_dir(entry):
+                    folders.append((entry.path, key))
+                elif entry.name.lower().endswith(self.extensions):
+                    if entry.is_file():
+                        found.append(key)
+                        if via_link or entry.is_symlink():
+                            self.linked.add(key)
+                    else:
+                        self.bad.add(entry.path, "broken symbolic link", split, (label,))
+            stack.extend(reversed(folders))
+        return found
+
+    def classes(
+        self, folder: Path, names: list[str], split: str | None = None
+    ) -> dict[str, list[str]]:
+        """``{class: keys}`` for the class folders ``names`` in ``folder``."""
+        return {name: self.images(folder / name, split, name) for name in names}
+
+
+def _name(entry: os.DirEntry[str]) -> str:
+    return entry.name
+
+
+def drop_duplicates(
+    layout: str, root: Path, folders: list[ClassFolder], linked: set[str] | None
+) -> list[ClassFolder]:
+    """``folders`` with each real file under one key only.
+
+    ``linked`` names the keys reached through a symbolic link (only those can share a file
+    with another key); ``None`` resolves every key.
+    """
+    owner: dict[str, tuple[str, str | None, str]] = {}
+    repeats: dict[str, list[str]] = {}
+    clashes: list[str] = []
+    for split, _, by_class in folders:
+        for name, keys in by_class.items():
+            for key in sorted(keys):
+                resolve = linked is None or key in linked
+                real = os.path.realpath(root / key) if resolve else str(root / key)
+                first = owner.setdefault(real, (key, split, name))
+                if first[0] == key:
+                    continue
+                if first[1:] == (split, name):
+                    repeats.setdefault(name, []).append(key)
+                else:
+                    clashes.append(
+                        f"{first[0]} ({_where(first[1], first[2])}) and {key} "
+                        f"({_where(split, name)}) are the same file {real}"
+                    )
+    if clashes:
+        raise ValueError(
+            f"{layout}: {len(clashes)} file(s) under {root} are reached through symbolic links "
+            "in two classes or two splits:\n" + _bullets(clashes) + "\nOne image cannot carry "
+            "two labels or sit in two splits; remove the extra links."
+        )
+    if not repeats:
+        return folders
+    dropped = {key for keys in repeats.values() for key in keys}
+    shown = ", ".join(sorted(dropped)[:5]) + (" ..." if len(dropped) > 5 else "")
+    warnings.warn(
+        f"{layout}: {len(dropped)} file(s) under {root} are reached a second time within their "
+        f"class through symbolic links; each is indexed once (left out: {shown})",
+        stacklevel=2,
+    )
+    return [
+        (split, prefix, {n: [k for k in keys if k not in dropped] for n, keys in by_class.items()})
+        for split, prefix, by_class in folders
+    ]
+
+
+def _where(split: str | None, name: str) -> str:
+    return f"class {name}" if split is None else f"class {name}, split {split}"

@@ -1,0 +1,48 @@
+"""What a datamodule's setup leaves for the user: files in the run folder, lines on stderr.
+
+``splits.csv`` says where every indexed sample went (``excluded`` for unreadable ones) and
+with which ``label_seed`` the labelled subset was drawn; ``data_report.json`` holds the report;
+``skipped.csv`` lists what ``on_bad_file=skip`` left out. Nothing is written under a dataset
+root: ``out`` is the run folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from cass_lightning.data.index import SampleIndex
+from cass_lightning.data.removal import format_removed
+from cass_lightning.data.splits import write_split_csv
+from cass_lightning.data.validate import DataReport
+
+
+def write_outputs(
+    out: Path,
+    index: SampleIndex,
+    splits: np.ndarray,
+    labelled: np.ndarray,
+    report: DataReport,
+    label_seed: int,
+) -> None:
+    """``splits.csv``, ``data_report.json`` and, when something was left out, ``skipped.csv``."""
+    write_split_csv(index, splits, labelled, out / "splits.csv", label_seed)
+    report.write(out / "data_report.json")
+    if report.removed.get("images"):
+        with (out / "skipped.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file", "reason"])
+            writer.writerows(report.bad_files + report.skipped)
+
+
+def tell(report: DataReport) -> None:
+    """Print what was left out per split and class, and warn about every emptied class."""
+    lines = format_removed(report.removed)
+    if lines:
+        print(f"{report.dataset}: " + "\n".join(lines), file=sys.stderr)
+    for message in report.warnings:
+        warnings.warn(f"{report.dataset}: {message}", stacklevel=3)
