@@ -12,10 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from app_helpers import app_env, compose_app
-from cass_lightning.apps.study import settings_from
+from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.study import launcher_overrides, settings_from
 
 #: study=smoke, smaller: one label fraction, two seeds, short runs; last.ckpt every 2 steps so
 #: a kill lands after a checkpoint and in the middle of CASS's pretraining.
@@ -137,3 +139,15 @@ def test_study_settings_refuse_one_weights_file_and_forward_the_data(tmp_path):
                          config_name="study")  # fmt: skip
     grid = settings_from(scaled, [], tmp_path / "study").grid
     assert grid == [(b, e) for b in (8, 16, 32) for e in (5, 10, 20, 30)]
+
+
+def test_the_launcher_choice_goes_to_the_workers(tmp_path):
+    typed = ["study=paper", "hydra/launcher=slurm", "hydra.launcher.partition=gpu",
+             "hydra.run.dir=x", "data.root=/d"]  # fmt: skip
+    assert launcher_overrides(typed) == ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]
+    # the worker's config takes them: each point becomes a SLURM job (submitit)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("study_points", ["study_dir=/s", "point=a", *launcher_overrides(typed)],
+                      return_hydra_config=True)  # fmt: skip
+    assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.partition == "gpu"

@@ -264,10 +264,10 @@ def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> in
     settings = settings_from(cfg, task_overrides, study_dir)
     points = build_plan(settings, study_dir)
     statuses = statuses_of(points, study_dir)
-    write_plan(study_dir, settings, points, statuses)
     print(plan_table(points, statuses))
     if cfg.study.plan_only:
         return 0
+    write_plan(study_dir, settings, points, statuses)
     if any(s != "done" for s in statuses.values()):
         check_data(settings, study_dir)
     code = run_points(points, study_dir, launcher)
@@ -302,15 +302,18 @@ def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> in
     return 0
 
 
+def launcher_overrides(overrides: list[str]) -> list[str]:
+    """The overrides that choose and set Hydra's launcher, passed on to the workers (the study
+    itself runs once; its points are what a launcher sends out)."""
+    keys = ("hydra/launcher", "hydra.launcher")
+    return [o for o in overrides if (override_key(o) or "").startswith(keys)]
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="study")
 def _main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     task = list(hydra_cfg.overrides.task)
-    launcher = [
-        o
-        for o in [*hydra_cfg.overrides.hydra, *task]
-        if (override_key(o) or "").startswith(("hydra/launcher", "hydra.launcher"))
-    ]
+    launcher = launcher_overrides([*hydra_cfg.overrides.hydra, *task])
     try:
         code = study(cfg, task, launcher)
     except (FileNotFoundError, ValueError) as err:

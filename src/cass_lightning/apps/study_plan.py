@@ -226,8 +226,14 @@ def statuses_of(points: list[Point], study_dir: Path) -> dict[str, str]:
 
 def write_plan(study_dir: Path, settings: StudySettings, points: list[Point],
                statuses: dict[str, str], extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
-    """``plan.json``: the settings, and every point with its overrides, digest and status."""
+    """``plan.json``: the settings, and every point with its overrides, digest and status; the
+    last invocation's timing is kept until a new one replaces it."""
+    kept = {}
+    if (study_dir / PLAN_FILE).is_file():
+        old = read_json(study_dir / PLAN_FILE, "study plan")
+        kept = {k: old[k] for k in ("last_invocation",) if k in old}
     plan = {
+        **kept,
         "settings": asdict(settings),
         "points": [
             {**asdict(p), "folder": str(p.folder(study_dir)), "status": statuses[p.id]}
