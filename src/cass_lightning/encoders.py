@@ -1,4 +1,9 @@
-"""timm encoders by name, with the heads CASS compares, and offline weight loading.
+"""timm encoders by name, with the heads CASS compares, and strictly checked weight loading.
+
+Weights (a ``weights_file``, or the hub with ``pretrained=True``) are loaded by
+:mod:`cass_lightning.weights`: every backbone tensor must fit, only the classifier (and, for
+another ``img_size``/``in_chans``, a ViT's position embedding and the first convolution) is
+adapted, and the built model carries a ``weights_record`` of what was loaded (:func:`record_of`).
 
 Heads:
 - ``logits``: the paper's choice. The timm classifier output (``head_dim`` wide, 1000 by
@@ -19,6 +24,27 @@ from torch import nn
 
 from cass_lightning.checks import check_choice
 from cass_lightning.io import host_reachable
+from cass_lightning.weights import (
+    WeightsMismatchError,
+    load_weights,
+    load_weights_file,
+    record_of,
+)
+
+__all__ = [
+    "HEAD_KINDS",
+    "EncoderSpec",
+    "HubUnreachableError",
+    "WeightsMismatchError",
+    "build_encoder",
+    "build_projector",
+    "create_timm_model",
+    "encoder_spec",
+    "freeze_stages",
+    "keep_frozen_in_eval",
+    "layer_ids",
+    "record_of",
+]
 
 HEAD_KINDS = ("logits", "projector", "features")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -61,6 +87,31 @@ def _check_weights_file(weights_file: str | Path) -> Path:
     return path
 
 
+def _check_patch_grid(name: str, model: nn.Module, img_size: int | None) -> None:
+    """Refuse an ``img_size`` a ViT's patches do not tile: the border pixels would be dropped."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if img_size is None or not patch:
+        return
+    step = int(patch[0]) if isinstance(patch, tuple | list) else int(patch)
+    if step > 1 and img_size % step:
+        lower, upper = img_size // step * step, (img_size // step + 1) * step
+        nearest = f"{lower} or {upper}" if lower else f"{upper}"
+        raise ValueError(
+            f"img_size={img_size} is not a multiple of {name}'s patch size {step}: the last "
+            f"{img_size % step} pixel rows and columns would never be seen. Use img_size="
+            f"{nearest} (model.img_size; the data's img_size follows it)"
+        )
+
+
+def _hub_state(name: str, timm_kwargs: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The hub weights of ``name`` as timm loads them for its default shapes (a strict load:
+    same classifier width, 3 channels, its own image size), and what they are called."""
+    reference = timm.create_model(name, pretrained=True, **timm_kwargs)
+    cfg = getattr(reference, "pretrained_cfg", None) or {}
+    tag = cfg.get("hf_hub_id") or cfg.get("url") or name
+    return reference.state_dict(), f"hub:{tag}"
+
+
 def create_timm_model(
     name: str,
     *,
@@ -71,37 +122,45 @@ def create_timm_model(
     in_chans: int = 3,
     **timm_kwargs: Any,
 ) -> nn.Module:
-    """``timm.create_model`` that never waits on a missing network.
+    """``timm.create_model`` that never waits on a missing network and never loads weights
+    loosely.
 
-    ``weights_file`` (``.safetensors`` or a ``.pth`` state dict, loaded with ``weights_only``)
-    supplies pretrained weights offline; timm adapts the classifier, input channels and ViT
-    position embeddings to the requested shapes. ``img_size`` is passed only to models that take
-    it (ViTs); CNNs are size-agnostic.
+    ``weights_file`` (``.safetensors`` or a ``.pth`` state dict, read with ``weights_only``)
+    supplies pretrained weights offline. Every load, from a file or the hub, goes through
+    :func:`cass_lightning.weights.load_weights`: all backbone tensors must fit; only the
+    classifier, a ViT's position embedding (another ``img_size``) and the first convolution
+    (another ``in_chans``) are adapted. The model's ``weights_record`` says what was loaded.
+    ``img_size`` is passed only to models that take it (ViTs); CNNs are size-agnostic.
     """
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise ValueError(f"unknown timm model {name!r}; similar names: {close}")
-    kwargs: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
-    if weights_file is not None:
-        path = _check_weights_file(weights_file)
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
-        pretrained = True
-    elif pretrained and not _hub_reachable():
+    path = _check_weights_file(weights_file) if weights_file is not None else None
+    if pretrained and path is None and not _hub_reachable():
         raise HubUnreachableError(
             f"pretrained=True for {name!r} but the model hub cannot be reached and no "
             "weights_file was given. Download the weights elsewhere (e.g. "
             f"timm.create_model({name!r}, pretrained=True) then save_file(model.state_dict(), "
             "'x.safetensors')) and pass weights_file=<path>, or set pretrained=false."
         )
+    kwargs: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
     if img_size is not None:
         kwargs["img_size"] = img_size
     try:
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(name, pretrained=False, **kwargs)
     except TypeError as err:
         if "img_size" not in str(err):
             raise
         kwargs.pop("img_size")
-        return timm.create_model(name, pretrained=pretrained, **kwargs)
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    if "img_size" in kwargs:
+        _check_patch_grid(name, model, img_size)
+    if path is not None:
+        load_weights_file(model, path)
+    elif pretrained:
+        state, tag = _hub_state(name, timm_kwargs)
+        load_weights(model, state, tag, init="hub")
+    return model
 
 
 def build_projector(in_dim: int, out_dim: int, hidden_dim: int = 2048) -> nn.Sequential:

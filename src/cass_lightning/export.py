@@ -10,6 +10,10 @@ them with a strict key match::
 (naming ``num_classes`` in the overlay stops timm from discarding a classifier whose width
 differs from ImageNet's 1000). CASS exports both arms; DINO the one arm it trained. Every module
 says what it exports through ``exportable()``, so one writer serves them all.
+
+Each arm's entry also says what pretraining started from (``init``: the weights file or hub
+entry, its SHA-256, the keys loaded and adapted; ``{"init": "random"}`` without one), and
+:func:`load_backbone` records the export file it read in the same way.
 """
 
 from __future__ import annotations
@@ -21,13 +25,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import timm
-from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from cass_lightning.checks import check_choice
 from cass_lightning.encoders import EncoderSpec
-from cass_lightning.io import atomic_write_bytes, atomic_write_json, read_json
+from cass_lightning.io import atomic_write_bytes, atomic_write_json, file_sha256, read_json
+from cass_lightning.weights import load_weights, read_state_dict, record_of
 
 ARMS = ("cnn", "vit")
 META_FILE = "meta.json"
@@ -60,14 +64,23 @@ def contiguous_state(module: nn.Module) -> dict[str, Any]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def weights_init(arms: dict[str, ExportedArm]) -> dict[str, dict[str, Any]]:
+    """What each arm's backbone was initialised from (its ``weights_record``)."""
+    return {arm: record_of(exported.backbone) for arm, exported in arms.items()}
+
+
 def export_backbones(
     arms: dict[str, ExportedArm],
     out_dir: str | Path,
     meta: dict[str, Any],
     source: str | None = None,
+    init: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``<arm>.safetensors`` (and ``<arm>_projector.safetensors``) per arm, then
     ``meta.json``, into ``out_dir``; return the folder.
+
+    ``init`` (arm -> record) says what pretraining started from when the backbones no longer
+    carry it (an export from a checkpoint); by default each backbone's own record.
 
     Refuses a folder that already holds any of these files: exports are never overwritten.
     Each file is written atomically and ``meta.json`` last, so a folder with a ``meta.json`` is
@@ -92,8 +105,10 @@ def export_backbones(
         "source": source,
         **meta,
     }
+    records = weights_init(arms) | (init or {})
     for arm, exported in arms.items():
         entry = asdict(exported.spec) | {"file": f"{arm}.safetensors", "projector_file": None}
+        entry["init"] = records[arm]
         atomic_write_bytes(
             out / entry["file"], safetensors_bytes(contiguous_state(exported.backbone))
         )
@@ -106,10 +121,15 @@ def export_backbones(
     return out
 
 
-def export_module(model: Exportable, out_dir: str | Path, source: str | None = None) -> Path:
+def export_module(
+    model: Exportable,
+    out_dir: str | Path,
+    source: str | None = None,
+    init: dict[str, Any] | None = None,
+) -> Path:
     """Export whatever ``model.exportable()`` offers (CASS: both arms; DINO: one)."""
     arms, meta = model.exportable()
-    return export_backbones(arms, out_dir, meta, source=source)
+    return export_backbones(arms, out_dir, meta, source=source, init=init)
 
 
 def read_meta(export_dir: str | Path) -> dict[str, Any]:
@@ -151,7 +171,8 @@ def load_backbone(
     num_classes: int | None = None,
     meta: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Rebuild one exported arm with plain timm (strict key match).
+    """Rebuild one exported arm with plain timm (strict key match, see
+    :func:`cass_lightning.weights.load_weights`; the model's ``weights_record`` names the file).
 
     ``num_classes`` other than the exported one gives a fresh classifier of that width, as
     timm does for any pretrained file (the fine-tuning use). ``meta`` is the export's
@@ -165,7 +186,8 @@ def load_backbone(
     model = timm.create_model(
         entry["timm_name"], pretrained=False, num_classes=entry["num_classes"], **kwargs
     )
-    model.load_state_dict(load_file(str(file)), strict=True)
+    file = file.resolve()
+    load_weights(model, read_state_dict(file), str(file), file_sha256(file), init="export")
     if num_classes is not None and num_classes != entry["num_classes"]:
         model.reset_classifier(num_classes)
     return model

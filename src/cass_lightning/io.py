@@ -1,15 +1,23 @@
-"""Files a crash cannot leave half written, JSON read with named errors, and one network probe.
+"""Files a crash cannot leave half written, files read without running code, JSON read with
+named errors, and one network probe.
 
 Every file a user may later rely on (checkpoints, exports, run metadata, reports) is written by
 :func:`atomic_write`: a hidden temporary file in the target's own folder, flushed and fsynced,
 renamed over the target (atomic on POSIX), then the folder fsynced so the rename itself survives
 a power loss. A reader sees the old file or the complete new one, never half of it; a kill
-leaves at most a hidden ``.<name>.<random>.tmp`` that never looks like a result.
+leaves at most a hidden ``.<name>.<random>.tmp`` that never looks like a result. A write that the
+disk refuses (full, read-only, no permission) raises :class:`WriteRefusedError`, naming the file.
+
+Every torch file (checkpoint, ``.pth`` weights) is read by :func:`load_torch_file`, always with
+``weights_only=True`` passed explicitly: a pickle that would run code is refused with the reason,
+whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import re
@@ -24,6 +32,38 @@ from urllib.parse import urlsplit
 #: ``last*.ckpt`` lookup ever mistakes an unfinished write for a finished file.
 TEMP_SUFFIX = ".tmp"
 _TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(TEMP_SUFFIX))
+
+
+#: errno values that mean "this disk or folder takes no more writes": a named refusal, not a bug.
+DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EDQUOT: "the disk quota is exceeded",
+}
+
+
+class WriteRefusedError(OSError):
+    """The disk refused a write (full, read-only, no permission); the message names the file."""
+
+
+class UnreadableFileError(ValueError):
+    """A checkpoint or weights file that cannot be read safely (truncated, not a torch file, or
+    holding objects that only a code-running load could rebuild)."""
+
+
+def disk_refusal(err: OSError, path: str | os.PathLike[str] | None = None) -> str | None:
+    """A one-line explanation when ``err`` is the disk refusing a write, else ``None``."""
+    reason = DISK_ERRNOS.get(err.errno or -1)
+    if reason is None:
+        return None
+    where = path if path is not None else err.filename
+    return (
+        f"cannot write {where}: {reason} ({errno.errorcode.get(err.errno or 0, err.errno)}). "
+        "Nothing already written was changed; free space, fix the folder's permissions or "
+        "choose another output folder (paths.output_root), then start again"
+    )
 
 
 def temp_path_for(path: str | os.PathLike[str]) -> Path:
@@ -66,9 +106,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+        message = disk_refusal(err, target) if isinstance(err, OSError) else None
+        if message is not None and not isinstance(err, WriteRefusedError):
+            raise WriteRefusedError(err.errno, message, str(target)) from err
         raise
     fsync_dir(target.parent)
     return target
@@ -95,6 +138,77 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
         return json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{file} is not a valid {what} (not JSON: {err})") from err
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The hex SHA-256 of a file, read in chunks (weights files can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_WEIGHTS_ONLY_REASON = re.compile(
+    r"WeightsUnpickler error:\s*(.*?)(?:\s*Please use|\s*Check the|$)", re.S
+)
+
+
+def _why_unreadable(err: BaseException) -> str:
+    """What went wrong, in words, without torch's advice to retry with ``weights_only=False``
+    (which would run whatever code a hostile file holds)."""
+    text = str(err)
+    found = _UNSAFE_GLOBAL.search(text)
+    if found:
+        return (
+            f"it holds a Python object ({found.group(1)}) that only a code-running load could "
+            "rebuild; loading it that way would run whatever code the file holds"
+        )
+    if isinstance(err, EOFError) or "central directory" in text or "zip archive" in text:
+        return "it is empty or truncated (an interrupted copy or write?)"
+    if any(s in text for s in ("invalid load key", "Unsupported operand")) or isinstance(
+        err, (KeyError, UnicodeDecodeError)
+    ):
+        return "it is not a torch file"
+    found = _WEIGHTS_ONLY_REASON.search(text)
+    if found and found.group(1).strip():
+        reason = " ".join(found.group(1).split())[:200]
+        return f"it holds objects a weights-only load refuses ({reason})"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"torch could not read it ({first[:200]})"
+
+
+def load_torch_file(path: str | os.PathLike[str], what: str = "checkpoint", **kwargs: Any) -> Any:
+    """``torch.load(path, weights_only=True, **kwargs)``, with :class:`UnreadableFileError`
+    naming the file and the reason when it cannot be read that way.
+
+    ``weights_only=True`` is passed explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot
+    turn it off. ``mmap=True`` (in ``kwargs``) reads only what is touched.
+    """
+    import pickle
+
+    import torch
+
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"{what} not found: {file}")
+    kwargs.setdefault("map_location", "cpu")
+    failures = (pickle.UnpicklingError, RuntimeError, EOFError, KeyError, ValueError,
+                UnicodeDecodeError, AttributeError, IndexError, TypeError)  # fmt: skip
+    try:
+        try:
+            return torch.load(file, weights_only=True, **kwargs)
+        except RuntimeError as err:
+            if not kwargs.get("mmap") or "mmap can only be used" not in str(err):
+                raise
+            # Not a zip-format torch file: an old-format one can still be read without mmap.
+            return torch.load(file, weights_only=True, **{**kwargs, "mmap": False})
+    except failures as err:
+        raise UnreadableFileError(
+            f"{file} cannot be loaded as a {what}: {_why_unreadable(err)}. It was not loaded; "
+            f"use a {what} written by cass-lightning (or torch.save of plain tensors)"
+        ) from None
 
 
 def host_reachable(url: str, timeout_s: float = 3.0) -> bool:

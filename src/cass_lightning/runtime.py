@@ -106,3 +106,69 @@ def apply_speed_switches(model: nn.Module, channels_last: bool, compile: bool) -
             m for m in model.modules() if callable(getattr(m, "forward_features", None))
         ]:
             module.compile()
+
+
+#: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic: AVX512-BF16 and AMX on x86, the
+#: BF16 extension on Arm. Without one, bf16 matmuls are emulated, far slower than fp32.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def read_cpu_flags(cpuinfo: str | None = None) -> set[str] | None:
+    """The CPU's feature flags from ``/proc/cpuinfo`` text (x86 ``flags``, Arm ``Features``),
+    read from the file when ``cpuinfo`` is None; ``None`` where there is no such file."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return set(value.split())
+    return None
+
+
+def cpu_bf16_warning(
+    precision: str, on_cpu: bool, capability: str, flags: set[str] | None
+) -> str | None:
+    """Why a bf16 run on this CPU will be slow, or ``None`` when it will not (or cannot tell).
+
+    A pure rule of what torch reports (``torch.backends.cpu.get_cpu_capability()``) and the CPU
+    flags, so it is tested with given flag sets; the apps print it at start.
+    """
+    if not on_cpu or not str(precision).startswith("bf16"):
+        return None
+    if flags is None:
+        return None  # no /proc/cpuinfo: nothing to go on
+    native = sorted(set(CPU_BF16_FLAGS) & flags)
+    if native:
+        return None
+    return (
+        f"trainer.precision={precision} on a CPU without native bf16 (torch reports "
+        f"{capability}; no {', '.join(CPU_BF16_FLAGS[:2])} in /proc/cpuinfo): bf16 is emulated "
+        "there and runs many times slower than fp32. Use trainer.precision=32-true (or auto, "
+        "which picks it on CPUs)"
+    )
+
+
+def check_run_length(max_epochs: Any, max_steps: Any) -> None:
+    """Refuse a run that would train nothing (Lightning would report it finished at once).
+
+    ``max_epochs``: >= 1, or -1 for no epoch limit (``None``: Lightning's default).
+    ``max_steps``: >= 1, or -1 for no step limit (``None`` is the same).
+    """
+    steps = -1 if max_steps is None else max_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or (steps < 1 and steps != -1):
+        raise ValueError(
+            f"trainer.max_steps must be an integer >= 1, or -1 for no step limit; got {max_steps!r}"
+        )
+    if max_epochs is None:
+        return
+    if isinstance(max_epochs, bool) or not isinstance(max_epochs, int):
+        raise ValueError(f"trainer.max_epochs must be an integer; got {max_epochs!r}")
+    if max_epochs < 1 and max_epochs != -1:
+        raise ValueError(
+            f"trainer.max_epochs must be >= 1 (or -1 for no limit); got {max_epochs!r}: "
+            "a run of 0 epochs trains nothing, saves no checkpoint and exports nothing"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -263,6 +264,10 @@ def test_finetune_from_pretrained_weights_end_to_end(tmp_path, pretrained, arm, 
     init = "export" if source == "export" else "checkpoint"
     assert (saved["arm"], saved["init"], saved["mode"]) == (arm, init, mode)
     assert saved["weights"] == str(weights) and saved["timm_name"] == TINY_CASS[arm]
+    loaded = saved["weights_loaded"]  # the file the backbone came from, and its digest
+    file = Path(weights) / f"{arm}.safetensors" if source == "export" else Path(weights)
+    assert loaded["init"] == init and loaded["file"] == str(file.resolve())
+    assert loaded["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()
     assert saved["img_size"] == 32  # followed the pretraining size, not model.img_size
     assert saved["test_split"] == "val"  # the synthetic set has no test split
     assert (saved["dataset"], saved["label_fraction"], saved["seed"]) == ("synthetic", 1.0, 0)
@@ -275,6 +280,30 @@ def test_finetune_from_pretrained_weights_end_to_end(tmp_path, pretrained, arm, 
     assert {"train/loss_epoch", "train/f1_macro", "val/f1_macro", "val/balanced_acc"} <= set(header)
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         finetune(compose_cfg(tmp_path, [*TINY_APP, f"weights={pretrained['export']}"]))
+
+
+def test_imagenet_weights_file_is_checked_and_recorded(tmp_path):
+    """`weights=imagenet model.weights_file=...`: a file whose keys do not fit once loaded
+    nothing (timm's loose load for a new head) and the run said init: imagenet."""
+    reference = create_timm_model("resnet10t")
+    state = {k: v.contiguous() for k, v in reference.state_dict().items()}
+    prefixed = tmp_path / "prefixed.safetensors"
+    save_file({f"backbone.{k}": v for k, v in state.items()}, str(prefixed))
+    base = [*TINY_APP, "weights=imagenet", "model.timm_name=resnet10t", "model.img_size=32",
+            "trainer.max_epochs=1"]  # fmt: skip
+    with pytest.raises(ValueError, match=r"prefixed\.safetensors does not fit"):
+        finetune(compose_cfg(tmp_path, [*base, f"model.weights_file={prefixed}"], run="bad"))
+    assert not (tmp_path / "bad" / RESULTS_FILE).exists()
+    good = tmp_path / "resnet10t.safetensors"
+    save_file(state, str(good))
+    finetune(compose_cfg(tmp_path, [*base, f"model.weights_file={good}"]))
+    loaded = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())["weights_loaded"]
+    assert loaded["file"] == str(good) and loaded["init"] == "file"
+    assert loaded["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
+    assert loaded["keys_loaded"] == len(state) - 2 and set(loaded["keys_adapted"]) == {
+        "fc.weight", "fc.bias"
+    }  # fmt: skip
+    assert loaded["head"] == "fresh (6 classes)"
 
 
 def test_multi_label_run_through_the_autoimmune_layout(tmp_path):

@@ -101,6 +101,12 @@ def test_tiny_run_writes_checkpoints_export_and_csv(tmp_path):
         assert column in header
     # The synthetic data was written under the data root as image files.
     assert list((tmp_path / "data").glob("synthetic-*/train/*/*.png"))
+    # The run wrote its config itself once it held the folder, and let go of the folder after.
+    assert cfg.hydra.output_subdir is None
+    assert (
+        "- debug=tiny\n- trainer.max_epochs=2\n" in (run / ".hydra" / "overrides.yaml").read_text()
+    )
+    assert not (run / ".run.lock").exists()
 
 
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path):

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from app_helpers import app_env, compose_app
 from cass_lightning import CASSModule
 from cass_lightning.apps import pretrain as pretrain_app
+from cass_lightning.apps.common import LOCK_FILE
 from cass_lightning.apps.loggers import build_loggers
 from cass_lightning.apps.pretrain import pretrain
 from cass_lightning.apps.resume import ResumeError, plan_start, resume_argv
@@ -49,6 +50,8 @@ TINY_RUN = [
     "trainer.enable_progress_bar=false",
 ]
 STEPS_PER_EPOCH = 6 * 8 // 8
+#: The killed run added a test callback (a _target_): resuming it trusts the folder, ours.
+TRUSTED = "resume_trust=true"
 
 
 class SlowSteps(L.Callback):
@@ -87,12 +90,16 @@ def _digest(folder: Path) -> dict[str, str]:
     }
 
 
+#: The parts of a Lightning checkpoint that resuming reads first (the weights are not checked).
+FAKE_CHECKPOINT = {"state_dict": {}, "global_step": 3, "loops": {}, "optimizer_states": []}
+
+
 def _fake_run(folder: Path, overrides: list[str]) -> Path:
     """A run folder as a killed ``cass-pretrain`` leaves it: saved overrides and a last.ckpt."""
     (folder / ".hydra").mkdir(parents=True)
     (folder / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
     (folder / "checkpoints").mkdir()
-    atomic_torch_save({"global_step": 3}, folder / "checkpoints" / "last.ckpt")
+    atomic_torch_save(FAKE_CHECKPOINT, folder / "checkpoints" / "last.ckpt")
     return folder
 
 
@@ -211,12 +218,11 @@ def test_resume_argv_recomposes_the_saved_run(tmp_path):
         "--cfg",
         "job",
     ]
-    assert not (run / ".hydra" / "part1").exists()  # --cfg only prints: nothing is written
-    # Before a real start Hydra rewrites .hydra/*.yaml: the previous files are kept.
+    # Expanding the command line writes nothing (the task keeps .hydra/*.yaml once it has
+    # claimed the folder, before it writes its own).
+    before = _digest(run)
     resume_argv(argv[:-2])
-    assert (run / ".hydra" / "part1" / "overrides.yaml").read_text() == (
-        run / ".hydra" / "overrides.yaml"
-    ).read_text()
+    assert _digest(run) == before and not (run / ".hydra" / "part1").exists()
     # Without resume= nothing changes.
     assert resume_argv(["cass-pretrain", "debug=tiny"]) == ["cass-pretrain", "debug=tiny"]
     assert resume_argv(["x", "resume=null", "a=1"]) == ["x", "resume=null", "a=1"]
@@ -244,7 +250,7 @@ def test_resume_of_a_missing_or_invalid_folder_says_so(tmp_path, monkeypatch, ca
 
     no_overrides = tmp_path / "no-hydra"
     (no_overrides / "checkpoints").mkdir(parents=True)
-    (no_overrides / "checkpoints" / "last.ckpt").write_bytes(b"")
+    atomic_torch_save(FAKE_CHECKPOINT, no_overrides / "checkpoints" / "last.ckpt")
     with pytest.raises(ResumeError, match=r"no \.hydra/overrides\.yaml"):
         resume_argv(["cass-pretrain", f"resume={no_overrides}"])
 
@@ -262,11 +268,11 @@ def test_resume_of_a_missing_or_invalid_folder_says_so(tmp_path, monkeypatch, ca
 
 def test_resume_of_a_still_running_run_is_refused(tmp_path):
     run = _fake_run(tmp_path / "run", ["debug=tiny"])
-    # A live process whose command line names cass, as a running cass-pretrain would.
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "cass"])
+    # A live process holding the run folder's lock, as a running cass-pretrain would.
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        info = {"run_id": "abc", "starts": [{"pid": other.pid, "host": socket.gethostname()}]}
-        (run / "run_info.json").write_text(json.dumps(info))
+        lock = {"pid": other.pid, "host": socket.gethostname(), "started": "now"}
+        (run / LOCK_FILE).write_text(json.dumps(lock))
         with pytest.raises(ResumeError, match=f"still running \\(process {other.pid}"):
             resume_argv(["cass-pretrain", f"resume={run}"])
     finally:
@@ -369,7 +375,7 @@ def test_a_run_killed_with_sigkill_resumes_in_its_folder_to_the_same_end(tmp_pat
 
     # The relative folder, from where the first run was started; no more sleeping.
     resumed = subprocess.run(
-        [*app, f"resume={run.relative_to(tmp_path)}", "++callbacks.slow.seconds=0"],
+        [*app, f"resume={run.relative_to(tmp_path)}", "++callbacks.slow.seconds=0", TRUSTED],
         env=_env(tmp_path),
         cwd=tmp_path,
         capture_output=True,

@@ -8,37 +8,60 @@ so sweeps run each point in its own folder::
 Each run trains on the ``label_fraction`` labelled subset, validates every epoch, stops early on
 ``early_stopping.monitor``, evaluates the best validation checkpoint on the test split (the
 validation split when the dataset has none, as ``results.json`` then says) and writes
-``results.json`` in its folder.
+``results.json`` in its folder, with what the backbone was loaded from (``weights_loaded``: file,
+SHA-256, keys loaded and adapted).
+
+As ``cass-pretrain``: the folder is claimed (a second run into it is refused), the console is
+copied to ``<run>/finetune.log``, a refused input exits 1 with one named line, and SIGINT/SIGTERM
+stop at the end of a batch (exit 130/143; fine-tuning has no resume: start it again).
 """
 
 from __future__ import annotations
 
+import signal
+from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cass_lightning.apps.common import (
     CONFIG_DIR,
+    check_run_settings,
+    claim_run_folder,
     finite_or_none,
     print_config_tree,
     refuse_to_overwrite,
     report_run,
     run_dir,
+    save_run_config,
     seed_everything,
+    warn_slow_bf16,
+)
+from cass_lightning.apps.console import (
+    RunStopped,
+    StopSignals,
+    console_log,
+    entry_point,
+    reported_errors,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.callbacks import LoopTimer
+from cass_lightning.callbacks import LoopTimer, atomic_checkpoint_plugin
 from cass_lightning.data.datamodule import MedicalDataModule
-from cass_lightning.io import atomic_write_json
+from cass_lightning.encoders import record_of
+from cass_lightning.io import atomic_write_json, file_sha256
 from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
 from cass_lightning.runtime import resolve_precision
 
 RESULTS_FILE = "results.json"
+LOG_FILE = "finetune.log"
+KEPT = (RESULTS_FILE, "checkpoints")
 WEIGHT_KEYWORDS = ("imagenet", "random")
 
 
@@ -93,13 +116,27 @@ def build_model(cfg: DictConfig, source: ArmSource, dm: MedicalDataModule) -> Cl
     )
 
 
+def weights_loaded(source: ArmSource, model: ClassifierModule) -> dict[str, Any]:
+    """What the backbone was initialised from (see :func:`cass_lightning.encoders.record_of`);
+    its classifier is always a fresh head for the new classes."""
+    if source.init == "checkpoint":
+        path = Path(str(source.weights)).resolve()
+        record = {"init": "checkpoint", "file": str(path), "sha256": file_sha256(path),
+                  "keys_loaded": len(model.backbone.state_dict()), "keys_adapted": {}}  # fmt: skip
+    else:
+        record = record_of(model.backbone)
+    return {**record, "head": f"fresh ({model.hparams.num_classes} classes)"}
+
+
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model and trainer from ``cfg``; fit, test the best checkpoint, save results.
 
-    Returns what ``results.json`` holds.
+    Returns what ``results.json`` holds. Raises :class:`~.console.RunStopped` when
+    SIGINT/SIGTERM stopped it.
     """
     folder = run_dir(cfg)
-    refuse_to_overwrite(folder, (RESULTS_FILE, "checkpoints"))
+    refuse_to_overwrite(folder, KEPT)
+    check_run_settings(cfg)
     init, weights = resolve_weights(cfg.get("weights"), cfg.model.get("weights_file"))
     model_cfg = cfg.model
     # Read the weights' description once; a bad path fails here, before any data is built.
@@ -107,6 +144,20 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     size = None if init in ("export", "checkpoint") else model_cfg.get("img_size")
     source = read_arm_source(cfg.arm, init, weights, model_cfg.get("timm_name"), size,
                              model_cfg.get("in_chans", 3))  # fmt: skip
+    with claim_run_folder(folder), console_log(folder / LOG_FILE, rank_zero_only.rank == 0):
+        refuse_to_overwrite(folder, KEPT)  # again, now that no other run can start here
+        with StopSignals() as stop:
+            return _finetune(cfg, folder, init, weights, source, stop)
+
+
+def _finetune(
+    cfg: DictConfig,
+    folder: Path,
+    init: str,
+    weights: str | None,
+    source: ArmSource,
+    stop: StopSignals,
+) -> dict[str, Any]:
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     seed_everything(cfg.get("seed"))
@@ -133,25 +184,42 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     early = EarlyStopping(
         monitor=stopping.monitor, mode=stopping.mode, patience=int(stopping.patience)
     )
+    save_run_config(folder, cfg)  # .hydra/*.yaml, written now that the folder is this run's
     loggers = build_loggers(cfg.get("logger"), **logger_context(cfg))
+    accelerator = cfg.trainer.get("accelerator")
+    precision = resolve_precision(cfg.trainer.get("precision"), accelerator)
+    on_gpu = accelerator in ("gpu", "cuda", "mps") or (
+        accelerator in (None, "auto") and torch.cuda.is_available()
+    )
+    warn_slow_bf16(precision, on_cpu=not on_gpu)
     timer = LoopTimer()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
-        precision=resolve_precision(cfg.trainer.get("precision"), cfg.trainer.get("accelerator")),
+        precision=precision,
         callbacks=[best, early, timer],
         logger=loggers or False,
+        plugins=[atomic_checkpoint_plugin()],  # atomic saves; "best" reloaded weights_only
         _convert_="all",
     )
     for logger in trainer.loggers:
         logger.log_hyperparams({"seed": cfg.get("seed"), "data": dict(dm.hparams)})
 
-    trainer.fit(model, datamodule=dm)
-    test_split = "test" if dm.split_indices("test").size else "val"
-    if test_split == "val" and rank_zero_only.rank == 0:
-        print("no test split in this dataset: the best checkpoint is evaluated on validation")
-    loader = dm.test_dataloader() if test_split == "test" else dm.val_dataloader()
-    ckpt_path = "best" if best.best_model_path else None
-    tested = trainer.test(model, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
+    stop.trainer = trainer
+    try:
+        trainer.fit(model, datamodule=dm)
+        test_split = "test" if dm.split_indices("test").size else "val"
+        if test_split == "val" and rank_zero_only.rank == 0:
+            print("no test split in this dataset: the best checkpoint is evaluated on validation")
+        loader = dm.test_dataloader() if test_split == "test" else dm.val_dataloader()
+        ckpt_path = "best" if best.best_model_path else None
+        tested = trainer.test(model, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
+    except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
+        name = signal.Signals(stop.received or signal.SIGTERM).name
+        raise RunStopped(
+            stop.received or signal.SIGTERM,
+            f"Stopped by {name} at global step {trainer.global_step}; fine-tuning does not "
+            f"resume: start it again into a new folder (nothing in {folder} is a result).",
+        ) from None
     hp = model.hparams
     result: dict[str, Any] = {
         "run_dir": str(folder),
@@ -159,6 +227,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         "mode": hp.mode,
         "init": init,
         "weights": weights,
+        "weights_loaded": weights_loaded(source, model),
         "method": source.method,
         "timm_name": hp.timm_name,
         "img_size": hp.img_size,
@@ -191,10 +260,13 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
+@entry_point  # a command line Hydra cannot compose exits 2
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="finetune")
 def main(cfg: DictConfig) -> float | None:
-    """Console entry point; returns the monitored metric on the test split (for sweepers)."""
-    result = finetune(cfg)
+    """Console entry point; returns the monitored metric on the test split (for sweepers).
+    Exit codes: 0 done, 1 refused input (named), 2 usage error, 130/143 stopped by a signal."""
+    with reported_errors():
+        result = finetune(cfg)
     return result["metrics"].get(str(cfg.early_stopping.monitor).replace("val/", "test/", 1))
 
 

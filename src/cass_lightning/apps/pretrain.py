@@ -2,11 +2,20 @@
 
 ``pretrain(cfg)`` is the task; tests call it directly. ``main`` is the ``@hydra.main`` wrapper, so
 overrides and ``-m`` sweeps work: ``cass-pretrain -m data.batch_size=8,16 trainer.max_epochs=1,2``.
+
+A run first checks what it can without writing (a resumed folder and its checkpoint, the batch
+size and run length), then claims its folder (a lock file: a second run into it is refused),
+copies its console to ``<run>/pretrain.log``, and trains. SIGINT/SIGTERM stop it at the end of
+a batch with ``last.ckpt`` saved and the resume command printed (exit 130/143); a refused input
+exits 1 with one named line (see :mod:`.console`).
 """
 
 from __future__ import annotations
 
+import shlex
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -17,25 +26,39 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from cass_lightning.apps.common import (
     CONFIG_DIR,
+    check_run_settings,
+    claim_run_folder,
     instantiate_group,
     print_config_tree,
     refuse_to_overwrite,
     report_run,
     run_dir,
+    save_run_config,
     seed_everything,
+    warn_slow_bf16,
+)
+from cass_lightning.apps.console import (
+    RunStopped,
+    StopSignals,
+    console_log,
+    entry_point,
+    reported_errors,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.apps.resume import plan_start, resumable
+from cass_lightning.apps.resume import LAST_CHECKPOINT, RunStart, plan_start, resumable
 from cass_lightning.callbacks import (
     ExportBackbones,
     ImagesPerSecond,
+    LastCheckpoint,
     LoopTimer,
     atomic_checkpoint_plugin,
 )
+from cass_lightning.export import weights_init
 from cass_lightning.runtime import (
     apply_speed_switches,
     check_multirun_strategy,
@@ -46,6 +69,9 @@ from cass_lightning.runtime import (
 )
 
 SUMMARY_FILE = "summary.json"
+LOG_FILE = "pretrain.log"
+#: What a run writes that a second run into the same folder must never overwrite.
+KEPT = ("checkpoints", "export")
 
 
 def launch_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -73,6 +99,7 @@ def launch_settings(cfg: DictConfig) -> dict[str, Any]:
     on_gpu = trainer.get("accelerator") in ("gpu", "cuda") or (
         trainer.get("accelerator") in (None, "auto") and torch.cuda.is_available()
     )
+    warn_slow_bf16(precision, on_cpu=not on_gpu and trainer.get("accelerator") != "mps")
     # SyncBatchNorm only exists for CUDA; CPU DDP (gloo, tests) keeps per-process statistics.
     sync_bn = bool(trainer.get("sync_batchnorm", False)) and on_gpu
     remedies = cfg.model.get("remedies") or {}
@@ -100,19 +127,50 @@ def launch_settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
+def resume_command(folder: Path) -> str:
+    """The exact command that continues the run in ``folder``."""
+    return f"cass-pretrain resume={shlex.quote(str(folder))}"
+
+
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model, callbacks, loggers and trainer from ``cfg`` and fit.
 
-    Returns the final metrics and where the run, checkpoints and export were written.
+    Returns the final metrics and where the run, checkpoints and export were written. Raises
+    :class:`~.console.RunStopped` when SIGINT/SIGTERM stopped it (``last.ckpt`` saved).
     """
     folder = run_dir(cfg)
     run = plan_start(cfg, folder)  # resume=<run folder>: checked; its last.ckpt is run.ckpt_path
+    hint = f"; to continue the run in that folder: {resume_command(folder)}"
     if not run.resuming:
-        refuse_to_overwrite(
-            folder,
-            ("checkpoints", "export"),
-            f"; to continue the run in that folder: cass-pretrain resume={folder}",
-        )
+        refuse_to_overwrite(folder, KEPT, hint)
+    check_run_settings(cfg)  # all of the above only read: a refusal leaves no trace
+    with claim_run_folder(folder), console_log(folder / LOG_FILE, rank_zero_only.rank == 0):
+        if not run.resuming:
+            refuse_to_overwrite(folder, KEPT, hint)  # again, now that no other run can start
+        with StopSignals() as stop:
+            try:
+                return _pretrain(cfg, folder, run, stop)
+            except RunStopped as stopped:
+                last = folder / LAST_CHECKPOINT
+                if not last.is_file():
+                    raise
+                message = f"{stopped.message} Continue from its last.ckpt with:"
+                raise RunStopped(stopped.signum, f"{message}\n  {resume_command(folder)}") from None
+
+
+def _stopped_message(stop: StopSignals, trainer: L.Trainer, callbacks: list[Any]) -> str:
+    last = next((c for c in callbacks if isinstance(c, LastCheckpoint)), None)
+    where = f"at global step {trainer.global_step} (epoch {trainer.current_epoch})"
+    if last is not None and last.saved_on_stop:
+        saved = f"saved {last.last_model_path}"
+    elif last is not None:
+        saved = "the weights were not finite, so last.ckpt keeps the last good state"
+    else:
+        saved = "no last_checkpoint callback is configured, so nothing was saved now"
+    return f"Stopped by {stop.name} {where}; {saved}."
+
+
+def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -> dict[str, Any]:
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     seed_everything(cfg.get("seed"))
@@ -130,6 +188,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("rich_progress_bar", False) and cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
     run.record()  # run_info.json; a resumed run's old metrics.csv becomes metrics.part<N>.csv
+    save_run_config(folder, cfg)  # .hydra/*.yaml, written now that the folder is this run's
     logger_cfg = run.logger_cfg(cfg.get("logger"))  # wandb keeps the run's id when resuming
     loggers = build_loggers(logger_cfg, **logger_context(cfg))  # CSV + offline-safe wandb
     trainer: L.Trainer = instantiate(
@@ -148,7 +207,12 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         )
 
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
+    stop.trainer = trainer
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
+    except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
+        raise RunStopped(stop.received or signal.SIGTERM,
+                         _stopped_message(stop, trainer, callbacks)) from None  # fmt: skip
     elapsed = time.perf_counter() - start
 
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # best, and last
@@ -171,6 +235,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": next((c.best_model_path for c in checkpoints if c.best_model_path),
                                 None),
         "export_dir": str(exporter.exported_to) if exporter and exporter.exported_to else None,
+        "weights_init": weights_init(model.exportable()[0]) if hasattr(model, "exportable")
+                        else None,
     }  # fmt: skip
     report_run(
         f"{result['method']} pretraining finished in {elapsed:.0f} s",
@@ -193,10 +259,13 @@ SHOWN_METRICS = (
 
 
 @resumable  # resume=<run folder> -> that folder and its saved overrides (see resume.py)
+@entry_point  # a command line Hydra cannot compose exits 2
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pretrain")
 def main(cfg: DictConfig) -> float | None:
-    """Console entry point; returns the final training loss (for Hydra sweepers)."""
-    result = pretrain(cfg)
+    """Console entry point; returns the final training loss (for Hydra sweepers). Exit codes:
+    0 done, 1 refused input (named), 2 usage error, 130/143 stopped by SIGINT/SIGTERM."""
+    with reported_errors():
+        result = pretrain(cfg)
     return result["metrics"].get("train/loss_epoch")
 
 

@@ -8,13 +8,21 @@ around the ``@hydra.main`` function). ``resume=<run>`` becomes
 
 so the same config is composed again into the same folder. Overrides given with ``resume=`` win
 over the saved ones with the same key (``resume=<run> trainer.max_epochs=20`` trains further).
-Hydra then rewrites ``.hydra/*.yaml``; the previous ones are first copied to ``.hydra/part<N>/``.
 
-The task then calls :func:`plan_start`: it checks the folder (it must hold
+A run folder is data that becomes code when resumed: its saved overrides are applied as if
+typed. So before anything else they are checked (:func:`~.overrides.refused_overrides`): only
+what a user could type for this app's own keys and groups is applied; anything naming
+``_target_``, calling a resolver, adding nodes, changing Hydra or naming groups the app lacks
+is refused, listed, unless ``resume_trust=true`` is given (for a folder you trust). And
+``last.ckpt`` is loaded (``weights_only``) before anything is written: a truncated, empty or
+hostile checkpoint is refused with the folder left byte for byte as it was.
+
+The task then calls :func:`plan_start`: it checks the folder again (it must hold a readable
 ``checkpoints/last.ckpt`` and no export yet), which gives ``trainer.fit`` its ``ckpt_path``;
 Lightning restores weights, optimizer, scheduler, epoch and global step, so the finished run has
-as many optimizer steps as one that was never stopped. :meth:`RunStart.record` keeps what the
-earlier starts wrote: ``csv/metrics.csv`` (which Lightning's CSVLogger would delete) becomes
+as many optimizer steps as one that was never stopped. Once the run has claimed its folder,
+:meth:`RunStart.record` keeps what the earlier starts wrote: ``.hydra/*.yaml`` go to
+``.hydra/part<N>/``, ``csv/metrics.csv`` (which Lightning's CSVLogger would delete) becomes
 ``csv/metrics.part<N>.csv``, and ``run_info.json`` lists every start. The run id in
 ``run_info.json`` is given to any ``WandbLogger`` so the resumed run continues the same wandb run.
 """
@@ -22,36 +30,46 @@ earlier starts wrote: ``csv/metrics.csv`` (which Lightning's CSVLogger would del
 from __future__ import annotations
 
 import functools
-import json
 import os
-import secrets
-import shutil
-import socket
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cass_lightning.apps.common import CONFIG_DIR, LOCK_FILE, holder_alive, read_lock
 from cass_lightning.apps.overrides import (
     override_key,
     override_value,
     quote,
+    refused_overrides,
     split_flags,
     unquote,
 )
-from cass_lightning.io import atomic_write_json, is_temp_file
+from cass_lightning.apps.runinfo import (
+    LAST_CHECKPOINT,
+    RUN_INFO,
+    RunStart,
+    new_run_id,
+    read_run_info,
+    wandb_run_id,
+)
+from cass_lightning.io import UnreadableFileError, load_torch_file
 
-RUN_INFO = "run_info.json"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+__all__ = [
+    "LAST_CHECKPOINT", "RUN_INFO", "ResumeError", "RunStart", "check_resumable", "plan_start",
+    "read_checkpoint", "read_run_info", "resumable", "resume_argv",
+]  # fmt: skip
+
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
 #: Saved overrides that describe where the previous start ran, not what it trained.
 _PLACEMENT_KEYS = {"resume", "hydra.run.dir", "hydra.output_subdir", "hydra.job.name"}
+#: Given on the command line only: never taken from a folder's saved overrides.
+TRUST_KEY = "resume_trust"
+#: What a Lightning checkpoint must hold to be resumed from.
+_CHECKPOINT_KEYS = ("state_dict", "global_step", "loops", "optimizer_states")
 
 T = TypeVar("T")
 
@@ -85,134 +103,34 @@ def check_resumable(folder: Path) -> Path:
             "to resume from (the run stopped before its first checkpoint, or this is not a "
             "cass-pretrain run folder). Start a new run instead."
         )
+    read_checkpoint(ckpt)
     return ckpt
 
 
-def _process_running(pid: int) -> bool:
-    """Whether ``pid`` is a live cass process on this machine (not a zombie, not a reused pid)."""
+def read_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """``ckpt`` loaded with ``weights_only`` (memory-mapped), or a :class:`ResumeError` saying
+    why it cannot be resumed from; nothing is written either way."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if not cmdline.exists():  # no procfs (macOS): trust the pid
-        return True
-    try:
-        return "cass" in cmdline.read_bytes().decode(errors="replace")
-    except OSError:
-        return False
+        state = load_torch_file(ckpt, "checkpoint", mmap=True)
+    except UnreadableFileError as err:
+        raise ResumeError(f"resume: {err}. Nothing was changed.") from None
+    missing = [k for k in _CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ResumeError(
+            f"resume: {ckpt} is not a full training checkpoint (it lacks {', '.join(missing)}); "
+            "nothing was changed. Start a new run (its weights can be exported with cass-export)."
+        )
+    return state
 
 
 def _refuse_if_running(folder: Path) -> None:
     """Two processes writing one run folder would corrupt each other's checkpoints."""
-    starts = read_run_info(folder).get("starts") or []
-    if not starts:
-        return
-    last = starts[-1]
-    pid = last.get("pid")
-    same_host = last.get("host") == socket.gethostname()
-    if same_host and isinstance(pid, int) and pid != os.getpid() and _process_running(pid):
+    holder = read_lock(folder / LOCK_FILE)
+    if holder is not None and holder.get("pid") != os.getpid() and holder_alive(holder):
         raise ResumeError(
-            f"resume={folder}: the run is still running (process {pid} on this machine). "
-            "Stop it first; nothing was changed."
+            f"resume={folder}: the run is still running (process {holder.get('pid')} on "
+            f"{holder.get('host')}). Stop it first; nothing was changed."
         )
-
-
-# ----------------------------------------------------------------------------- run_info.json
-def read_run_info(folder: Path) -> dict[str, Any]:
-    """``<run>/run_info.json`` (run id, every start), or ``{}`` for runs made without one."""
-    path = folder / RUN_INFO
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def _new_run_id() -> str:
-    """Eight lowercase hex characters: a valid wandb run id."""
-    return secrets.token_hex(4)
-
-
-def _wandb_run_id(folder: Path) -> str | None:
-    """The id of a wandb run logged into ``folder`` by a start without ``run_info.json``."""
-    root = folder / "wandb"
-    for path in sorted((root / "latest-run").glob("run-*.wandb")):
-        return path.stem.removeprefix("run-")
-    runs = sorted(p for p in root.glob("*run-*-*") if p.is_dir())
-    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
-
-
-# ----------------------------------------------------------------------------- the task side
-@dataclass
-class RunStart:
-    """How this start of a run begins: fresh, or from ``ckpt_path`` in the same folder."""
-
-    folder: Path
-    run_id: str
-    ckpt_path: Path | None = None
-
-    @property
-    def resuming(self) -> bool:
-        return self.ckpt_path is not None
-
-    def logger_cfg(self, group: DictConfig | None) -> DictConfig | None:
-        """The logger group with this run's id given to every ``WandbLogger``.
-
-        A fresh run gets a new id (so it is known before wandb starts); a resumed run gets the
-        saved one with ``resume="allow"``. Returned as a resolved copy: ``cfg`` is not changed.
-        """
-        if not group:
-            return group
-        plain = OmegaConf.to_container(group, resolve=True)
-        assert isinstance(plain, dict)
-        for entry in plain.values():
-            if isinstance(entry, dict) and _is_wandb(entry.get("_target_")):
-                if entry.get("id") is None and entry.get("version") is None:
-                    entry["id"] = self.run_id
-                if self.resuming and entry.get("resume") is None:
-                    entry["resume"] = "allow"
-        return OmegaConf.create(plain)
-
-    def record(self) -> None:
-        """Keep the earlier starts' metrics and note this start in ``run_info.json`` (rank 0).
-
-        Call before the loggers are built: Lightning's CSVLogger deletes an existing
-        ``metrics.csv`` as soon as it writes anything (hyperparameters included).
-        """
-        if rank_zero_only.rank != 0:
-            return
-        if self.resuming:
-            _keep_csv_metrics(self.folder)
-        info = read_run_info(self.folder) if self.resuming else {}
-        info.setdefault("run_id", self.run_id)
-        info.setdefault("created", _now())
-        info.setdefault("starts", []).append(
-            {
-                "started": _now(),
-                "resumed_from": str(self.ckpt_path) if self.ckpt_path else None,
-                "overrides": _task_overrides(),
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-            }
-        )
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.folder / RUN_INFO, info)
-        if self.resuming:
-            print(f"Resuming {self.folder} (run id {self.run_id}) from {self.ckpt_path}")
-
-
-def _is_wandb(target: Any) -> bool:
-    from hydra.utils import get_class
-    from lightning.pytorch.loggers import WandbLogger
-
-    try:
-        return issubclass(get_class(str(target)), WandbLogger)
-    except Exception:  # not a class: not a wandb logger (instantiation reports it)
-        return False
 
 
 def plan_start(cfg: DictConfig, folder: Path) -> RunStart:
@@ -224,7 +142,7 @@ def plan_start(cfg: DictConfig, folder: Path) -> RunStart:
     """
     resume = cfg.get("resume")
     if resume is None:
-        return RunStart(folder, _new_run_id())
+        return RunStart(folder, new_run_id())
     target = Path(str(resume)).expanduser().resolve()
     if target != folder.resolve():
         raise ResumeError(
@@ -240,7 +158,7 @@ def plan_start(cfg: DictConfig, folder: Path) -> RunStart:
             f"exporting. Nothing was changed. Export it with `cass-export {ckpt} --out "
             f"{folder / 'export'}`, or give a larger trainer.max_epochs to train further."
         )
-    run_id = read_run_info(folder).get("run_id") or _wandb_run_id(folder) or _new_run_id()
+    run_id = read_run_info(folder).get("run_id") or wandb_run_id(folder) or new_run_id()
     return RunStart(folder, str(run_id), ckpt)
 
 
@@ -250,13 +168,11 @@ def _training_complete(ckpt: Path, max_epochs: int | None, max_steps: int | None
     Lightning then skips ``on_train_end``, so nothing would be exported. The checkpoint is
     memory-mapped: only the small loop state is read, not the weights.
     """
-    import torch
-
     try:
-        state = torch.load(ckpt, map_location="cpu", mmap=True, weights_only=True)
+        state = read_checkpoint(ckpt)
         steps = int(state["global_step"])
         epochs = int(state["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
-    except Exception:  # unreadable here: let Lightning restore it and report
+    except (ResumeError, KeyError, TypeError, ValueError):  # Lightning reports it on restore
         return False
     max_steps = -1 if max_steps is None else int(max_steps)
     if max_epochs is None:  # Lightning's default
@@ -264,48 +180,7 @@ def _training_complete(ckpt: Path, max_epochs: int | None, max_steps: int | None
     return (max_steps != -1 and steps >= max_steps) or (max_epochs != -1 and epochs >= max_epochs)
 
 
-def _keep_csv_metrics(folder: Path) -> None:
-    """Rename every CSV logger's ``metrics.csv`` in the run to ``metrics.part<N>.csv``."""
-    for metrics in sorted(folder.rglob("metrics.csv")):
-        os.rename(metrics, _free_name(metrics.parent, "metrics.part{}.csv"))
-
-
-def _free_name(folder: Path, pattern: str) -> Path:
-    n = 1
-    while (folder / pattern.format(n)).exists():
-        n += 1
-    return folder / pattern.format(n)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _task_overrides() -> list[str]:
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
 # ----------------------------------------------------------------------------- the command line
-def _keep_hydra_files(folder: Path) -> None:
-    """Copy ``.hydra/*.yaml`` to ``.hydra/part<N>/``: Hydra rewrites them when the run resumes."""
-    hydra_dir = folder / ".hydra"
-    files = sorted(hydra_dir.glob("*.yaml"))
-    if not files:
-        return
-    keep = _free_name(hydra_dir, "part{}")
-    keep.mkdir()
-    for path in files:
-        shutil.copy2(path, keep / path.name)
-
-
-def _remove_unfinished_writes(folder: Path) -> None:
-    """Delete the hidden temporary files of saves that a kill interrupted (never a checkpoint)."""
-    checkpoints = folder / LAST_CHECKPOINT.parent
-    for path in checkpoints.glob(".*"):
-        if path.is_file() and is_temp_file(path):
-            path.unlink()
-
-
 def _warn_if_started_elsewhere(folder: Path) -> None:
     """Relative paths in the saved overrides (and defaults such as ``CASS_DATA_ROOT=data``) are
     taken from the current folder: say so when the run was started from another one."""
@@ -324,9 +199,10 @@ def _warn_if_started_elsewhere(folder: Path) -> None:
 def resume_argv(argv: Sequence[str]) -> list[str]:
     """``argv`` with ``resume=<run>`` expanded into the run's saved overrides and folder.
 
-    Unchanged when there is no ``resume=`` (or ``resume=null``). Checks the folder first and
-    raises :class:`ResumeError` before anything is written. On rank 0 it also refuses a run
-    that is still running, removes unfinished temporary writes and keeps ``.hydra/*.yaml``.
+    Unchanged when there is no ``resume=`` (or ``resume=null``). Writes nothing: it checks the
+    folder and its ``last.ckpt``, refuses saved overrides a user could not have typed (unless
+    ``resume_trust=true`` is given) and, on rank 0, a run that is still running, raising
+    :class:`ResumeError`.
     """
     from hydra._internal.utils import get_args_parser
 
@@ -342,13 +218,7 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
         raise ResumeError("resume= continues one run; it cannot be combined with -m/--multirun")
     folder = (Path.cwd() / Path(value).expanduser()).resolve()
     check_resumable(folder)
-    saved_file = folder / SAVED_OVERRIDES
-    if not saved_file.is_file():
-        raise ResumeError(
-            f"resume={folder}: there is no {SAVED_OVERRIDES} there, so the run's settings are "
-            "unknown (is it a cass-pretrain run folder?)"
-        )
-    saved = [str(o) for o in OmegaConf.load(saved_file)]
+    saved = _saved_overrides(folder)
 
     given = [o for o in parsed.overrides if not o.startswith("resume=")]
     extra = []
@@ -359,8 +229,10 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
                 raise ResumeError(f"resume={folder} and {override} name different folders")
             continue
         extra.append(override)
-    replaced = _PLACEMENT_KEYS | {key for o in extra if (key := override_key(o))}
+    replaced = _PLACEMENT_KEYS | {TRUST_KEY} | {key for o in extra if (key := override_key(o))}
     kept = [o for o in saved if override_key(o) not in replaced]
+    if not any(override_key(o) == TRUST_KEY and _is_true(override_value(o)) for o in extra):
+        _refuse_untrusted(folder, kept)
 
     placement = [f"resume={quote(folder)}", f"hydra.run.dir={quote(folder)}"]
     for override in placement:
@@ -371,9 +243,41 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
     if rank_zero_only.rank == 0 and not prints_only and not parsed.shell_completion:
         _refuse_if_running(folder)
         _warn_if_started_elsewhere(folder)
-        _remove_unfinished_writes(folder)
-        _keep_hydra_files(folder)
     return [argv[0], *kept, *extra, *placement, *split_flags(args, parsed.overrides)]
+
+
+def _is_true(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def _saved_overrides(folder: Path) -> list[str]:
+    """The run's ``.hydra/overrides.yaml``: a list of strings, or a named :class:`ResumeError`."""
+    saved_file = folder / SAVED_OVERRIDES
+    if not saved_file.is_file():
+        raise ResumeError(
+            f"resume={folder}: there is no {SAVED_OVERRIDES} there, so the run's settings are "
+            "unknown (is it a cass-pretrain run folder?)"
+        )
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(saved_file))
+    except Exception as err:  # YAML errors of any kind: the file is damaged
+        raise ResumeError(f"resume: {saved_file} is not valid YAML ({err})") from None
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        raise ResumeError(f"resume: {saved_file} is not a list of overrides; nothing was changed")
+    return saved
+
+
+def _refuse_untrusted(folder: Path, overrides: list[str]) -> None:
+    """Refuse saved overrides that only a hand-edited (or hostile) folder would hold."""
+    refused = refused_overrides(overrides, CONFIG_DIR, _PLACEMENT_KEYS)
+    if refused:
+        listed = "; ".join(f"{o!r} {why}" for o, why in refused)
+        raise ResumeError(
+            f"resume={folder}: its saved {SAVED_OVERRIDES} holds overrides that a user could "
+            f"not type for cass-pretrain's own settings: {listed}. Applying them could run code "
+            "from that folder; nothing was changed. A run folder from elsewhere is code: if you "
+            "trust where it came from, resume with resume_trust=true."
+        )
 
 
 def resumable(hydra_main: Callable[..., T]) -> Callable[..., T]:

@@ -26,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.console import entry_point, reported_errors
 from cass_lightning.apps.overrides import override_key, quote
 from cass_lightning.apps.study_plan import (
     FAILED_FILE,
@@ -309,16 +310,16 @@ def launcher_overrides(overrides: list[str]) -> list[str]:
     return [o for o in overrides if (override_key(o) or "").startswith(keys)]
 
 
+@entry_point  # a command line Hydra cannot compose exits 2
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="study")
 def _main(cfg: DictConfig) -> None:
+    """Exit codes: 0 every point done and reported, 1 a refused input (named) or points not
+    done, 2 usage error, 130/143 stopped by SIGINT/SIGTERM (run the same command again)."""
     hydra_cfg = HydraConfig.get()
     task = list(hydra_cfg.overrides.task)
     launcher = launcher_overrides([*hydra_cfg.overrides.hydra, *task])
-    try:
+    with reported_errors():
         code = study(cfg, task, launcher)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"cass-study: {err}", file=sys.stderr)
-        code = 1
     if code:
         sys.exit(code)
 

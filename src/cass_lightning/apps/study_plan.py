@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cass_lightning.apps.common import holder_alive
 from cass_lightning.io import atomic_write_json, read_json
 
 PLAN_FILE = "plan.json"
@@ -180,19 +179,6 @@ def missing_rows(s: StudySettings) -> list[dict[str, str]]:
 
 
 # ----------------------------------------------------------------------------- status
-def _alive(started: dict[str, Any]) -> bool:
-    """Whether the process that started a point is still running (on this machine)."""
-    if started.get("host") != socket.gethostname():
-        return True  # another machine (a SLURM node): trust the record
-    try:
-        os.kill(int(started.get("pid", -1)), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def point_status(point: Point, study_dir: Path, statuses: dict[str, str] | None = None) -> str:
     """``done``, ``running``, ``interrupted`` (started, its process gone), ``partial`` (a
     pretraining run that can resume from its last checkpoint), ``failed``, ``blocked`` (its
@@ -207,7 +193,7 @@ def point_status(point: Point, study_dir: Path, statuses: dict[str, str] | None 
         return "failed"
     if (folder / STARTED_FILE).is_file():
         started = read_json(folder / STARTED_FILE, "point start record")
-        if _alive(started):
+        if holder_alive(started) is not False:  # alive, or on another machine (SLURM)
             return "running"
         if point.app == "pretrain" and (folder / "checkpoints" / "last.ckpt").is_file():
             return "partial"

@@ -31,9 +31,10 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 
-from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.common import CONFIG_DIR, start_ticks
+from cass_lightning.apps.console import RunStopped
 from cass_lightning.apps.study_plan import (
     FAILED_FILE,
     STARTED_FILE,
@@ -104,16 +105,6 @@ def compose_point(point: Point, folder: Path, extra: list[str]) -> DictConfig:
     return cfg
 
 
-def _save_hydra_files(cfg: DictConfig, folder: Path) -> None:
-    """``.hydra/config.yaml`` and ``overrides.yaml`` as a ``cass-<app>`` run leaves them, so the
-    point folder is an ordinary run folder (``cass-pretrain resume=<folder>`` works by hand)."""
-    hydra_dir = folder / ".hydra"
-    hydra_dir.mkdir(parents=True, exist_ok=True)
-    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-    OmegaConf.save(task, hydra_dir / "config.yaml")
-    OmegaConf.save(OmegaConf.create(list(cfg.hydra.overrides.task)), hydra_dir / "overrides.yaml")
-
-
 def _task(app: str) -> Callable[[DictConfig], dict[str, Any]]:
     if app == "pretrain":
         from cass_lightning.apps.pretrain import pretrain
@@ -133,15 +124,18 @@ def run_point(point: Point, study_dir: Path) -> bool:
     extra = prepare_folder(point, study_dir)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    atomic_write_json(folder / STARTED_FILE, {"pid": os.getpid(), "host": socket.gethostname(),
-                                              "started": _now(), "point": point.id})  # fmt: skip
+    atomic_write_json(folder / STARTED_FILE, {  # what holder_alive reads, as a run lock holds
+        "pid": os.getpid(), "host": socket.gethostname(), "start_ticks": start_ticks(os.getpid()),
+        "started": _now(), "point": point.id,
+    })  # fmt: skip
     worker_config = HydraConfig.instance().cfg
     try:
         cfg = compose_point(point, folder, extra)
-        _save_hydra_files(cfg, folder)
         HydraConfig.instance().set_config(cfg)
         result = _task(point.app)(cfg)
         ok = True
+    except RunStopped:  # SIGINT/SIGTERM: last.ckpt is saved; the study stops here
+        raise
     except Exception as err:  # recorded for the user and the report; the stage goes on
         atomic_write_json(folder / FAILED_FILE, {
             "point": point.id, "error": type(err).__name__, "message": str(err),
@@ -187,7 +181,12 @@ def main(cfg: DictConfig) -> bool:
     if point is None:
         raise SystemExit(f"cass-study: no point {cfg.point} in {study_dir}/plan.json")
     clock = _CLOCK.setdefault(str(study_dir), [time.perf_counter(), 0])
-    ok = run_point(point, study_dir)
+    try:
+        ok = run_point(point, study_dir)
+    except RunStopped as stop:
+        print(f"study: {stop.message}\nRun the same cass-study command again to continue.",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(stop.exit_code) from None
     clock[1] += 1
     print(progress_line(points, point.stage, study_dir, clock[0], clock[1]), flush=True)
     return ok

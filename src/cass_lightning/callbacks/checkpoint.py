@@ -8,6 +8,13 @@ A run may be killed at any moment (``kill -9``, a pre-empted node, a full disk).
 * A kill loses little work. :class:`LastCheckpoint` rewrites ``last.ckpt`` every
   ``every_n_train_steps`` optimizer steps as well as at every epoch end, and never with
   non-finite weights, so a run that stops on a non-finite loss keeps its last good state.
+  When Lightning stops a run on SIGTERM (its loops raise ``SIGTERMException`` at the end of a
+  batch), it also writes ``last.ckpt`` there, so a pre-empted run resumes where it stopped.
+
+And a load never runs code: :class:`AtomicCheckpointIO` reads every checkpoint Lightning
+restores (``fit(ckpt_path=...)``, ``test(ckpt_path="best")``) with ``weights_only=True``
+passed explicitly, so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot switch it off, and a file that
+needs more is refused with the reason (:class:`cass_lightning.io.UnreadableFileError`).
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from cass_lightning.io import atomic_write
+from cass_lightning.io import atomic_write, load_torch_file
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -49,6 +57,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(target, lambda handle: torch.save(checkpoint, handle))
+
+    def load_checkpoint(
+        self, path: _PATH, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Always ``weights_only=True`` (whatever the caller or the environment asks)."""
+        if not _is_local_file_protocol(path):
+            return super().load_checkpoint(path, map_location, weights_only=True)
+        location = map_location if map_location is not None else (lambda storage, loc: storage)
+        checkpoint = load_torch_file(path, "checkpoint", map_location=location)
+        if not isinstance(checkpoint, dict):
+            raise ValueError(f"{path} is not a Lightning checkpoint (not a dict)")
+        return checkpoint
 
 
 def atomic_checkpoint_plugin() -> AtomicCheckpointIO:
@@ -91,6 +111,8 @@ class LastCheckpoint(ModelCheckpoint):
             # every_n_train_steps changed) must still refresh last.ckpt, not add last-v1.ckpt.
             enable_version_counter=False,
         )
+        #: Whether the state at a SIGTERM stop was saved (set by :meth:`on_exception`).
+        self.saved_on_stop = False
 
     def _saving_disabled(self, trainer: L.Trainer) -> bool:
         from lightning.pytorch.trainer.states import TrainerFn
@@ -121,6 +143,19 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Nothing: epoch ends and step counts are the triggers (validation ends are not)."""
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        """On SIGTERM (Lightning stops at a batch end): save ``last.ckpt`` there, so resuming
+        loses nothing. Any other exception keeps the last periodic save."""
+        self.saved_on_stop = False
+        if isinstance(exception, SIGTERMException) and not self._saving_disabled(trainer):
+            if self._last_global_step_saved == trainer.global_step and self.last_model_path:
+                self.saved_on_stop = True  # this step's state is saved already
+                return
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            self.saved_on_stop = self._last_global_step_saved == trainer.global_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # e.g. trainer.max_steps reached mid-epoch after the last step-triggered save

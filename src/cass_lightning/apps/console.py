@@ -1,0 +1,248 @@
+"""What a run says and how it ends: its console copied to the run folder's log, refusals as one
+named line with exit 1, and SIGINT/SIGTERM turned into a saved, resumable stop (exit 130/143).
+
+* :func:`console_log` copies everything the run prints (stdout, stderr and Lightning's log
+  lines) into ``<run>/<app>.log``; progress-bar redraws are left out of the file.
+* :func:`reported_errors` wraps an app's task: a refused input (a ``ValueError`` with a named
+  message, a missing file, a busy folder, a full or read-only disk...) prints ``Error: ...`` and
+  exits 1; anything else keeps its traceback. ``HYDRA_FULL_ERROR=1`` prints the traceback too.
+  :func:`entry_point` makes a command line Hydra cannot compose (a usage error) exit 2.
+* :class:`StopSignals` catches SIGINT and SIGTERM. During ``trainer.fit`` it asks Lightning to
+  stop at the end of the current batch (Lightning's loops then raise ``SIGTERMException`` and
+  :class:`~cass_lightning.callbacks.LastCheckpoint` saves ``last.ckpt``); outside a fit, or on a
+  second Ctrl+C, it stops at once. The app then raises :class:`RunStopped`, which
+  :func:`reported_errors` prints (with the resume command) and turns into exit 128 + signal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import re
+import signal
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any, TypeVar
+
+from cass_lightning.io import WriteRefusedError, disk_refusal
+
+#: ANSI sequences that move the cursor or erase: what live progress displays redraw with.
+_REDRAW = re.compile(r"\x1b\[[0-9;?]*[ABCDEFGHJKSTlhsu]")
+_COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric", "lightning")
+T = TypeVar("T")
+
+
+class RunStopped(Exception):
+    """A run stopped by SIGINT/SIGTERM; ``message`` says what was saved and how to go on."""
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.message = message
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+
+class _Tee:
+    """A text stream that writes to ``stream`` and, line by line, to ``log`` (progress-bar
+    redraws, i.e. lines with a carriage return or cursor moves, are kept out of the file)."""
+
+    def __init__(self, stream: IO[str], log: IO[str]) -> None:
+        self._stream, self._log, self._pending = stream, log, ""
+
+    def write(self, text: str) -> int:
+        written = self._stream.write(text)
+        self._pending += text
+        if "\n" in self._pending:
+            *lines, self._pending = self._pending.split("\n")
+            kept = [_COLOUR.sub("", line) for line in lines if not _is_redraw(line)]
+            if kept:
+                self._log.write("\n".join(kept) + "\n")
+                self._log.flush()
+        return written
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+    def close_line(self) -> None:
+        if self._pending and not _is_redraw(self._pending):
+            self._log.write(_COLOUR.sub("", self._pending) + "\n")
+        self._pending = ""
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno...: the console's
+        return getattr(self._stream, name)
+
+
+def _is_redraw(line: str) -> bool:
+    return "\r" in line or _REDRAW.search(line) is not None
+
+
+@contextlib.contextmanager
+def console_log(path: Path, enabled: bool = True) -> Iterator[None]:
+    """Copy stdout, stderr and Lightning's log lines into ``path`` (appended) while inside.
+
+    A refusal or stop that ends the block is written to the file as its last line, so the log
+    says how the run ended even though the message is printed later, by the app.
+    """
+    if not enabled:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as log:
+        out, err = _Tee(sys.stdout, log), _Tee(sys.stderr, log)
+        saved = (sys.stdout, sys.stderr)
+        moved = []
+        for name in _LIGHTNING_LOGGERS:
+            for handler in logging.getLogger(name).handlers:
+                if type(handler).__name__ == "StreamHandler":
+                    moved.append((handler, handler.setStream(err)))
+        sys.stdout, sys.stderr = out, err
+        try:
+            yield
+        except BaseException as exc:
+            ending = exc.message if isinstance(exc, RunStopped) else refusal_message(exc)
+            if ending:
+                err.close_line()
+                log.write(f"{'' if isinstance(exc, RunStopped) else 'Error: '}{ending}\n")
+            raise
+        finally:
+            out.close_line()
+            err.close_line()
+            sys.stdout, sys.stderr = saved
+            for handler, stream in moved:
+                handler.setStream(stream)
+
+
+# ----------------------------------------------------------------------------- refusals
+def _refusal_types() -> tuple[type[BaseException], ...]:
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from cass_lightning.apps.common import RunFolderBusy
+    from cass_lightning.apps.resume import ResumeError
+    from cass_lightning.encoders import HubUnreachableError
+
+    return (
+        ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+        FloatingPointError, ResumeError, RunFolderBusy, HubUnreachableError, WriteRefusedError,
+        MisconfigurationException,
+    )  # fmt: skip
+
+
+def refusal_message(err: BaseException) -> str | None:
+    """The one-line message of a refused input or a refused write, else ``None`` (a bug, or
+    something unexpected: keep its traceback). Hydra's ``InstantiationException`` is looked
+    through to the error the constructor raised."""
+    from hydra.errors import InstantiationException
+
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    if isinstance(err, OSError) and not isinstance(err, WriteRefusedError):
+        refused = disk_refusal(err)
+        if refused is not None:
+            return refused
+    if isinstance(err, _refusal_types()):
+        text = str(err.args[1] if isinstance(err, WriteRefusedError) else err).strip()
+        return text or type(err).__name__
+    return None
+
+
+_task_started = False
+
+
+def entry_point(hydra_main: Callable[..., T]) -> Callable[..., T]:
+    """Wrap a ``@hydra.main`` function so a usage error exits 2: Hydra exits 1 for a command
+    line it cannot compose (unknown key or group, malformed override) before the task runs."""
+
+    @functools.wraps(hydra_main)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return hydra_main(*args, **kwargs)
+        except SystemExit as exit_:
+            if exit_.code == 1 and not _task_started:
+                raise SystemExit(2) from None
+            raise
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn a refusal into ``Error: <message>`` on stderr and exit 1, and a stop by signal into
+    its message and exit 128 + signal; anything else passes through with its traceback."""
+    global _task_started
+    _task_started = True
+    try:
+        yield
+    except RunStopped as stop:
+        print(stop.message, file=sys.stderr)
+        raise SystemExit(stop.exit_code) from None
+    except Exception as err:
+        message = refusal_message(err)
+        if message is None:
+            raise
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            traceback.print_exc()
+        print(f"Error: {message}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+# ----------------------------------------------------------------------------- signals
+class StopSignals:
+    """SIGINT/SIGTERM handlers for one run (a context manager; main thread only).
+
+    ``trainer``: set it before ``trainer.fit``. While Lightning's own signal handling is active
+    (during a fit or test), a first signal only asks Lightning to stop at the end of the current
+    batch; otherwise, and on a second SIGINT, :class:`RunStopped` is raised at once.
+    """
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.count = 0
+        self.trainer: Any = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def _lightning_listens(self) -> bool:
+        connector = getattr(self.trainer, "_signal_connector", None)
+        # Lightning registers its handlers (and keeps the ones it replaced) for a fit or test.
+        return connector is not None and bool(getattr(connector, "_original_handlers", None))
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        self.received = self.received or signum
+        if self._lightning_listens() and not (signum == signal.SIGINT and self.count > 1):
+            # Lightning checks this flag at the end of every batch and raises SIGTERMException.
+            self.trainer._signal_connector.received_sigterm = True
+            with contextlib.suppress(Exception):  # a print interrupted by this very signal
+                print(
+                    f"\nReceived {signal.Signals(signum).name}: stopping after this batch "
+                    "(press Ctrl+C again to stop at once, without saving)",
+                    file=sys.stderr,
+                )
+            return
+        name = signal.Signals(signum).name
+        raise RunStopped(signum, f"Stopped by {name} before any state could be saved.")
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.received or signal.SIGTERM).name

@@ -1,0 +1,164 @@
+"""A run's record of its starts: ``run_info.json`` (run id, every start) and, when a run is
+resumed, keeping what the earlier starts wrote (``.hydra/*.yaml``, ``metrics.csv``) before this
+start writes its own. The task side of ``resume=`` (:mod:`.resume`) builds on it."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from cass_lightning.io import atomic_write_json, is_temp_file
+
+RUN_INFO = "run_info.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
+
+
+def read_run_info(folder: Path) -> dict[str, Any]:
+    """``<run>/run_info.json`` (run id, every start), or ``{}`` for runs made without one."""
+    path = folder / RUN_INFO
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def new_run_id() -> str:
+    """Eight lowercase hex characters: a valid wandb run id."""
+    return secrets.token_hex(4)
+
+
+def wandb_run_id(folder: Path) -> str | None:
+    """The id of a wandb run logged into ``folder`` by a start without ``run_info.json``."""
+    root = folder / "wandb"
+    for path in sorted((root / "latest-run").glob("run-*.wandb")):
+        return path.stem.removeprefix("run-")
+    runs = sorted(p for p in root.glob("*run-*-*") if p.is_dir())
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+
+
+# ----------------------------------------------------------------------------- the task side
+@dataclass
+class RunStart:
+    """How this start of a run begins: fresh, or from ``ckpt_path`` in the same folder."""
+
+    folder: Path
+    run_id: str
+    ckpt_path: Path | None = None
+
+    @property
+    def resuming(self) -> bool:
+        return self.ckpt_path is not None
+
+    def logger_cfg(self, group: DictConfig | None) -> DictConfig | None:
+        """The logger group with this run's id given to every ``WandbLogger``.
+
+        A fresh run gets a new id (so it is known before wandb starts); a resumed run gets the
+        saved one with ``resume="allow"``. Returned as a resolved copy: ``cfg`` is not changed.
+        """
+        if not group:
+            return group
+        plain = OmegaConf.to_container(group, resolve=True)
+        assert isinstance(plain, dict)
+        for entry in plain.values():
+            if isinstance(entry, dict) and _is_wandb(entry.get("_target_")):
+                if entry.get("id") is None and entry.get("version") is None:
+                    entry["id"] = self.run_id
+                if self.resuming and entry.get("resume") is None:
+                    entry["resume"] = "allow"
+        return OmegaConf.create(plain)
+
+    def record(self) -> None:
+        """Keep what earlier starts wrote and note this start in ``run_info.json`` (rank 0).
+
+        Call once the run has claimed its folder, before its config is saved and its loggers
+        are built: Lightning's CSVLogger deletes an existing ``metrics.csv`` as soon as it
+        writes anything (hyperparameters included). A resumed run's ``.hydra/*.yaml`` go to
+        ``.hydra/part<N>/``, its ``metrics.csv`` files to ``metrics.part<N>.csv``, and the hidden
+        temporary files of saves a kill interrupted are removed.
+        """
+        if rank_zero_only.rank != 0:
+            return
+        if self.resuming:
+            _remove_unfinished_writes(self.folder)
+            _keep_hydra_files(self.folder)
+            _keep_csv_metrics(self.folder)
+        info = read_run_info(self.folder) if self.resuming else {}
+        info.setdefault("run_id", self.run_id)
+        info.setdefault("created", _now())
+        info.setdefault("starts", []).append(
+            {
+                "started": _now(),
+                "resumed_from": str(self.ckpt_path) if self.ckpt_path else None,
+                "overrides": _task_overrides(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.folder / RUN_INFO, info)
+        if self.resuming:
+            print(f"Resuming {self.folder} (run id {self.run_id}) from {self.ckpt_path}")
+
+
+def _is_wandb(target: Any) -> bool:
+    from hydra.utils import get_class
+    from lightning.pytorch.loggers import WandbLogger
+
+    try:
+        return issubclass(get_class(str(target)), WandbLogger)
+    except Exception:  # not a class: not a wandb logger (instantiation reports it)
+        return False
+
+
+def _keep_csv_metrics(folder: Path) -> None:
+    """Rename every CSV logger's ``metrics.csv`` in the run to ``metrics.part<N>.csv``."""
+    for metrics in sorted(folder.rglob("metrics.csv")):
+        os.rename(metrics, _free_name(metrics.parent, "metrics.part{}.csv"))
+
+
+def _free_name(folder: Path, pattern: str) -> Path:
+    n = 1
+    while (folder / pattern.format(n)).exists():
+        n += 1
+    return folder / pattern.format(n)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _task_overrides() -> list[str]:
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _keep_hydra_files(folder: Path) -> None:
+    """Copy ``.hydra/*.yaml`` to ``.hydra/part<N>/``: the resumed run writes its own."""
+    hydra_dir = folder / ".hydra"
+    files = sorted(hydra_dir.glob("*.yaml"))
+    if not files:
+        return
+    keep = _free_name(hydra_dir, "part{}")
+    keep.mkdir()
+    for path in files:
+        shutil.copy2(path, keep / path.name)
+
+
+def _remove_unfinished_writes(folder: Path) -> None:
+    """Delete the hidden temporary files of saves that a kill interrupted (never a checkpoint)."""
+    checkpoints = folder / LAST_CHECKPOINT.parent
+    for path in checkpoints.glob(".*"):
+        if path.is_file() and is_temp_file(path):
+            path.unlink()
