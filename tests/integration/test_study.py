@@ -43,6 +43,22 @@ def _study(tmp_path: Path, *extra: str, timeout: int = 900) -> subprocess.Comple
     )  # fmt: skip
 
 
+def _start(tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cass_lightning.apps.study", *STUDY], env=app_env(tmp_path),
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+
+
+def _wait_for(proc: subprocess.Popen, ready) -> None:
+    deadline = time.monotonic() + 600
+    while not ready():
+        assert proc.poll() is None, "the study ended before the moment to interrupt it"
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+
 def _statuses(tmp_path: Path) -> dict[str, str]:
     proc = _study(tmp_path, "study.plan_only=true", timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -61,24 +77,25 @@ def test_smoke_study_survives_a_kill_and_reports_every_row(tmp_path):
         "blocked"
     }
 
-    # Kill the whole study (orchestrator and worker) once CASS has written a checkpoint.
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cass_lightning.apps.study", *STUDY], env=app_env(tmp_path),
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 600
-    while not list(study.glob("points/pretrain-cass-*/checkpoints/last.ckpt")):
-        assert proc.poll() is None, "the study ended before CASS wrote a checkpoint"
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-
+    # SIGTERM to the study once CASS has written a checkpoint: it saves and stops (143).
+    proc = _start(tmp_path)
+    _wait_for(proc, lambda: list(study.glob("points/pretrain-cass-*/checkpoints/last.ckpt")))
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143
     during = _statuses(tmp_path)
     cass = next(p for p in during if p.startswith("pretrain-cass"))
-    assert during[cass] == "partial"  # its process is gone; it resumes from last.ckpt
+    assert during[cass] == "partial"  # stopped with its last.ckpt: it resumes from there
     assert sum(s == "done" for s in during.values()) == 0
+
+    # SIGKILL to everything once fine-tuning runs: that point's attempt is lost, not the rest.
+    proc = _start(tmp_path)
+    _wait_for(proc, lambda: list(study.glob("points/finetune-*/started.json")))
+    killed = next(study.glob("points/finetune-*/started.json")).parent.name
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    during = _statuses(tmp_path)
+    assert during[killed] == "interrupted"
+    assert {s for p, s in during.items() if p.startswith("pretrain")} == {"done"}
 
     done = _study(tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -86,8 +103,10 @@ def test_smoke_study_survives_a_kill_and_reports_every_row(tmp_path):
     after = _statuses(tmp_path)
     assert after.keys() == before.keys() and set(after.values()) == {"done"}
 
-    # No point ran twice: one folder per point, nothing set aside; CASS resumed once, in place.
-    assert sorted(p.name for p in (study / "points").iterdir()) == sorted(before)
+    # No point ran twice: one folder per point, plus the killed attempt kept aside; CASS
+    # resumed once, in place, and ran exactly its planned steps.
+    kept = sorted(p.name for p in (study / "points").iterdir())
+    assert kept == sorted([*before, f"{killed}.interrupted-1"])
     starts = json.loads((study / "points" / cass / "run_info.json").read_text())["starts"]
     assert len(starts) == 2 and starts[1]["resumed_from"].endswith("last.ckpt")
     summary = json.loads((study / "points" / cass / "summary.json").read_text())

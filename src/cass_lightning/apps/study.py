@@ -14,6 +14,7 @@ launcher. Run the same command again to finish an interrupted or partly failed s
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -141,11 +142,27 @@ def check_data(settings: StudySettings, study_dir: Path) -> None:
 
 
 def run_stage(points: list[Point], study_dir: Path, launcher: list[str]) -> int:
-    """Run ``points`` in one worker (a Hydra multirun over their ids); returns its exit code."""
+    """Run ``points`` in one worker (a Hydra multirun over their ids); returns its exit code.
+
+    A SIGTERM sent to the study is passed on to the worker, which saves the running point's
+    ``last.ckpt`` and stops; the study waits for that, then stops too. Ctrl-C reaches the
+    worker directly (one process group), so the study only waits for it."""
     ids = ",".join(p.id for p in points)
     command = [sys.executable, "-m", "cass_lightning.apps.study_points", "-m",
                f"study_dir={quote(study_dir)}", f"point={ids}", *launcher]  # fmt: skip
-    return subprocess.call(command)
+    worker = subprocess.Popen(command)
+
+    def forward(signum: int, frame: Any) -> None:
+        if signum == signal.SIGTERM:
+            with contextlib.suppress(ProcessLookupError):
+                worker.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return worker.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _record_crash(points: list[Point], study_dir: Path, code: int) -> int:
