@@ -175,6 +175,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best.best_model_path or None,
         "epochs_run": int(trainer.current_epoch),
         "stopped_early": bool(early.stopped_epoch),
+        # classes, per_class, confusion (of the test pass above) and the labelled subset's seed
+        **model.per_class_results(dm.classes, dm.hparams.label_seed),
     }
     if trainer.is_global_zero:
         atomic_write_json(folder / RESULTS_FILE, result)
