@@ -14,7 +14,14 @@ Starting points and methods (one row per arm):
   the other 3 classes for the budget;
 - ``CASS``: ``CASSModule`` (paper loss, logits head, Adam 1e-3, cyclic cosine) from either start,
   on the evaluation classes' training images without labels;
-- ``DINO``: ``DINOModule`` per arm (small head, 32-true) from either start, same images.
+- ``DINO``: ``DINOModule`` per arm (small head, 32-true, DINO's lr rule 5e-4 x batch / 256 and
+  weight-decay schedule) from either start, same images.
+
+CASS's heads (``--heads``): ``fresh`` (default) gives both arms a fresh random 1000-wide logits
+head; ``init`` keeps, for the rows that start from the supervised init, the two classifiers it
+trained on the same 3 init classes, so CASS compares logits in one shared label space as the
+paper's two ImageNet classifiers do (``head_dim`` = 3). Rows from random init have no trained
+classifier to keep and stay fresh.
 
 Every row except the naive one has its BatchNorm statistics re-estimated on the evaluation
 classes' training images before it is read. Readings, all in fp32 on frozen pooled features:
@@ -28,6 +35,7 @@ and asserts nothing.
 
     .venv/bin/python bench/representation.py                 # ~5-8 minutes on a 2-core CPU
     .venv/bin/python bench/representation.py --budget 20 --only random cass-random
+    .venv/bin/python bench/representation.py --heads init --only supervised cass-supervised
 """
 
 from __future__ import annotations
@@ -72,6 +80,9 @@ ROWS = (
     "dino-supervised",
 )
 ARMS = ("cnn", "vit")
+HEADS = ("fresh", "init")
+#: DINO's lr is per 256 images (``model=dino`` sets the same linear rule).
+DINO_BASE_BATCH = 256
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -207,11 +218,26 @@ def trainer(max_steps: int, callbacks: list[L.Callback]) -> L.Trainer:
 
 
 # ----------------------------------------------------------------------------- models
-def cass_module(args: argparse.Namespace, fair: bool = True) -> CASSModule:
+def cass_module(args: argparse.Namespace, fair: bool = True, head_dim: int = 1000) -> CASSModule:
+    """CASS with logits heads of ``head_dim`` (the init's classes when keeping its classifiers)."""
     vit_kwargs = {"patch_size": args.vit_patch_size} if args.vit_patch_size else None
     return CASSModule(cnn=args.cnn, vit=args.vit, img_size=args.img_size, pretrained=False,
-                      cnn_kwargs={"zero_init_last": False} if fair else None,
+                      head_dim=head_dim, cnn_kwargs={"zero_init_last": False} if fair else None,
                       vit_kwargs=vit_kwargs)  # fmt: skip
+
+
+def load_supervised(
+    module: CASSModule, states: dict[str, dict[str, Tensor]], keep_heads: bool
+) -> None:
+    """Both arms from the supervised init; ``keep_heads``: its classifiers too (the module's
+    ``head_dim`` must be their width), else the module's own fresh heads stay."""
+    for arm in ARMS:
+        loaded = transplant(states[arm], getattr(module, arm))
+        if keep_heads and loaded != len(states[arm]):
+            raise RuntimeError(
+                f"--heads init: the {arm} init did not load whole (its classifier has "
+                f"{len(INIT_CLASSES)} classes; build CASS with head_dim={len(INIT_CLASSES)})"
+            )
 
 
 def dino_module(args: argparse.Namespace, arm: str) -> DINOModule:
@@ -221,6 +247,7 @@ def dino_module(args: argparse.Namespace, arm: str) -> DINOModule:
     return DINOModule(arm=arm, cnn=args.cnn, vit=args.vit, img_size=args.img_size,
                       head=dict(dim=args.dino_head_dim, hidden_dim=512, bottleneck_dim=128,
                                 batch_norm=arm == "cnn"),
+                      batch_lr_factor=args.batch_size / DINO_BASE_BATCH,
                       **{f"{arm}_kwargs": kwargs})  # fmt: skip
 
 
@@ -392,6 +419,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
     p.add_argument("--data-dir", type=Path, default=None, help="synthetic images (default: tmp)")
     p.add_argument("--only", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run")
+    p.add_argument("--heads", choices=HEADS, default="fresh",
+                   help="CASS heads from the supervised init: fresh 1000-wide (default) or its "
+                   "trained classifiers")  # fmt: skip
     args = p.parse_args(argv)
     if args.budget <= 0 or args.batch_size < 2 or args.probe_epochs < 1:
         p.error("need --budget > 0, --batch-size >= 2 and --probe-epochs >= 1")
@@ -422,7 +452,8 @@ def main(argv: list[str] | None = None) -> None:
         f"job | synthetic: init classes {INIT_CLASSES}, eval classes {EVAL_CLASSES}, "
         f"{args.images_per_class} train / {args.val_images_per_class} val per class | batch "
         f"{args.batch_size} | kNN k=20 on all eval-class train images | probe: "
-        f"{args.probe_epochs} full-batch Adam steps on {args.label_fraction:g} of them | fp32",
+        f"{args.probe_epochs} full-batch Adam steps on {args.label_fraction:g} of them | CASS "
+        f"heads from the supervised init: {args.heads} | fp32",
         flush=True,
     )
     only = set(args.only)
@@ -454,8 +485,10 @@ def main(argv: list[str] | None = None) -> None:
 
         def load_sup_cass(module: L.LightningModule) -> None:
             assert sup is not None
-            transplant(sup["cnn"], module.cnn)
-            transplant(sup["vit"], module.vit)
+            load_supervised(module, sup, keep_heads=args.heads == "init")
+
+        # CASS from the supervised init: its classifiers as the heads with --heads init.
+        sup_head_dim = len(INIT_CLASSES) if args.heads == "init" else 1000
 
         def load_sup_dino(module: L.LightningModule) -> None:
             assert sup is not None
@@ -464,15 +497,17 @@ def main(argv: list[str] | None = None) -> None:
 
         if "supervised" in only:
             L.seed_everything(SEED, verbose=False)
-            module = cass_module(args)
+            module = cass_module(args, head_dim=sup_head_dim)
             load_sup_cass(module)
             rows += evaluate_cass("supervised init", "-", module, data, args)
 
         for start, init in (("random", None), ("supervised", load_sup_cass)):
             if f"cass-{start}" not in only:
                 continue
-            module, stop = timed_fit(lambda: cass_module(args), data.cass_loader, args.budget,
-                                     calibration, "cass", init)  # fmt: skip
+            dim = sup_head_dim if start == "supervised" else 1000
+            module, stop = timed_fit(lambda d=dim: cass_module(args, head_dim=d),
+                                     data.cass_loader, args.budget, calibration, f"cass-{dim}",
+                                     init)  # fmt: skip
             log(f"CASS from {start}: {stop.steps} steps in {stop.seconds:.1f} s")
             label = "random (fair)" if start == "random" else "supervised init"
             rows += evaluate_cass(label, "CASS", module, data, args)

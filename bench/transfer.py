@@ -19,12 +19,20 @@ sets them, over the paper's settings):
 - ``gentle``, ``ema``, ``variance``, ``predictor``, ``two_views``: one remedy each;
 - ``best``: the remedies whose mean kNN (over arms and seeds) beat paper CASS, together (the two
   best singles when fewer than two did);
-- ``dino``: DINO on each arm alone (each arm gets the whole budget: generous to DINO).
+- ``dino``: DINO on each arm alone (each arm gets the whole budget: generous to DINO), with
+  DINO's lr rule (5e-4 x batch / 256) and weight-decay schedule, as ``model=dino`` runs it.
+
+CASS's heads (``--heads``): ``fresh`` (default) gives both arms a fresh random 1000-wide logits
+head over the supervised init's backbones; ``init`` keeps the two classifiers the supervised init
+trained on the same init classes, so CASS compares logits that already live in one shared label
+space, as the paper's two ImageNet classifiers do (``head_dim`` = the number of init classes).
+The ``init`` row's arm cosine is then the agreement of those classifiers before any CASS step.
 
 Equal wall time: each method's seconds per step are measured once per dataset (a few steps per
 method, back to back, twice, the faster kept) and each job runs ``budget / seconds-per-step``
 steps; the count of steps, not the clock, ends a job, so a busy machine does not shorten one row
-against another.
+against another. ``--steps cass=N dino-vit=M ...`` fixes a job kind's steps instead (no timing):
+to rerun with another ``--heads`` at the very steps a first run printed.
 
 Readings per arm, all on the evaluation classes, in fp32, BatchNorm statistics re-estimated on
 the unlabelled training images first: weighted kNN (k=20; bank = train, queries = test); a linear
@@ -37,6 +45,7 @@ nothing.
 
     .venv/bin/python bench/transfer.py                       # ~1 hour on a 2-core CPU
     .venv/bin/python bench/transfer.py --datasets digits --seeds 0 --budget 10 --only init cass
+    .venv/bin/python bench/transfer.py --datasets digits --only init cass --heads init
 """
 
 from __future__ import annotations
@@ -81,7 +90,10 @@ REMEDIES = ("gentle", "ema", "variance", "predictor", "two_views")
 METHODS = ("init", "cass", *REMEDIES, "best", "dino")
 DATASETS = ("digits", "synthetic")
 ARMS = ("cnn", "vit")
+HEADS = ("fresh", "init")
 SPLIT_SEED = 0
+#: DINO's lr is per 256 images (``model=dino`` sets the same linear rule).
+DINO_BASE_BATCH = 256
 
 
 # ------------------------------------------------------------------------------- data
@@ -240,12 +252,20 @@ def supervised_init(split: Split, args: argparse.Namespace) -> dict[str, dict[st
     return states
 
 
-def cass_module(args: argparse.Namespace, remedies: list[str], init: dict) -> CASSModule:
+def cass_module(
+    args: argparse.Namespace, remedies: list[str], init: dict, init_head_dim: int | None = None
+) -> CASSModule:
+    """CASS over the supervised init's backbones. With ``init_head_dim`` (``--heads init``: the
+    number of init classes) the init's trained classifiers are kept as the logits heads;
+    without, each arm gets a fresh random 1000-wide logits head."""
+    head_dim = init_head_dim or 1000
     module = CASSModule(cnn=args.cnn, vit=args.vit, img_size=args.img_size, pretrained=False,
-                        cnn_kwargs={"zero_init_last": False}, vit_kwargs=vit_kwargs(args),
-                        **remedy_kwargs(remedies))  # fmt: skip
+                        head_dim=head_dim, cnn_kwargs={"zero_init_last": False},
+                        vit_kwargs=vit_kwargs(args), **remedy_kwargs(remedies))  # fmt: skip
     for arm in ARMS:
-        transplant(init[arm], getattr(module, arm))
+        loaded = transplant(init[arm], getattr(module, arm))
+        if init_head_dim and loaded != len(init[arm]):
+            raise RuntimeError(f"--heads init: the {arm} init (classifier too) did not load")
     if module.ema is not None:  # the momentum copies start from the loaded weights too
         module.update_ema(0.0)
     return module
@@ -256,6 +276,7 @@ def dino_module(args: argparse.Namespace, arm: str, init: dict) -> DINOModule:
     module = DINOModule(arm=arm, cnn=args.cnn, vit=args.vit, img_size=args.img_size,
                         head=dict(dim=args.dino_head_dim, hidden_dim=512, bottleneck_dim=128,
                                   batch_norm=arm == "cnn"),
+                        batch_lr_factor=args.batch_size / DINO_BASE_BATCH,
                         **{f"{arm}_kwargs": kwargs})  # fmt: skip
     transplant(init[arm], module.student_backbone)
     module.teacher_backbone.load_state_dict(module.student_backbone.state_dict())
@@ -370,9 +391,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic-per-class", type=int, default=150)
     p.add_argument("--dino-head-dim", type=int, default=1024)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: cores)")
+    p.add_argument("--heads", choices=HEADS, default="fresh",
+                   help="CASS heads: fresh 1000-wide (default) or the init's trained "
+                   "classifiers")  # fmt: skip
+    p.add_argument("--steps", nargs="+", default=[], metavar="KIND=N",
+                   help="fix a job kind's steps (cass, a remedy, best, dino-cnn, dino-vit) "
+                   "instead of timing it")  # fmt: skip
     args = p.parse_args(argv)
     if args.budget <= 0 or args.batch_size < 2 or not args.seeds:
         p.error("need --budget > 0, --batch-size >= 2 and at least one seed")
+    kinds = (*METHODS[1:-1], "dino-cnn", "dino-vit")
+    try:
+        args.steps = {k: int(n) for k, n in (item.split("=", 1) for item in args.steps)}
+    except ValueError:
+        p.error("--steps takes KIND=N pairs, e.g. --steps cass=120 dino-vit=40")
+    bad = [k for k, n in args.steps.items() if k not in kinds or n < 1]
+    if bad:
+        p.error(f"--steps: unknown kind or steps < 1 in {bad}; kinds: {', '.join(kinds)}")
     return args
 
 
@@ -406,6 +441,11 @@ def run_dataset(name: str, args: argparse.Namespace, only: set[str], workdir: Pa
         f"part train {len(split.x['train'])} / val {len(split.x['val'])} / test "
         f"{len(split.x['test'])} ({split.num_eval} classes)")  # fmt: skip
     init = supervised_init(split, args)
+    head_dim = split.num_init if args.heads == "init" else None
+
+    def make_cass(remedies: list[str]) -> CASSModule:
+        return cass_module(args, remedies, init, head_dim)
+
     methods = [m for m in METHODS if m in only and m != "best"]
 
     # Seconds per step of every job kind: measured back to back, in two rounds, keeping each
@@ -424,23 +464,26 @@ def run_dataset(name: str, args: argparse.Namespace, only: set[str], workdir: Pa
             remedies = [] if method == "cass" else [method]
             views = 2 if remedy_kwargs(remedies).get("remedies", {}).get("two_views") else 1
             makers[method] = (
-                lambda r=remedies: cass_module(args, r, init),
+                lambda r=remedies: make_cass(r),
                 lambda v=views: split.unlabelled(0, v),
             )
     pace: dict[str, float] = {}
     for _ in range(2):
         for key, (make, loader) in makers.items():
-            pace[key] = min(pace.get(key, math.inf), seconds_per_step(make, loader()))
+            if key not in args.steps:
+                pace[key] = min(pace.get(key, math.inf), seconds_per_step(make, loader()))
     steps = {key: max(2, int(args.budget / s)) for key, s in pace.items()}
-    log("steps per job at equal wall time: " + ", ".join(
-        f"{k} {v} ({pace[k] * 1000:.0f} ms/step)" for k, v in steps.items()))  # fmt: skip
+    steps.update({k: n for k, n in args.steps.items() if k in makers})
+    log("steps per job: " + ", ".join(
+        f"{k} {v} ({pace[k] * 1000:.0f} ms/step, equal wall time)" if k in pace
+        else f"{k} {v} (--steps)" for k, v in steps.items()))  # fmt: skip
 
     results: dict[str, list[dict]] = {}
     extra: dict[str, list[float]] = {}
 
     def run_cass(method: str, remedies: list[str], seed: int, key: str) -> None:
         L.seed_everything(seed, verbose=False)
-        module = cass_module(args, remedies, init)
+        module = make_cass(remedies)
         views = 2 if module.remedies.two_views else 1
         seconds = fit_steps(module, split.unlabelled(seed, views), steps[key])
         cos = arm_cosine(module, split)
@@ -457,7 +500,7 @@ def run_dataset(name: str, args: argparse.Namespace, only: set[str], workdir: Pa
         for method in methods:
             if method == "init":
                 L.seed_everything(seed, verbose=False)
-                module = cass_module(args, [], init)
+                module = make_cass([])
                 results.setdefault("init", []).append(
                     evaluate({"cnn": module.cnn, "vit": module.vit}, split, seed, args, workdir)
                 )
@@ -486,19 +529,24 @@ def run_dataset(name: str, args: argparse.Namespace, only: set[str], workdir: Pa
         best = pick_best(results)
         if best:
             views = 2 if "two_views" in best else 1
-            pace["best"] = min(
-                seconds_per_step(lambda: cass_module(args, best, init), split.unlabelled(0, views))
-                for _ in range(2)
-            )
-            steps["best"] = max(2, int(args.budget / pace["best"]))
+            if "best" in args.steps:
+                steps["best"] = args.steps["best"]
+            else:
+                pace["best"] = min(
+                    seconds_per_step(lambda: make_cass(best), split.unlabelled(0, views))
+                    for _ in range(2)
+                )
+                steps["best"] = max(2, int(args.budget / pace["best"]))
             log(f"best combination: {'+'.join(best)}, {steps['best']} steps per job")
             for seed in args.seeds:
                 run_cass("best", best, seed, "best")
 
     print()
+    heads = (f"the init's {split.num_init}-class classifiers" if head_dim
+             else "fresh 1000-wide logits heads")  # fmt: skip
     print(f"### {name}: {split.num_eval} evaluation classes, {len(split.x['train'])} train / "
-          f"{len(split.x['test'])} test images, {args.label_fraction:g} labels; mean ± std over "
-          f"seeds {args.seeds}")  # fmt: skip
+          f"{len(split.x['test'])} test images, {args.label_fraction:g} labels; CASS heads "
+          f"{args.heads} ({heads}); mean ± std over seeds {args.seeds}")  # fmt: skip
     print()
     print(
         "| method | steps | arm cos | CNN kNN | CNN probe | CNN FT | ViT kNN | ViT probe | ViT FT |"
@@ -532,7 +580,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.cnn} + {args.vit}{patch} at {args.img_size} px | {args.budget:g} s of "
           f"pretraining per job, batch {args.batch_size} | init: {args.init_epochs} epochs per arm "
           f"| kNN k=20, probe {args.probe_epochs} steps, fine-tuning <= {args.finetune_epochs} "
-          f"epochs (patience {args.finetune_patience}) | fp32", flush=True)  # fmt: skip
+          f"epochs (patience {args.finetune_patience}) | CASS heads {args.heads} | fp32",
+          flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.datasets:
             run_dataset(name, args, set(args.only), Path(tmp))

@@ -4,6 +4,7 @@ and the best combination is made of remedies that ran."""
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 
 from run_helpers import load_bench
@@ -72,3 +73,64 @@ def test_transfer_bench_tiny_run(capsys):
             mean = float(cell.split(" ± ")[0])
             assert 0.0 <= mean <= 1.0
             assert " ± " in cell  # two seeds: a spread is reported
+
+
+def _init_states(bench, args, classes: int = 5) -> dict:
+    """What ``supervised_init`` returns, untrained: both arms with ``classes``-way heads."""
+    cnn = timm.create_model(args.cnn, num_classes=classes, zero_init_last=False)
+    vit = timm.create_model(args.vit, num_classes=classes, img_size=args.img_size,
+                            **bench.vit_kwargs(args))  # fmt: skip
+    return {"cnn": cnn.state_dict(), "vit": vit.state_dict()}
+
+
+def test_init_heads_keep_the_supervised_classifiers_and_fresh_heads_do_not():
+    bench = load_bench("transfer")
+    args = bench.parse_args(["--cnn", "resnet10t", "--vit-patch-size", "8", "--heads", "init"])
+    init = _init_states(bench, args)
+    kept = bench.cass_module(args, [], init, init_head_dim=5)
+    assert kept.hparams.head_dim == 5
+    for arm, key in (("cnn", "fc"), ("vit", "head")):
+        head = getattr(kept, arm).get_classifier()
+        assert torch.equal(head.weight, init[arm][f"{key}.weight"])
+        assert torch.equal(head.bias, init[arm][f"{key}.bias"])
+    z_cnn, z_vit = kept(torch.randn(2, 3, 32, 32))
+    assert z_cnn.shape == z_vit.shape == (2, 5)  # CASS compares the 5-class logits
+    fresh = bench.cass_module(args, [], init)
+    assert fresh.cnn.get_classifier().out_features == 1000
+    assert torch.equal(fresh.cnn.conv1[0].weight, init["cnn"]["conv1.0.weight"])  # backbone kept
+    with pytest.raises(RuntimeError, match="did not load"):
+        bench.cass_module(args, [], _init_states(bench, args, classes=3), init_head_dim=5)
+
+
+def test_steps_option_fixes_job_steps_and_refuses_unknown_kinds(capsys):
+    bench = load_bench("transfer")
+    args = bench.parse_args(["--steps", "cass=12", "dino-vit=3", "gentle=7"])
+    assert args.steps == {"cass": 12, "dino-vit": 3, "gentle": 7} and args.heads == "fresh"
+    for bad in (["--steps", "dino=3"], ["--steps", "cass"], ["--steps", "cass=0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+    assert "--steps" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_transfer_bench_tiny_run_with_init_heads(capsys):
+    bench = load_bench("transfer")
+    threads = torch.get_num_threads()
+    # One seed, two rows, fixed steps (no timing): the cheapest run through --heads init.
+    seeds, only = TINY.index("--seeds"), TINY.index("--only")
+    argv = [*TINY[:seeds], "--seeds", "0", "--only", "init", "cass", *TINY[only + 7:],
+            "--heads", "init", "--steps", "cass=2"]  # fmt: skip
+    try:
+        bench.main(argv)
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "CASS heads init" in out and "the init's 3-class classifiers" in out
+    assert "cass 2 (--steps)" in out and "ms/step" not in out  # nothing was timed
+    table = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    rows = {r.strip("|").split("|")[0].strip(): r for r in table[1:]}
+    assert set(rows) == {"init", "cass"}
+    assert rows["cass"].split("|")[2].strip() == "2"
+    for row in rows.values():
+        for cell in [c.strip() for c in row.strip("|").split("|")][3:]:
+            assert 0.0 <= float(cell.split(" ± ")[0]) <= 1.0

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 from PIL import Image
 from torch.utils.data import DataLoader, default_collate
 
@@ -154,3 +155,109 @@ def test_export_writes_one_arm_and_never_overwrites(tmp_path):
     assert load_backbone(out, "cnn").num_features == model.backbone.num_features
     with pytest.raises(FileExistsError):
         model.export(out)
+
+
+# ------------------------------------------------- DINO's lr rule and weight-decay schedule
+def test_config_scales_the_lr_by_dinos_rule_unless_the_user_sets_another(tmp_path):
+    cfg = compose_app(tmp_path, ["model=dino"])
+    assert (cfg.lr_scaling.rule, cfg.lr_scaling.base_batch_size) == ("linear", 256)
+    assert (cfg.model.optimizer.lr, cfg.model.optimizer.weight_decay) == (5e-4, 0.04)
+    assert cfg.model.optimizer.weight_decay_end == 0.4
+    cfg = compose_app(tmp_path, ["model=dino", "lr_scaling.rule=none"])
+    assert (cfg.lr_scaling.rule, cfg.lr_scaling.base_batch_size) == ("none", 256)
+    cfg = compose_app(tmp_path, ["model=dino", "lr_scaling.rule=sqrt",
+                                 "lr_scaling.base_batch_size=64"])  # fmt: skip
+    assert (cfg.lr_scaling.rule, cfg.lr_scaling.base_batch_size) == ("sqrt", 64)
+    cass = compose_app(tmp_path, [])  # CASS keeps the paper's unscaled lr
+    assert (cass.lr_scaling.rule, cass.lr_scaling.base_batch_size) == ("none", 16)
+
+
+def _expected_wd(step: int, total: int, start: float = 0.04, end: float = 0.4) -> float:
+    """DINO's weight-decay cosine, written out: start at step 0, end at the last step."""
+    return end - (end - start) * (math.cos(math.pi * step / (total - 1)) + 1) / 2
+
+
+class _GroupDecay(L.Callback):
+    """The weight decay each optimiser group steps with, per step."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.seen.append({g["name"]: g["weight_decay"] for g in optimizer.param_groups})
+
+
+@pytest.mark.parametrize("arm", ["cnn", "vit"])
+def test_weight_decay_rises_along_dinos_cosine_every_step(arm):
+    model = DINOModule(arm=arm, **TINY_DINO)
+    steps, record = 4, _GroupDecay()
+    loader = DataLoader([[_views(), torch.zeros(4)] for _ in range(steps)], batch_size=None)
+    trainer = _trainer(max_steps=steps, callbacks=[record], log_every_n_steps=1)
+    trainer.fit(model, loader)
+    decayed = [s[arm] for s in record.seen]
+    assert len(decayed) == steps
+    assert decayed[0] == pytest.approx(0.04) and decayed[-1] == pytest.approx(0.4)
+    assert decayed == pytest.approx([_expected_wd(t, steps) for t in range(steps)])
+    assert all(s[f"{arm}_no_decay"] == 0.0 for s in record.seen)  # norms and biases
+    assert float(trainer.callback_metrics[f"wd/{arm}"]) == pytest.approx(0.4)  # the last step
+    constant = DINOModule(arm=arm, optimizer={"weight_decay_end": None}, **TINY_DINO)
+    record = _GroupDecay()
+    _trainer(max_steps=2, callbacks=[record]).fit(constant, loader)
+    assert [s[arm] for s in record.seen] == [0.04, 0.04]
+
+
+def test_checkpoints_record_the_schedule_and_older_ones_keep_a_constant_decay(tmp_path):
+    model = DINOModule(arm="cnn", optimizer={"lr": 1e-3}, **TINY_DINO)
+    assert model.hparams.optimizer["weight_decay_end"] == 0.4  # saved resolved
+    trainer = _trainer(max_steps=0)
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(tmp_path / "new.ckpt")
+    again = DINOModule.load_from_checkpoint(tmp_path / "new.ckpt", weights_only=True)
+    assert again.optimizer_cfg["weight_decay_end"] == 0.4 and again.optimizer_cfg["lr"] == 1e-3
+    state = torch.load(tmp_path / "new.ckpt", weights_only=True)
+    del state["hyper_parameters"]["optimizer"]["weight_decay_end"]  # as written before
+    torch.save(state, tmp_path / "old.ckpt")
+    old = DINOModule.load_from_checkpoint(tmp_path / "old.ckpt", weights_only=True)
+    assert old.optimizer_cfg["weight_decay_end"] is None and old.optimizer_cfg["lr"] == 1e-3
+    assert old.weight_decay_now() == 0.04
+    with pytest.raises(ValueError, match="weight_decay_end must be >= 0"):
+        DINOModule(arm="cnn", optimizer={"weight_decay_end": -1.0}, **TINY_DINO)
+
+
+# ----------------------------------------------- experiment=dino_reference vs paper_reference
+#: Settings the DINO baseline must share with CASS's paper_reference (everything else is DINO's).
+SHARED_KEYS = (
+    "seed", "model.cnn", "model.vit", "model.img_size", "model.in_chans", "model.pretrained",
+    "model.cnn_weights_file", "model.vit_weights_file", "model.cnn_kwargs", "model.vit_kwargs",
+    "data.batch_size", "trainer.max_epochs", "trainer.precision", "trainer.accelerator",
+    "trainer.devices", "trainer.accumulate_grad_batches", "trainer.gradient_clip_val",
+)  # fmt: skip
+
+
+def test_dino_reference_matches_paper_reference_setting_by_setting(tmp_path):
+    weights = ["model.cnn_weights_file=/w/resnet50.safetensors",
+               "model.vit_weights_file=/w/vit_b16_384.safetensors"]  # fmt: skip
+    cass = compose_app(tmp_path, ["experiment=paper_reference", *weights])
+    dino = compose_app(tmp_path, ["experiment=dino_reference", "model.arm=cnn", *weights])
+    for key in SHARED_KEYS:
+        assert OmegaConf.select(dino, key) == OmegaConf.select(cass, key), key
+    assert (dino.model.cnn, dino.model.vit, dino.model.img_size) == (
+        "resnet50", "vit_base_patch16_384", 384,
+    )  # fmt: skip
+    assert dino.model.pretrained is True
+    assert dino.model.cnn_weights_file == "/w/resnet50.safetensors"
+    assert (dino.seed, dino.data.batch_size, dino.trainer.max_epochs) == (77, 16, 100)
+    assert dino.trainer.precision == "32-true"
+    # The same data, except the views each method trains on.
+    data = {k: v for k, v in OmegaConf.to_container(dino.data).items() if k != "train_views"}
+    assert data == {k: v for k, v in OmegaConf.to_container(cass.data).items()
+                    if k != "train_views"}  # fmt: skip
+    assert (dino.data.train_views, cass.data.train_views) == ("dino", "paper")
+    # DINO's own optimiser, schedules and lr rule; the arm is the user's choice.
+    assert dino.model._target_.endswith("DINOModule") and dino.model.arm == "cnn"
+    assert (dino.model.optimizer.name, dino.model.optimizer.lr) == ("adamw", 5e-4)
+    assert (dino.model.optimizer.weight_decay, dino.model.optimizer.weight_decay_end) == (0.04, 0.4)
+    assert dino.model.scheduler.name == "warmup_cosine"
+    assert (dino.lr_scaling.rule, dino.lr_scaling.base_batch_size) == ("linear", 256)
+    assert (cass.lr_scaling.rule, cass.model.optimizer.name) == ("none", "adam")
+    assert compose_app(tmp_path, ["experiment=dino_reference"]).model.arm == "vit"

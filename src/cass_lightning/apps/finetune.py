@@ -247,6 +247,8 @@ def _finetune(
         "epochs_run": int(trainer.current_epoch),
         "stopped_early": bool(early.stopped_epoch),
         "loop_seconds": timer.seconds,
+        # classes, per_class, confusion (of the test pass above) and the labelled subset's seed
+        **model.per_class_results(dm.classes, dm.hparams.label_seed),
     }
     if trainer.is_global_zero:
         atomic_write_json(folder / RESULTS_FILE, result)

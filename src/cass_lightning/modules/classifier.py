@@ -32,7 +32,7 @@ from cass_lightning.export import arm_meta, load_backbone, read_meta
 from cass_lightning.losses import sigmoid_focal_loss
 from cass_lightning.modules.cass import CASSModule
 from cass_lightning.modules.legacy import stored_hparams
-from cass_lightning.modules.metrics import METRIC_NAMES, build_metrics
+from cass_lightning.modules.metrics import METRIC_NAMES, PerClassBreakdown, build_metrics
 from cass_lightning.modules.optim import (
     arm_param_groups,
     group_learning_rates,
@@ -198,6 +198,9 @@ class ClassifierModule(L.LightningModule):
             ``val/<metric>``); ``monitor_mode`` says min or max.
         source: what :func:`read_arm_source` returned for these settings, when the caller has
             already read it (the app does, to size the data); not a hyperparameter.
+
+    After a test pass, ``test_breakdown`` holds its per-class F1 and support and (multi-class)
+    its confusion matrix (see :class:`~.metrics.PerClassBreakdown`); ``None`` before.
     """
 
     def __init__(
@@ -252,6 +255,8 @@ class ClassifierModule(L.LightningModule):
         self.train_metrics = build_metrics(multi_label, num_classes)
         self.val_metrics = build_metrics(multi_label, num_classes)
         self.test_metrics = build_metrics(multi_label, num_classes)
+        self.test_per_class = PerClassBreakdown(multi_label, num_classes)
+        self.test_breakdown: dict[str, Any] | None = None
         self.train()  # Lightning keeps the modes it finds: a linear probe starts frozen-eval
 
     @property
@@ -301,6 +306,8 @@ class ClassifierModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
                  batch_size=images.shape[0])  # fmt: skip
         getattr(self, f"{stage}_metrics").update(logits, targets)
+        if stage == "test":
+            self.test_per_class.update(logits, targets)
         return loss
 
     def _log_metrics(self, stage: str) -> None:
@@ -334,6 +341,26 @@ class ClassifierModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test")
+        self.test_breakdown = self.test_per_class.compute()
+        self.test_per_class.reset()
+
+    # ------------------------------------------------------------- results
+    def per_class_results(self, classes: Sequence[str], label_seed: int | None) -> dict[str, Any]:
+        """What ``results.json`` records of the last test pass beside the averaged metrics:
+        ``classes`` (names), ``per_class`` (``{"f1", "support"}``), ``confusion`` (rows true,
+        columns predicted; ``None`` for multi-label data) and the labelled subset's
+        ``label_seed``."""
+        if len(classes) != self.hparams.num_classes:
+            raise ValueError(
+                f"{len(classes)} class names for a {self.hparams.num_classes}-class model"
+            )
+        found = self.test_breakdown or {}
+        return {
+            "classes": [str(c) for c in classes],
+            "per_class": found.get("per_class"),
+            "confusion": found.get("confusion"),
+            "label_seed": label_seed,
+        }
 
     # ------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:

@@ -45,8 +45,12 @@ from cass_lightning.modules.optim import (
 )
 
 DINO_ARMS = ("cnn", "vit")
-#: DINO's reference optimiser for ViTs: AdamW, lr 5e-4 (per 256 images), weight decay 0.04.
-DINO_OPTIMIZER: dict[str, Any] = {"name": "adamw", "lr": 5e-4, "weight_decay": 0.04}
+#: DINO's reference optimiser for ViTs: AdamW, lr 5e-4 per 256 images (the apps scale it by the
+#: effective batch through ``lr_scaling``, see ``conf/model/dino.yaml``), and a weight decay that
+#: rises along a cosine from ``weight_decay`` to ``weight_decay_end`` (None: constant) over the run.
+DINO_OPTIMIZER: dict[str, Any] = {
+    "name": "adamw", "lr": 5e-4, "weight_decay": 0.04, "weight_decay_end": 0.4,
+}  # fmt: skip
 #: DINO's reference schedule: linear warmup then one cosine over the run.
 DINO_SCHEDULER: dict[str, Any] = {"name": "warmup_cosine", "warmup_fraction": 0.1}
 #: The projection head. DINO's reference uses 65536 prototypes; 2048 keeps CPU runs and small
@@ -78,10 +82,13 @@ class DINOModule(UpgradesOldCheckpoints, L.LightningModule):
         global_crops: how many leading views are global (the teacher sees only those).
         head: the DINO projection head (see ``DINO_HEAD``).
         distillation: temperatures, centering and teacher momentum (see ``DINO_DISTILLATION``).
-        optimizer: ``{name: adam|adamw|sgd, lr, weight_decay, ...}``; norms and biases are never
-            decayed. scheduler: see ``optim.build_scheduler``.
+        optimizer: ``{name: adam|adamw|sgd, lr, weight_decay, weight_decay_end, ...}``; the
+            decayed groups' weight decay follows a cosine from ``weight_decay`` to
+            ``weight_decay_end`` (None keeps it constant), set every optimiser step; norms and
+            biases are never decayed. scheduler: see ``optim.build_scheduler``.
         mean, std: the data normalisation, recorded in the export.
-        batch_lr_factor: multiplies the learning rate (the apps set it from the lr scaling rule).
+        batch_lr_factor: multiplies the learning rate. ``lr`` is per 256 images in DINO's rule;
+            the apps set this factor from ``lr_scaling`` (``model=dino``: linear, base 256).
     """
 
     method_name = "DINO"
@@ -115,10 +122,16 @@ class DINOModule(UpgradesOldCheckpoints, L.LightningModule):
         if not 0.0 <= d["momentum_start"] <= d["momentum_end"] <= 1.0:
             raise ValueError("need 0 <= momentum_start <= momentum_end <= 1")
         self.save_hyperparameters()
-        self.optimizer_cfg = {**DINO_OPTIMIZER, **(optimizer or {})}
+        self.optimizer_cfg = o = {**DINO_OPTIMIZER, **(optimizer or {})}
         self.scheduler_cfg = {**DINO_SCHEDULER, **(scheduler or {})}
-        check_positive("model.optimizer.lr", self.optimizer_cfg["lr"])
+        check_positive("model.optimizer.lr", o["lr"])
         check_positive("batch_lr_factor", batch_lr_factor)
+        for key in ("weight_decay", "weight_decay_end"):
+            if o.get(key) is not None and float(o[key]) < 0:
+                raise ValueError(f"model.optimizer.{key} must be >= 0 (or null), got {o[key]}")
+        # Saved resolved, so a checkpoint says which weight-decay schedule it was trained with
+        # (checkpoints from before the schedule lack the key and load with a constant decay).
+        self.hparams["optimizer"] = dict(o)
         self.student_backbone, self.student_head = self._build(student=True)
         # lightly's head uses weight norm, which copy.deepcopy refuses: build the teacher fresh
         # (no weights to fetch) and give it the student's state.
@@ -142,7 +155,12 @@ class DINOModule(UpgradesOldCheckpoints, L.LightningModule):
 
     @classmethod
     def _upgrade(cls, hp: dict[str, Any]) -> dict[str, Any]:
-        return upgrade_dino_hparams(hp)
+        new = upgrade_dino_hparams(hp)
+        stored = hp.get("optimizer") or {}
+        if hp and "weight_decay_end" not in stored:
+            # Trained before the weight-decay schedule existed: keep the constant decay it had.
+            new["optimizer"] = {**stored, "weight_decay_end": None}
+        return new
 
     def _build(self, student: bool) -> tuple[nn.Module, nn.Module]:
         hp, h = self.hparams, self.head_cfg
@@ -207,17 +225,27 @@ class DINOModule(UpgradesOldCheckpoints, L.LightningModule):
         arms, meta = self.exportable(network)
         return export_backbones(arms, out_dir, meta, source=source)
 
-    def teacher_momentum(self) -> float:
-        """EMA momentum of the teacher at the current step (cosine, start -> end over the run).
-
-        An open-ended run (no step estimate) keeps the start value.
-        """
-        d = self.distill_cfg
+    def _along_run(self, start: float, end: float) -> float:
+        """``start`` -> ``end`` along a cosine over the run's optimiser steps (lightly's
+        ``cosine_schedule``), at the current step; an open-ended run keeps ``start``."""
         total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
         if not math.isfinite(total) or total < 2:
-            return float(d["momentum_start"])
+            return float(start)
         step = min(self.global_step, int(total))
-        return float(cosine_schedule(step, int(total), d["momentum_start"], d["momentum_end"]))
+        return float(cosine_schedule(step, int(total), float(start), float(end)))
+
+    def teacher_momentum(self) -> float:
+        """EMA momentum of the teacher at the current step (cosine, start -> end over the run)."""
+        d = self.distill_cfg
+        return self._along_run(d["momentum_start"], d["momentum_end"])
+
+    def weight_decay_now(self) -> float:
+        """Weight decay of the decayed groups at the current step: DINO's cosine from
+        ``weight_decay`` to ``weight_decay_end`` (constant when that is None)."""
+        o = self.optimizer_cfg
+        start = float(o.get("weight_decay") or 0.0)
+        end = o.get("weight_decay_end")
+        return start if end is None else self._along_run(start, float(end))
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor) -> Tensor:
@@ -254,6 +282,7 @@ class DINOModule(UpgradesOldCheckpoints, L.LightningModule):
         self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
                       on_epoch=False)  # fmt: skip
         self.log("train/teacher_momentum", self.teacher_momentum(), on_step=True, on_epoch=False)
+        self.log(f"wd/{self.hparams.arm}", self.weight_decay_now(), on_step=True, on_epoch=False)
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -274,13 +303,20 @@ class DINOModule(UpgradesOldCheckpoints, L.LightningModule):
         # DINO keeps the head's last layer fixed during the first epoch(s) for stability.
         self.student_head.cancel_last_layer_gradients(self.current_epoch)
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        """The optimiser step, then the teacher's EMA update towards the updated student.
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """This step's weight decay on the decayed groups, the optimiser step, then the
+        teacher's EMA update towards the updated student.
 
-        Here rather than in ``training_step`` so the teacher moves once per optimiser step,
-        also under gradient accumulation.
+        Here rather than in ``training_step`` so both schedules move once per optimiser step,
+        also under gradient accumulation. Norms and biases (``*_no_decay``) stay at 0.
         """
-        super().optimizer_step(*args, **kwargs)
+        decay = self.weight_decay_now()
+        for group in optimizer.param_groups:
+            if not str(group.get("name", "")).endswith("_no_decay"):
+                group["weight_decay"] = decay
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
         momentum = self.teacher_momentum()
         update_momentum(self.student_backbone, self.teacher_backbone, m=momentum)
         update_momentum(self.student_head, self.teacher_head, m=momentum)

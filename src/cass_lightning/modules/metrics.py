@@ -10,10 +10,15 @@
 ``auroc`` averages only over classes with both positives and negatives in the evaluated set
 (torchmetrics' macro AUROC counts an absent class as 0, which misleads on small splits); it is
 NaN when no class qualifies.
+
+:class:`PerClassBreakdown` adds what a study report needs beside the averages: F1 and support per
+class and (multi-class) the confusion matrix, from the same predictions (argmax of the softmax;
+``sigmoid > 0.5`` for multi-label).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -22,9 +27,11 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import (
     MulticlassAccuracy,
+    MulticlassConfusionMatrix,
     MulticlassF1Score,
     MultilabelExactMatch,
     MultilabelF1Score,
+    MultilabelStatScores,
 )
 from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
@@ -157,3 +164,64 @@ class ClassificationMetrics(nn.Module):
 def build_metrics(multi_label: bool, num_classes: int) -> ClassificationMetrics:
     """The metrics for a dataset: ``multilabel`` for multi-hot targets, else ``multiclass``."""
     return ClassificationMetrics("multilabel" if multi_label else "multiclass", num_classes)
+
+
+def f1_and_support(
+    tp: Sequence[int], fp: Sequence[int], fn: Sequence[int]
+) -> dict[str, list[float | None] | list[int]]:
+    """Per-class ``f1 = 2 tp / (2 tp + fp + fn)`` and ``support = tp + fn``.
+
+    F1 is ``None`` for a class with no support and no prediction: there is nothing to score, and
+    a 0 (torchmetrics' convention) would read as a failure in a per-class table.
+    """
+    f1: list[float | None] = []
+    for t, p, n in zip(tp, fp, fn, strict=True):
+        denominator = 2 * int(t) + int(p) + int(n)
+        f1.append(2 * int(t) / denominator if denominator else None)
+    return {"f1": f1, "support": [int(t) + int(n) for t, n in zip(tp, fn, strict=True)]}
+
+
+class PerClassBreakdown(nn.Module):
+    """Per-class F1 and support, and the confusion matrix (rows: true class, columns: predicted;
+    multi-class only), accumulated over an evaluation pass from logits and the batch targets.
+
+    Built from torchmetrics' ``MulticlassConfusionMatrix`` / ``MultilabelStatScores`` (summed
+    across processes under DDP); their states are not saved in checkpoints.
+    """
+
+    def __init__(self, multi_label: bool, num_classes: int) -> None:
+        super().__init__()
+        self.multi_label, self.num_classes = multi_label, num_classes
+        self.counts: Metric = (
+            MultilabelStatScores(num_classes, threshold=0.5, average=None)
+            if multi_label
+            else MulticlassConfusionMatrix(num_classes)
+        )
+        self._updated = False
+
+    def update(self, logits: Tensor, targets: Tensor) -> None:
+        logits = logits.detach().float()
+        if self.multi_label:
+            self.counts.update(torch.sigmoid(logits), targets.detach().long())
+        else:
+            self.counts.update(logits.softmax(dim=-1), targets.detach().long())
+        self._updated = True
+
+    def compute(self) -> dict[str, Any] | None:
+        """``{"per_class": {"f1", "support"}, "confusion"}`` as plain lists (``confusion`` is
+        ``None`` for multi-label data); ``None`` when nothing was seen since the last reset."""
+        if not self._updated:
+            return None
+        counts = self.counts.compute().long().cpu()
+        if self.multi_label:  # columns: tp, fp, tn, fn, support
+            tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 3]
+            return {"per_class": f1_and_support(tp.tolist(), fp.tolist(), fn.tolist()),
+                    "confusion": None}  # fmt: skip
+        tp = counts.diagonal()
+        fp, fn = counts.sum(dim=0) - tp, counts.sum(dim=1) - tp
+        return {"per_class": f1_and_support(tp.tolist(), fp.tolist(), fn.tolist()),
+                "confusion": counts.tolist()}  # fmt: skip
+
+    def reset(self) -> None:
+        self.counts.reset()
+        self._updated = False
