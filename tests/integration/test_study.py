@@ -18,6 +18,8 @@ from hydra.core.global_hydra import GlobalHydra
 from app_helpers import app_env, compose_app
 from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.study import launcher_overrides, settings_from
+from cass_lightning.apps.study_plan import build_plan
+from cass_lightning.apps.study_points import compose_point
 
 #: study=smoke, smaller: one label fraction, two seeds, short runs; last.ckpt every 2 steps so
 #: a kill lands after a checkpoint and in the middle of CASS's pretraining.
@@ -170,3 +172,42 @@ def test_the_launcher_choice_goes_to_the_workers(tmp_path):
         cfg = compose("study_points", ["study_dir=/s", "point=a", *launcher_overrides(typed)],
                       return_hydra_config=True)  # fmt: skip
     assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.partition == "gpu"
+
+
+@pytest.mark.parametrize("kind", ["paper", "robustness"])
+def test_every_kind_of_point_composes_into_its_app(tmp_path, kind):
+    """The plan's overrides, with the paper's experiments, compose into the real app configs:
+    CASS as paper_reference, DINO as dino_reference on each arm, and every fine-tuning row."""
+    weights = {arm: tmp_path / f"{arm}.safetensors" for arm in ("cnn", "vit")}
+    for file in weights.values():
+        file.write_bytes(b"")
+    given = [f"study.weights.{arm}={file}" for arm, file in weights.items()]
+    cfg = compose_app(tmp_path, [f"study={kind}", *given], config_name="study")
+    study_dir = tmp_path / "study"
+    points = build_plan(settings_from(cfg, [], study_dir), study_dir)
+    kinds = {}
+    for p in points:
+        kinds.setdefault((p.app, p.method, p.arm), p)
+    for (app, method, arm), point in kinds.items():
+        composed = compose_point(point, point.folder(study_dir), [])
+        model = composed.model
+        if app == "pretrain":
+            assert (model.cnn, model.vit, model.img_size) == (
+                "resnet50",
+                "vit_base_patch16_384",
+                384,
+            )
+            assert model.pretrained is True and model.cnn_weights_file == str(weights["cnn"])
+            assert composed.trainer.max_epochs == point.info["epochs"]
+            assert composed.data.batch_size == point.info["batch_size"]
+            assert model._target_.endswith("DINOModule" if method == "dino" else "CASSModule")
+            if method == "dino":
+                assert model.arm == arm and composed.lr_scaling.base_batch_size == 256
+        else:
+            assert composed.arm == arm and composed.data.label_fraction == point.info["fraction"]
+            assert composed.seed == point.info["seed"]
+            if method == "imagenet":
+                assert composed.weights == "imagenet"
+                assert composed.model.weights_file == str(weights[arm])
+    assert {m for _, m, _ in kinds} == ({"cass", "dino"} if kind == "robustness" else
+                                        {"cass", "dino", "imagenet", "random"})  # fmt: skip
