@@ -2,7 +2,7 @@
 
 Used during pretraining to see whether the representation improves without a separate job
 (as solo-learn does), and by the benchmarks. Features are always computed in fp32 with autocast
-off: reduced-precision features can change kNN readings a lot (the README has the figure).
+off: reduced-precision features can change kNN readings a lot (docs/method.md has the figure).
 """
 
 from __future__ import annotations

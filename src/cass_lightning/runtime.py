@@ -97,7 +97,7 @@ def apply_speed_switches(model: nn.Module, channels_last: bool, compile: bool) -
     ``torch.compile`` of every timm model inside ``model``, in place.
 
     In place: ``nn.Module.compile`` keeps the state-dict keys, so checkpoints and exports stay
-    plain timm. Compilation costs its time on the first steps (README: measured figure).
+    plain timm. Compilation costs its time on the first steps (docs/runs.md).
     """
     if channels_last:
         model.to(memory_format=torch.channels_last)

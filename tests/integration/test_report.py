@@ -172,13 +172,13 @@ def test_cli_writes_next_to_the_first_folder_and_reports_errors(runs, tmp_path, 
     assert all((out / name).is_file() for name in REPORT_FILES)
     printed = capsys.readouterr().out
     assert "| dino | vit |" in printed and "6 runs in 3 rows" in printed
-    assert main([str(runs / "a")]) == 2  # the report is already there
+    assert main([str(runs / "a")]) == 1  # the report is already there: a refusal
     assert "refusing to overwrite" in capsys.readouterr().err
     assert main([str(runs), "--out", str(tmp_path / "other"), "--metric", "loss"]) == 0
     assert "test/loss" in (tmp_path / "other" / "report.md").read_text()
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main([str(empty)]) == 2
+    assert main([str(empty)]) == 1
     assert "no results.json found" in capsys.readouterr().err
 
 
@@ -219,5 +219,5 @@ def test_cli_writes_a_study_report_with_verdicts(runs, tmp_path, capsys):
     # CASS-CNN (seeds 0, 1 at 10%) has no DINO-CNN run to pair with: said, not hidden.
     assert "CASS-CNN vs DINO-CNN at 10% labels: DINO-CNN missing (no runs at 10% labels)" in printed
     assert "No pretraining costs were given" in printed
-    assert main([str(runs), "--out", str(out), "--study"]) == 2
+    assert main([str(runs), "--out", str(out), "--study"]) == 1
     assert "refusing to overwrite" in capsys.readouterr().err

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Console entry point; exits with a one-line message (not a traceback) on a user error."""
+    """Console entry point; a refused input (no results, an existing report, a bad metric)
+    is one named line and exit 1, as in every app; a malformed command line exits 2."""
     args = build_parser().parse_args(argv)
     out = args.out if args.out is not None else args.folders[0] / "report"
     metric = args.metric or "f1_macro"
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"cass-report: error: {message}", file=sys.stderr)
-        return 2
+        return 1
     print(markdown(rows, metric))
     print(f"{len(results)} runs in {len(rows)} rows; wrote "
           + ", ".join(str(p) for p in paths.values()))  # fmt: skip

@@ -97,7 +97,7 @@ class CollapseMonitor(L.Callback):
     epoch end from what :class:`CASSModule` logs: the mean cosine between the arms
     (``train/cosine_epoch``) above ``cosine_threshold`` AND an arm's spread of normalised
     outputs below ``spread_threshold`` times a well-spread value (``1/sqrt(dim)``); healthy runs
-    stay near 1 (the README shows what collapsed runs read). ``stop=True`` ends the run at that
+    stay near 1 (docs/remedies.md shows what collapsed runs read). ``stop=True`` ends the run at that
     epoch (checkpoints and export as usual).
     """
 
@@ -132,7 +132,7 @@ class CollapseMonitor(L.Callback):
             f"{cosine:.4f} (threshold {self.cosine_threshold}), spread of normalised outputs "
             f"relative to 1/sqrt({dim}): cnn {spread['cnn']:.3f}, vit {spread['vit']:.3f} "
             f"(threshold {self.spread_threshold}). Every image is mapped to nearly one "
-            "direction; see the README on collapse (start from pretrained weights)."
+            "direction; see docs/remedies.md on collapse (start from pretrained weights)."
         )
         rank_zero_warn(message)
         pl_module.log("collapse/epoch", float(trainer.current_epoch), on_epoch=True)
