@@ -24,6 +24,35 @@ from cass_lightning.maps import (
 )
 
 
+def display_normalization(
+    trainer: L.Trainer,
+    pl_module: L.LightningModule,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> tuple[Sequence[float], Sequence[float]] | None:
+    """The normalisation to undo for display: the given ``mean``/``std``, else the datamodule's,
+    else the model's hyperparameters', else ``None`` (show the tensors as they are)."""
+    if mean is not None and std is not None:
+        return mean, std
+    datamodule = getattr(trainer, "datamodule", None)
+    if getattr(datamodule, "mean", None) is not None and getattr(datamodule, "std", None):
+        return datamodule.mean, datamodule.std
+    hparams = getattr(pl_module, "hparams", {})
+    if hparams.get("mean") is not None and hparams.get("std") is not None:
+        return hparams["mean"], hparams["std"]
+    return None
+
+
+def send_image(trainer: L.Trainer, key: str, grid: Tensor, caption: str) -> None:
+    """A ``(3, H, W)`` grid in ``[0, 1]`` to every logger that shows images (wandb, TensorBoard)."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            pixels = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            logger.log_image(key, [pixels], step=trainer.global_step, caption=[caption])
+        elif isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_image(key, grid, trainer.global_step)
+
+
 def image_grid(images: Tensor, nrow: int | None = None, padding: int = 2) -> Tensor:
     """A ``(3, H, W)`` grid of ``[0, 1]`` images, ``nrow`` per row (default: about square).
 
@@ -91,24 +120,11 @@ class LogAugmentedSamples(L.Callback):
         if not self._done and self._collected:  # an epoch with fewer images than asked for
             self._emit(trainer, pl_module)
 
-    def _normalization(
-        self, trainer: L.Trainer, pl_module: L.LightningModule
-    ) -> tuple[Sequence[float], Sequence[float]] | None:
-        if self.mean is not None and self.std is not None:
-            return self.mean, self.std
-        datamodule = getattr(trainer, "datamodule", None)
-        if getattr(datamodule, "mean", None) is not None and getattr(datamodule, "std", None):
-            return datamodule.mean, datamodule.std
-        hparams = getattr(pl_module, "hparams", {})
-        if hparams.get("mean") is not None and hparams.get("std") is not None:
-            return hparams["mean"], hparams["std"]
-        return None
-
     def _emit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._done = True
         images = torch.cat(self._collected)
         self._collected = []
-        norm = self._normalization(trainer, pl_module)
+        norm = display_normalization(trainer, pl_module, self.mean, self.std)
         images = denormalize(images, *norm) if norm else images.clamp(0.0, 1.0)
         grid = image_grid(images, self.nrow)
         folder = self.dirpath or Path(trainer.default_root_dir) / "samples"
@@ -116,12 +132,7 @@ class LogAugmentedSamples(L.Callback):
         self.saved_to = folder / "augmented.png"
         save_image(grid, self.saved_to)
         caption = f"{images.shape[0]} augmented training images, step {trainer.global_step}"
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                pixels = grid.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-                logger.log_image(self.key, [pixels], step=trainer.global_step, caption=[caption])
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(self.key, grid, trainer.global_step)
+        send_image(trainer, self.key, grid, caption)
 
 
 class LogAttentionMaps(L.Callback):
@@ -204,18 +215,6 @@ class LogAttentionMaps(L.Callback):
             return
         self._emit(trainer, pl_module)
 
-    def _normalization(
-        self, trainer: L.Trainer, pl_module: L.LightningModule
-    ) -> tuple[Sequence[float] | None, Sequence[float] | None]:
-        """The given ``mean``/``std``, else the datamodule's, else the model's, else none."""
-        if self.mean is not None and self.std is not None:
-            return self.mean, self.std
-        datamodule = getattr(trainer, "datamodule", None)
-        if getattr(datamodule, "mean", None) is not None and getattr(datamodule, "std", None):
-            return datamodule.mean, datamodule.std
-        hparams = getattr(pl_module, "hparams", {})
-        return hparams.get("mean"), hparams.get("std")
-
     def _emit(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.images is not None
         maps = []
@@ -225,7 +224,8 @@ class LogAttentionMaps(L.Callback):
                 if next(model.parameters()).dtype != torch.float32:  # a true-half run
                     model = copy.deepcopy(model).float()
                 maps.append(draw(model, self.images.to(pl_module.device)))
-        pixels = overlay_grid(self.images, maps, *self._normalization(trainer, pl_module))
+        norm = display_normalization(trainer, pl_module, self.mean, self.std)
+        pixels = overlay_grid(self.images, maps, *(norm or (None, None)))
         folder = self.dirpath or Path(trainer.default_root_dir) / "maps"
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"epoch_{trainer.current_epoch:03d}.png"
@@ -236,8 +236,4 @@ class LogAttentionMaps(L.Callback):
             f"epoch {trainer.current_epoch}: image | ViT CLS attention | CNN Grad-CAM, "
             f"{self.images.shape[0]} validation images"
         )
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(self.key, [pixels], step=trainer.global_step, caption=[caption])
-            elif isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_image(self.key, grid, trainer.global_step)
+        send_image(trainer, self.key, grid, caption)

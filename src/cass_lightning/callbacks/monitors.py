@@ -97,8 +97,8 @@ class CollapseMonitor(L.Callback):
     epoch end from what :class:`CASSModule` logs: the mean cosine between the arms
     (``train/cosine_epoch``) above ``cosine_threshold`` AND an arm's spread of normalised
     outputs below ``spread_threshold`` times a well-spread value (``1/sqrt(dim)``); healthy runs
-    stay near 1 (docs/remedies.md shows what collapsed runs read). ``stop=True`` ends the run at that
-    epoch (checkpoints and export as usual).
+    stay near 1 (docs/remedies.md shows what collapsed runs read). ``stop=True`` ends the run at
+    that epoch (checkpoints and export as usual).
     """
 
     def __init__(
