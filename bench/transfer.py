@@ -32,7 +32,8 @@ Equal wall time: each method's seconds per step are measured once per dataset (a
 method, back to back, twice, the faster kept) and each job runs ``budget / seconds-per-step``
 steps; the count of steps, not the clock, ends a job, so a busy machine does not shorten one row
 against another. ``--steps cass=N dino-vit=M ...`` fixes a job kind's steps instead (no timing):
-to rerun with another ``--heads`` at the very steps a first run printed.
+to rerun with another ``--heads`` at the very steps a first run printed, and ``--init-cache DIR``
+reuses the first run's supervised init.
 
 Readings per arm, all on the evaluation classes, in fp32, BatchNorm statistics re-estimated on
 the unlabelled training images first: weighted kNN (k=20; bank = train, queries = test); a linear
@@ -252,6 +253,24 @@ def supervised_init(split: Split, args: argparse.Namespace) -> dict[str, dict[st
     return states
 
 
+def cached_init(split: Split, args: argparse.Namespace) -> dict[str, dict[str, Tensor]]:
+    """``supervised_init``, read from ``--init-cache`` when an earlier run with the same settings
+    saved it there (the init is seeded and counted in epochs, so it is the same init)."""
+    if args.init_cache is None:
+        return supervised_init(split, args)
+    key = (f"{split.name}-{args.cnn}-{args.vit}-p{args.vit_patch_size}-{args.img_size}px-"
+           f"e{args.init_epochs}-b{args.batch_size}-n{args.synthetic_per_class}")  # fmt: skip
+    path = Path(args.init_cache) / f"init-{key}.pt"
+    if path.is_file():
+        print(f"    init: read from {path}", flush=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    states = supervised_init(split, args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():  # never over another run's file
+        torch.save(states, path)
+    return states
+
+
 def cass_module(
     args: argparse.Namespace, remedies: list[str], init: dict, init_head_dim: int | None = None
 ) -> CASSModule:
@@ -394,6 +413,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heads", choices=HEADS, default="fresh",
                    help="CASS heads: fresh 1000-wide (default) or the init's trained "
                    "classifiers")  # fmt: skip
+    p.add_argument(
+        "--init-cache",
+        type=Path,
+        default=None,
+        help="folder to save the supervised init in, and read it from next time",
+    )
     p.add_argument("--steps", nargs="+", default=[], metavar="KIND=N",
                    help="fix a job kind's steps (cass, a remedy, best, dino-cnn, dino-vit) "
                    "instead of timing it")  # fmt: skip
@@ -440,7 +465,7 @@ def run_dataset(name: str, args: argparse.Namespace, only: set[str], workdir: Pa
     log(f"{name}: init part {len(split.init_x)} images ({split.num_init} classes); evaluation "
         f"part train {len(split.x['train'])} / val {len(split.x['val'])} / test "
         f"{len(split.x['test'])} ({split.num_eval} classes)")  # fmt: skip
-    init = supervised_init(split, args)
+    init = cached_init(split, args)
     head_dim = split.num_init if args.heads == "init" else None
 
     def make_cass(remedies: list[str]) -> CASSModule:

@@ -113,13 +113,13 @@ def test_steps_option_fixes_job_steps_and_refuses_unknown_kinds(capsys):
 
 
 @pytest.mark.slow
-def test_transfer_bench_tiny_run_with_init_heads(capsys):
+def test_transfer_bench_tiny_run_with_init_heads(tmp_path, capsys):
     bench = load_bench("transfer")
     threads = torch.get_num_threads()
     # One seed, two rows, fixed steps (no timing): the cheapest run through --heads init.
     seeds, only = TINY.index("--seeds"), TINY.index("--only")
     argv = [*TINY[:seeds], "--seeds", "0", "--only", "init", "cass", *TINY[only + 7:],
-            "--heads", "init", "--steps", "cass=2"]  # fmt: skip
+            "--heads", "init", "--steps", "cass=2", "--init-cache", str(tmp_path)]  # fmt: skip
     try:
         bench.main(argv)
     finally:
@@ -131,6 +131,13 @@ def test_transfer_bench_tiny_run_with_init_heads(capsys):
     rows = {r.strip("|").split("|")[0].strip(): r for r in table[1:]}
     assert set(rows) == {"init", "cass"}
     assert rows["cass"].split("|")[2].strip() == "2"
+    # The supervised init was saved; the same settings read it back instead of training again.
+    (saved,) = tmp_path.glob("init-synthetic-*.pt")
+    args = bench.parse_args(argv)
+    again = bench.cached_init(bench.Split("synthetic", args), args)
+    out = capsys.readouterr().out
+    assert f"init: read from {saved}" in out and "init cnn:" not in out  # nothing trained
+    assert set(again) == {"cnn", "vit"} and again["cnn"]["fc.weight"].shape[0] == 3
     for row in rows.values():
         for cell in [c.strip() for c in row.strip("|").split("|")][3:]:
             assert 0.0 <= float(cell.split(" ± ")[0]) <= 1.0
