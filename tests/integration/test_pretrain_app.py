@@ -37,7 +37,8 @@ def test_every_experiment_composes_and_resolves(tmp_path, experiment):
     task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     resolved = OmegaConf.to_container(task, resolve=True)
     assert resolved["paths"]["output_dir"] == str(tmp_path / "run")
-    assert cfg.model._target_ == "cass_lightning.CASSModule"
+    module = "modules.dino.DINOModule" if experiment.startswith("dino") else "CASSModule"
+    assert cfg.model._target_ == f"cass_lightning.{module}"
     assert cfg.data.img_size == cfg.model.img_size
 
 
