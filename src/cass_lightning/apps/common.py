@@ -16,16 +16,23 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cass_lightning.checks import check_int
 from cass_lightning.io import atomic_write_json, atomic_write_text
-from cass_lightning.runtime import check_run_length, cpu_bf16_warning, read_cpu_flags
+
+# Lightning, torch and the launch rules are imported where they are used: the study's planner
+# and the report share this module and should start in a second, not load the training stack.
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 (always, outside distributed training)."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
+
 
 #: conf/ at the repository root (the package is installed in editable mode from the checkout).
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
@@ -171,7 +178,7 @@ def claim_run_folder(folder: Path) -> Iterator[None]:
     host and start time: a lock left by a process that has ended on this machine (``kill -9``)
     is taken over with a note. It is removed when the block ends, by success or failure.
     """
-    if rank_zero_only.rank != 0:
+    if not is_rank_zero():
         yield
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,14 +192,14 @@ def claim_run_folder(folder: Path) -> Iterator[None]:
             lock.unlink(missing_ok=True)
 
 
-@rank_zero_only
 def save_run_config(folder: Path, cfg: DictConfig) -> None:
-    """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` as Hydra would.
+    """Write ``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml`` as Hydra would
+    (rank 0 only).
 
     The apps set ``hydra.output_subdir: null`` so that Hydra writes nothing before the run has
     claimed its folder; the app calls this right after the claim.
     """
-    if not HydraConfig.initialized():
+    if not HydraConfig.initialized() or not is_rank_zero():
         return
     hydra_cfg = HydraConfig.instance().cfg
     out = folder / ".hydra"
@@ -210,13 +217,19 @@ def check_run_settings(cfg: DictConfig) -> None:
     check_int("data.batch_size", cfg.data.get("batch_size"), 1)
     trainer = cfg.trainer
     if not trainer.get("fast_dev_run"):
+        from cass_lightning.runtime import check_run_length
+
         check_run_length(trainer.get("max_epochs"), trainer.get("max_steps", -1))
     check_int("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), 1)
 
 
 def warn_slow_bf16(precision: str, on_cpu: bool) -> None:
     """Say at start when bf16 on this CPU would be emulated (many times slower than fp32)."""
-    if on_cpu and rank_zero_only.rank == 0:
+    if on_cpu and is_rank_zero():
+        import torch
+
+        from cass_lightning.runtime import cpu_bf16_warning, read_cpu_flags
+
         capability = torch.backends.cpu.get_cpu_capability()
         warning = cpu_bf16_warning(precision, on_cpu, capability, read_cpu_flags())
         if warning:
@@ -255,6 +268,8 @@ def print_config_tree(
 
 def seed_everything(seed: int | None) -> None:
     if seed is not None:
+        import lightning as L
+
         L.seed_everything(int(seed), workers=True)
 
 
@@ -264,7 +279,6 @@ def finite_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-@rank_zero_only
 def report_run(
     headline: str,
     places: dict[str, Any],
@@ -274,7 +288,10 @@ def report_run(
     summary: dict[str, Any] | None = None,
 ) -> None:
     """Print what a finished run produced (``places``: where things are; then the ``shown``
-    metrics, or all), and write ``summary`` to ``summary_file`` for scripts and the study."""
+    metrics, or all), and write ``summary`` to ``summary_file`` for scripts and the study
+    (rank 0 only)."""
+    if not is_rank_zero():
+        return
     width = max((len(k) for k in places), default=0) + 1
     lines = [headline]
     lines += [f"  {f'{k}:':{width}} {'-' if v is None else v}" for k, v in places.items()]

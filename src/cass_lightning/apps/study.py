@@ -36,6 +36,7 @@ from cass_lightning.apps.study_plan import (
     Point,
     StudySettings,
     build_plan,
+    digest_of,
     missing_rows,
     statuses_of,
     write_plan,
@@ -117,19 +118,16 @@ def plan_table(points: list[Point], statuses: dict[str, str]) -> str:
 # ----------------------------------------------------------------------------- running
 def check_data(settings: StudySettings, study_dir: Path) -> None:
     """Index and check every image once for the whole study (and fill the shared cache), so the
-    points skip it; a bad dataset stops the study here, before any training."""
+    points skip it; a bad dataset stops the study here, before any training. A check that
+    passed before with the same data settings is not repeated."""
     from cass_lightning.apps.data import check
 
-    folder = study_dir / "data-check"
-    point = Point(
-        "data-check",
-        "data_app",
-        -1,
-        "-",
-        "-",
-        [*settings.data, f"model.img_size={settings.encoders['img_size']}"],
-        "",
-    )
+    overrides = [*settings.data, f"model.img_size={settings.encoders['img_size']}"]
+    folder = study_dir / f"data-check-{digest_of('data_app', overrides, None)[:8]}"
+    report = folder / "data_report.json"
+    if report.is_file() and not read_json(report, "data report").get("problems"):
+        return
+    point = Point("data-check", "data_app", -1, "-", "-", overrides, "")
     cfg = compose_point(point, folder, [])
     saved = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
