@@ -68,7 +68,7 @@ class EncoderSpec:
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """True when the Hugging Face endpoint answers within ``timeout_s``.
 
-    timm retries a dead hub for about 45 s before failing; this probe makes the failure fast.
+    timm retries a dead hub for tens of seconds before failing; this probe makes the failure fast.
     When huggingface_hub is in offline mode, weights can only come from its cache: let timm try.
     """
     from huggingface_hub import constants

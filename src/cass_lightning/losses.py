@@ -1,8 +1,12 @@
-"""The CASS objective, framework-free.
+"""Loss functions and collapse statistics as plain tensor functions (no Lightning).
 
-CASS feeds one augmented view to a CNN and to a ViT and pulls their outputs together with
-``2 - 2 * cos(T(x'), R(x'))`` per sample, averaged over the batch (range [0, 4]). Both arms
-receive gradients; there is no stop-gradient, predictor or momentum target in the paper's loss.
+- :func:`cass_loss`: the paper's loss. CASS feeds one augmented view to a CNN and to a ViT and
+  pulls their outputs together with ``2 - 2 * cos(T(x'), R(x'))`` per sample, averaged over the
+  batch (range [0, 4]); both arms receive gradients. How it is combined with the opt-in
+  remedies is :mod:`cass_lightning.modules.objective`.
+- :func:`cosine_similarity`, :func:`normalized_std`: the collapse signals a run logs.
+- :func:`variance_term`, :func:`covariance_term`: VICReg's terms, used by a remedy.
+- :func:`sigmoid_focal_loss`: the paper's fine-tuning loss.
 """
 
 from __future__ import annotations

@@ -575,14 +575,14 @@ def test_the_run_log_exports_checkpoints_and_init_records(tmp_path):
 
 # ============================================================== 10. bf16 on a slow CPU
 def test_bf16_on_a_cpu_without_native_bf16_warns_at_start(tmp_path, capsys, monkeypatch):
-    from cass_lightning.apps import common
+    from cass_lightning import runtime
 
-    monkeypatch.setattr(common, "read_cpu_flags", lambda: {"avx2", "fma"})
+    monkeypatch.setattr(runtime, "read_cpu_flags", lambda: {"avx2", "fma"})
     cfg = compose_app(tmp_path, [*TINY_RUN, "trainer.precision=bf16-mixed"])
     pretrain_app.launch_settings(cfg)
     err = capsys.readouterr().err
     assert "Warning: trainer.precision=bf16-mixed on a CPU without native bf16" in err
-    monkeypatch.setattr(common, "read_cpu_flags", lambda: {"avx2", "avx512_bf16"})
+    monkeypatch.setattr(runtime, "read_cpu_flags", lambda: {"avx2", "avx512_bf16"})
     pretrain_app.launch_settings(cfg)
     assert "Warning" not in capsys.readouterr().err
 
