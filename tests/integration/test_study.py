@@ -18,18 +18,26 @@ from hydra.core.global_hydra import GlobalHydra
 from app_helpers import app_env, compose_app
 from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.study import launcher_overrides, settings_from
-from cass_lightning.apps.study_plan import build_plan, read_plan, statuses_of
+from cass_lightning.apps.study_plan import (
+    FAILED_FILE,
+    build_plan,
+    read_plan,
+    statuses_of,
+    write_plan,
+)
 from cass_lightning.apps.study_points import compose_point
+from data_fixtures import image, snapshot
 
 #: study=smoke, smaller: one label fraction, two seeds, short runs; last.ckpt every 2 steps so
 #: a kill lands after a checkpoint and in the middle of CASS's pretraining.
 STUDY = [
     "study=smoke", "study.seeds=[0,1]", "study.fractions=[1.0]", "study.pretrain.epochs=3",
+    "study.encoders.img_size=32",
     'study.overrides.data=["data.images_per_class=16","data.val_images_per_class=4",'
     '"data.image_size=32","data.num_workers=0"]',
     'study.overrides.pretrain=["rich_progress_bar=false",'
     '"callbacks.last_checkpoint.every_n_train_steps=2"]',
-    'study.overrides.finetune=["trainer.max_epochs=1"]',
+    'study.overrides.finetune=["trainer.max_epochs=1","early_stopping.patience=1"]',
 ]  # fmt: skip
 ROWS = {(m, a) for m in ("cass", "dino", "random") for a in ("cnn", "vit")}
 
@@ -101,8 +109,12 @@ def test_smoke_study_survives_a_kill_and_reports_every_row(tmp_path):
     proc = _start(tmp_path)
     _wait_for(proc, lambda: list(study.glob("points/finetune-*/started.json")))
     killed = next(study.glob("points/finetune-*/started.json")).parent.name
+    worker = json.loads((study / "points" / killed / "started.json").read_text())["pid"]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
+    deadline = time.monotonic() + 60  # the worker, now init's child, takes a moment to go
+    while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
     during = _statuses_now(tmp_path, study)
     assert during[killed] == "interrupted"
     assert {s for p, s in during.items() if p.startswith("pretrain")} == {"done"}
@@ -219,3 +231,66 @@ def test_every_kind_of_point_composes_into_its_app(tmp_path, kind):
                 assert composed.model.weights_file == str(weights[arm])
     assert {m for _, m, _ in kinds} == ({"cass", "dino"} if kind == "robustness" else
                                         {"cass", "dino", "imagenet", "random"})  # fmt: skip
+
+
+def test_an_override_no_app_accepts_stops_the_study_before_anything_is_written(tmp_path):
+    from cass_lightning.apps.study import study
+
+    bad = 'study.overrides.finetune=["trainer.max_epochs=1","trainer.no_such_switch=false"]'
+    cfg = compose_app(tmp_path, [*STUDY, bad], config_name="study")
+    with pytest.raises(ValueError, match=r"finetune-cass-cnn-100pct-s0-\w+ \(finetune\) does "
+                                         r"not compose.*trainer\.no_such_switch"):  # fmt: skip
+        study(cfg, [*STUDY, bad], [])
+    assert not Path(str(cfg.study.dir)).exists()  # no plan, no point folder, no data check
+
+
+@pytest.mark.slow
+def test_a_dataset_that_fails_the_check_stops_the_study_before_any_training(tmp_path):
+    root = tmp_path / "mine"
+    for split in ("train", "val"):
+        for cls in ("benign", "malignant"):
+            for i in range(4):
+                image(root / split / cls / f"{cls}_{i}.png", size=(20, 16), seed=i)
+    (root / "train" / "benign" / "broken.png").write_bytes(b"\x89PNG\r\n not an image")
+    before = snapshot(root)
+    proc = _study(tmp_path, "data=image_folder", f"data.root={root}",
+                  'study.overrides.data=["data.num_workers=0"]', timeout=300)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "the study's data did not pass the check" in proc.stderr
+    study = tmp_path / "runs" / "study" / "smoke-image_folder"
+    (check,) = study.glob("data-check-*")
+    report = json.loads((check / "data_report.json").read_text())
+    assert report["problems"] and "unreadable" in report["problems"][0]
+    assert [Path(bad["file"]).name for bad in report["bad_files"]] == ["broken.png"]
+    assert not list(study.glob("points/*/started.json"))  # no point began
+    assert snapshot(root) == before
+
+
+def test_one_worker_takes_both_stages_and_skips_what_waits_on_a_failed_pretraining(tmp_path):
+    from cass_lightning.apps.study import _todo
+
+    cfg = compose_app(tmp_path, STUDY, config_name="study")
+    study_dir = tmp_path / "study"
+    settings = settings_from(cfg, STUDY, study_dir)
+    points = build_plan(settings, study_dir)
+    write_plan(study_dir, settings, points, statuses_of(points, study_dir))
+    # nothing done: the worker gets every point, pretraining first, then what waits on it
+    todo = _todo(points, study_dir, (0, 1))
+    assert [p.id for p in todo] == [p.id for p in sorted(points, key=lambda p: p.stage)]
+    # CASS's pretraining failed in this invocation: it is not retried now, nor are its rows
+    cass = next(p for p in points if p.app == "pretrain" and p.method == "cass")
+    cass.folder(study_dir).mkdir(parents=True)
+    (cass.folder(study_dir) / FAILED_FILE).write_text("{}")
+    left = {p.id for p in _todo(points, study_dir, (0, 1))}
+    assert cass.id not in left and not any(p.needs == cass.id for p in points if p.id in left)
+    assert {p.method for p in points if p.id in left} == {"dino", "random"}
+    # a fine-tuning point run when its pretraining did not finish is skipped, nothing written
+    waiting = next(p for p in points if p.needs == cass.id)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cass_lightning.apps.study_points", f"study_dir={study_dir}",
+         f"point={waiting.id}"], env=app_env(tmp_path), cwd=tmp_path, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"{waiting.id} skipped: its pretraining {cass.id} did not finish" in proc.stderr
+    assert not waiting.folder(study_dir).exists()

@@ -15,6 +15,7 @@ launcher. Run the same command again to finish an interrupted or partly failed s
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -41,8 +42,14 @@ from cass_lightning.apps.study_plan import (
     statuses_of,
     write_plan,
 )
-from cass_lightning.apps.study_points import TIMING_FILE, compose_point
-from cass_lightning.io import read_json
+from cass_lightning.apps.study_points import (
+    DATA_CHECK_REQUEST,
+    TIMING_FILE,
+    compose_point,
+    data_check_passed,
+    run_data_check,
+)
+from cass_lightning.io import atomic_write_json, read_json
 
 #: The worker was stopped from outside (Ctrl-C, SIGTERM): the study stops too.
 STOPPED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
@@ -116,31 +123,46 @@ def plan_table(points: list[Point], statuses: dict[str, str]) -> str:
 
 
 # ----------------------------------------------------------------------------- running
-def check_data(settings: StudySettings, study_dir: Path) -> None:
-    """Index and check every image once for the whole study (and fill the shared cache), so the
-    points skip it; a bad dataset stops the study here, before any training. A check that
-    passed before with the same data settings is not repeated."""
-    from cass_lightning.apps.data import check
+def check_configs(points: list[Point], statuses: dict[str, str], study_dir: Path) -> None:
+    """Compose one point of each kind not yet done (app, method, arm, mode: the points of a kind
+    differ in values only), so an override no app accepts (a typo, a key missing a ``+``) stops
+    the study here, naming the point, instead of failing every point in turn."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
+    kinds: dict[tuple[Any, ...], Point] = {}
+    for point in points:
+        if statuses[point.id] != "done":
+            kind = (point.app, point.method, point.arm, point.info.get("mode"))
+            kinds.setdefault(kind, point)
+    for point in kinds.values():
+        try:
+            compose_point(point, point.folder(study_dir), [])
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ValueError(
+                f"study point {point.id} ({point.app}) does not compose: {err}. Its overrides: "
+                f"{' '.join(point.overrides)}"
+            ) from None
+
+
+def data_check_folder(settings: StudySettings, study_dir: Path) -> Path | None:
+    """The folder where the study's data is checked once for all points (so the points skip
+    it), with the check's overrides written in its request; ``None`` when a check with the same
+    data settings passed before. A bad dataset stops the study before any training."""
     overrides = [*settings.data, f"model.img_size={settings.encoders['img_size']}"]
     folder = study_dir / f"data-check-{digest_of('data_app', overrides, None)[:8]}"
-    report = folder / "data_report.json"
-    if report.is_file() and not read_json(report, "data report").get("problems"):
-        return
-    point = Point("data-check", "data_app", -1, "-", "-", overrides, "")
-    cfg = compose_point(point, folder, [])
-    saved = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(cfg)
-    try:
-        status = check(cfg)
-    finally:
-        HydraConfig.instance().cfg = saved  # type: ignore[assignment]
-    if status:
-        raise ValueError(f"the study's data did not pass the check (report in {folder})")
+    if data_check_passed(folder):
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / DATA_CHECK_REQUEST, {"overrides": overrides})
+    return folder
 
 
-def run_stage(points: list[Point], study_dir: Path, launcher: list[str]) -> int:
-    """Run ``points`` in one worker (a Hydra multirun over their ids); returns its exit code.
+def run_stage(
+    points: list[Point], study_dir: Path, launcher: list[str], data_check: Path | None = None
+) -> int:
+    """Run ``points`` in one worker (a Hydra multirun over their ids), which first checks the
+    data in ``data_check`` when given; returns its exit code.
 
     A SIGTERM sent to the study is passed on to the worker, which saves the running point's
     ``last.ckpt`` and stops; the study waits for that, then stops too. Ctrl-C reaches the
@@ -148,6 +170,8 @@ def run_stage(points: list[Point], study_dir: Path, launcher: list[str]) -> int:
     ids = ",".join(p.id for p in points)
     command = [sys.executable, "-m", "cass_lightning.apps.study_points", "-m",
                f"study_dir={quote(study_dir)}", f"point={ids}", *launcher]  # fmt: skip
+    if data_check is not None:
+        command.append(f"data_check={quote(data_check)}")
     worker = subprocess.Popen(command)
 
     def forward(signum: int, frame: Any) -> None:
@@ -165,8 +189,6 @@ def run_stage(points: list[Point], study_dir: Path, launcher: list[str]) -> int:
 
 def _record_crash(points: list[Point], study_dir: Path, code: int) -> int:
     """Mark as failed the point(s) a dead worker left interrupted; how many there were."""
-    from cass_lightning.io import atomic_write_json
-
     statuses = statuses_of(points, study_dir)
     crashed = [p for p in points if statuses[p.id] in ("interrupted", "partial")]
     for point in crashed:
@@ -177,32 +199,49 @@ def _record_crash(points: list[Point], study_dir: Path, code: int) -> int:
     return len(crashed)
 
 
-def run_points(points: list[Point], study_dir: Path, launcher: list[str]) -> int:
+def run_points(
+    points: list[Point], study_dir: Path, launcher: list[str], data_check: Path | None = None
+) -> int:
     """Every stage in order; points already done are skipped. Returns 0, or the exit code to
-    stop with (the worker was interrupted).
-
-    With the default launcher each pretraining point gets a worker of its own, so its cost
-    (time, peak memory) is its own; the fine-tuning points share one worker. With another
-    launcher (SLURM) every stage is one multirun and each point is its own job anyway."""
-    for stage in (0, 1):
+    stop with (the worker was interrupted). Run here (no launcher chosen), one worker checks the
+    data (``data_check``) and takes both stages in order, so the imports are paid once; a
+    fine-tuning point whose pretraining did not finish is skipped by the worker. With a launcher
+    (SLURM) the data is checked here and each stage is one multirun, its points parallel jobs.
+    Each run still reports its own peak memory (reset when it starts)."""
+    if data_check is not None and launcher:
+        if not run_data_check(data_check):
+            raise _bad_data(data_check)
+        data_check = None
+    for stages in [(0, 1)] if not launcher else [(0,), (1,)]:
         for _ in range(MAX_RESTARTS + 1):
-            statuses = statuses_of(points, study_dir)
-            todo = [p for p in points if p.stage == stage and statuses[p.id] not in
-                    ("done", "blocked", "running")]  # fmt: skip
-            todo = [p for p in todo if statuses[p.id] != "failed" or not _failed_now(p, study_dir)]
+            todo = _todo(points, study_dir, stages)
             if not todo:
                 break
-            groups = [todo] if launcher or stage else [[p] for p in todo]
-            code = 0
-            for group in groups:
-                code = run_stage(group, study_dir, launcher)
-                if code:
-                    break
+            code = run_stage(todo, study_dir, launcher, data_check)
             if code in STOPPED:
                 return 130 if code in (130, -signal.SIGINT) else 143
+            if data_check is not None and not data_check_passed(data_check):
+                raise ValueError(
+                    f"the study's data did not pass the check (report in {data_check})"
+                )
+            data_check = None
             if code == 0 or not _record_crash(todo, study_dir, code):
                 break
     return 0
+
+
+def _bad_data(folder: Path) -> ValueError:
+    return ValueError(f"the study's data did not pass the check (report in {folder})")
+
+
+def _todo(points: list[Point], study_dir: Path, stages: tuple[int, ...]) -> list[Point]:
+    """The points of ``stages`` to run now: not done or running, not failed in this invocation,
+    and not waiting for a pretraining that is not going to run in the same worker."""
+    statuses = statuses_of(points, study_dir)
+    todo = [p for p in points if p.stage in stages and statuses[p.id] not in ("done", "running")
+            and not (statuses[p.id] == "failed" and _failed_now(p, study_dir))]  # fmt: skip
+    ids = {p.id for p in todo}
+    return [p for p in todo if statuses[p.id] != "blocked" or p.needs in ids]
 
 
 _STARTED_AT = time.time()
@@ -275,7 +314,6 @@ def overhead(points: list[Point], study_dir: Path, wall: float) -> dict[str, flo
 
 def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> int:
     """Plan, run what is not done, report. Returns the exit code."""
-    start = time.perf_counter()
     study_dir = Path(str(cfg.study.dir)).expanduser().resolve()
     settings = settings_from(cfg, task_overrides, study_dir)
     points = build_plan(settings, study_dir)
@@ -283,17 +321,36 @@ def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> in
     print(plan_table(points, statuses))
     if cfg.study.plan_only:
         return 0
+    check_configs(points, statuses, study_dir)  # before anything is written
     write_plan(study_dir, settings, points, statuses)
+    data_check = None
     if any(s != "done" for s in statuses.values()):
-        check_data(settings, study_dir)
-    code = run_points(points, study_dir, launcher)
+        data_check = data_check_folder(settings, study_dir)
+    code = run_points(points, study_dir, launcher, data_check)
     statuses = statuses_of(points, study_dir)
-    timing = overhead(points, study_dir, time.perf_counter() - start)
-    write_plan(study_dir, settings, points, statuses, {"last_invocation": timing})
     print(plan_table(points, statuses))
+    if not code:
+        report(settings, points, study_dir, statuses)
+    timing = overhead(points, study_dir, _seconds_since_start())
+    write_plan(study_dir, settings, points, statuses, {"last_invocation": timing})
+    print(
+        f"study time {timing['wall_seconds']:.0f} s, of which {timing['overhead_seconds']:.0f} "
+        f"s ({timing['overhead_fraction']:.0%}) outside the training and evaluation loops"
+    )
     if code:
         print(f"cass-study: stopped; run the same command again to continue ({study_dir})")
         return code
+    failed = [p.id for p in points if statuses[p.id] != "done"]
+    if failed:
+        print(f"cass-study: {len(failed)} point(s) not done: {', '.join(failed[:10])}",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def report(settings: StudySettings, points: list[Point], study_dir: Path,
+           statuses: dict[str, str]) -> None:  # fmt: skip
+    """The study's report from every finished point, in a new folder beside earlier ones."""
     from cass_lightning.report import write_study_report
 
     gathered = gather(points, study_dir, statuses)
@@ -306,16 +363,24 @@ def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> in
             missing=[*missing_rows(settings), *gathered["missing"]],
         )
         print(f"report: {out / 'study.md'} ({len(paths)} files)")
-    print(
-        f"study time {timing['wall_seconds']:.0f} s, of which {timing['overhead_seconds']:.0f} "
-        f"s ({timing['overhead_fraction']:.0%}) outside the training and evaluation loops"
-    )
-    failed = [p.id for p in points if statuses[p.id] != "done"]
-    if failed:
-        print(f"cass-study: {len(failed)} point(s) not done: {', '.join(failed[:10])}",
-              file=sys.stderr)  # fmt: skip
-        return 1
-    return 0
+
+
+def _seconds_since_start() -> float:
+    """Wall time since this process started (from /proc on Linux: the interpreter's start and
+    imports count as overhead too), else since this module was imported."""
+    from cass_lightning.apps.common import start_ticks
+
+    ticks = start_ticks(os.getpid())
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ticks = None
+    if ticks is None:
+        return time.perf_counter() - _IMPORTED
+    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+_IMPORTED = time.perf_counter()
 
 
 def launcher_overrides(overrides: list[str]) -> list[str]:

@@ -1,16 +1,17 @@
 """The study's worker: runs points of a study's ``plan.json`` as jobs of a Hydra multirun.
 
-``cass-study`` starts one worker per stage::
+``cass-study`` starts one worker (one per stage with a launcher such as SLURM)::
 
-    python -m cass_lightning.apps.study_points -m study_dir=<study> point=<id>,<id>,...
+    python -m cass_lightning.apps.study_points -m study_dir=<study> point=<ids> [data_check=<dir>]
 
 so each point is a job of Hydra's launcher: the default launcher runs them one after another in
-this process (imports and data setup paid once), ``hydra/launcher=slurm`` sends each as its own
-SLURM job. A job composes the point's app config (``pretrain`` or ``finetune``) with the point's
-overrides, into the point's own folder, and calls the app's task. A point that raises is recorded
-in its ``failed.json`` and the next point runs; a pretraining point interrupted earlier resumes
-from its ``last.ckpt``; an interrupted fine-tuning attempt is moved aside (never deleted) and the
-point starts again.
+this process (imports paid once; the first job checks the data first when asked), and
+``hydra/launcher=slurm`` sends each as its own SLURM job. A job composes the point's app config
+(``pretrain`` or ``finetune``) with the point's overrides, into the point's own folder, and calls
+the app's task. A point that raises is recorded in its ``failed.json`` and the next point runs;
+a pretraining point interrupted earlier resumes from its ``last.ckpt``; an interrupted
+fine-tuning attempt is moved aside (never deleted) and the point starts again; a fine-tuning
+point whose pretraining did not finish is skipped.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from cass_lightning.apps.study_plan import (
     point_status,
     read_plan,
 )
-from cass_lightning.io import atomic_write_json
+from cass_lightning.io import atomic_write_json, read_json
 
 TIMING_FILE = "timing.json"
 STAGE_NAMES = ("pretraining", "fine-tuning")
@@ -103,6 +104,33 @@ def compose_point(point: Point, folder: Path, extra: list[str]) -> DictConfig:
         cfg.hydra.job.num = 0
         cfg.hydra.overrides.task = overrides
     return cfg
+
+
+DATA_CHECK_REQUEST = "request.json"
+DATA_REPORT = "data_report.json"
+
+
+def data_check_passed(folder: Path) -> bool:
+    """Whether the check in ``folder`` ran and found no problem."""
+    report = folder / DATA_REPORT
+    return report.is_file() and not read_json(report, "data report").get("problems")
+
+
+def run_data_check(folder: Path) -> bool:
+    """Index and check every image of the study's data once, with the data overrides recorded in
+    ``folder/request.json``, writing the check's report there (and filling the shared cache).
+    ``True`` when it passed."""
+    from cass_lightning.apps.data import check
+
+    overrides = read_json(folder / DATA_CHECK_REQUEST, "data check request")["overrides"]
+    point = Point("data-check", "data_app", -1, "-", "-", list(overrides), "")
+    cfg = compose_point(point, folder, [])
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(cfg)
+    try:
+        return check(cfg) == 0 and data_check_passed(folder)
+    finally:
+        HydraConfig.instance().cfg = saved  # type: ignore[assignment]
 
 
 def _task(app: str) -> Callable[[DictConfig], dict[str, Any]]:
@@ -180,7 +208,16 @@ def main(cfg: DictConfig) -> bool:
     point = by_id.get(str(cfg.point))
     if point is None:
         raise SystemExit(f"cass-study: no point {cfg.point} in {study_dir}/plan.json")
-    clock = _CLOCK.setdefault(str(study_dir), [time.perf_counter(), 0])
+    if cfg.get("data_check") and not _CHECKED:  # the first job checks the data, once
+        _CHECKED.append(str(cfg.data_check))
+        if not run_data_check(Path(str(cfg.data_check))):
+            raise SystemExit(f"cass-study: the data did not pass the check ({cfg.data_check})")
+    need = by_id.get(point.needs) if point.needs else None
+    if need is not None and point_status(need, study_dir) != "done":
+        print(f"study: {point.id} skipped: its pretraining {need.id} did not finish",
+              file=sys.stderr)  # fmt: skip
+        return False
+    clock = _CLOCK.setdefault(f"{study_dir}:{point.stage}", [time.perf_counter(), 0])
     try:
         ok = run_point(point, study_dir)
     except RunStopped as stop:
@@ -192,7 +229,10 @@ def main(cfg: DictConfig) -> bool:
     return ok
 
 
-#: Per worker process: when it started and how many points it ran (for the progress line).
+#: The data check this worker ran (at most one, before its first point).
+_CHECKED: list[str] = []
+#: Per worker process and stage: when its first point started and how many points it ran
+#: (for the progress line).
 _CLOCK: dict[str, list[float]] = {}
 
 

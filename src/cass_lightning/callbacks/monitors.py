@@ -6,6 +6,7 @@ import math
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,29 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from cass_lightning.batches import batch_images
+
+
+def reset_peak_rss() -> bool:
+    """Linux: set the process's peak resident memory back to its current value (``clear_refs``
+    5), so a later :func:`peak_rss_gib` is this run's own; ``False`` where it cannot be."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_gib() -> float:
+    """The process's peak resident memory in GiB: ``VmHWM`` on Linux, else ``ru_maxrss`` (the
+    peak since the process started; KiB on Linux, bytes on macOS)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except (OSError, ValueError, IndexError):
+        pass
+    scale = 2**30 if sys.platform == "darwin" else 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 class ImagesPerSecond(L.Callback):
@@ -24,7 +48,8 @@ class ImagesPerSecond(L.Callback):
     but not the validation loop, which Lightning runs before ``on_train_epoch_end``.
     The GPU peak is reset at each epoch start, so each logged value is that epoch's own;
     ``peak_memory_gib`` is the run's peak (GPU memory, or the process's resident memory on CPU,
-    as ``memory_kind`` says).
+    as ``memory_kind`` says). On Linux the resident peak is reset when training starts, so a
+    run that shares its process with earlier runs (the study's worker) reports its own.
     """
 
     def __init__(self) -> None:
@@ -35,6 +60,9 @@ class ImagesPerSecond(L.Callback):
         self.total_seconds = 0.0
         self.peak_memory_gib: float | None = None
         self.memory_kind: str | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        reset_peak_rss()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.device.type == "cuda":
@@ -58,9 +86,7 @@ class ImagesPerSecond(L.Callback):
             metrics["perf/gpu_mem_peak_gib"] = peak
             self.memory_kind = "gpu"
         else:
-            # ru_maxrss: the process's peak resident memory, in KiB on Linux (bytes on macOS).
-            scale = 2**30 if sys.platform == "darwin" else 2**20
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+            peak = peak_rss_gib()
             self.memory_kind = "cpu_rss"
         self.peak_memory_gib = max(peak, self.peak_memory_gib or 0.0)
         pl_module.log_dict(metrics, on_step=False, on_epoch=True)
