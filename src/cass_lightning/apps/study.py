@@ -7,19 +7,18 @@
 
 The study lives in ``runs/study/<name>/``: ``plan.json`` (every point: app, overrides, digest,
 status), ``points/<id>/`` (each an ordinary cass-pretrain or cass-finetune run folder) and
-``report/``. Stages run in order (pretraining, then fine-tuning); each stage is one worker,
-``python -m cass_lightning.apps.study_points -m point=...``, so points go through Hydra's
-launcher. Run the same command again to finish an interrupted or partly failed study.
+``report/``. Points go through Hydra's launcher in a worker, ``python -m
+cass_lightning.apps.study_points -m point=...`` (one for the whole study here, one per stage
+with a launcher such as SLURM). Run the same command again to finish an interrupted or partly
+failed study.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -32,24 +31,26 @@ from cass_lightning.apps.console import entry_point, reported_errors
 from cass_lightning.apps.overrides import override_key, quote
 from cass_lightning.apps.study_plan import (
     FAILED_FILE,
-    RESULTS_FILE,
-    SUMMARY_FILE,
     Point,
     StudySettings,
     build_plan,
     digest_of,
-    missing_rows,
     statuses_of,
     write_plan,
 )
 from cass_lightning.apps.study_points import (
     DATA_CHECK_REQUEST,
-    TIMING_FILE,
     compose_point,
     data_check_passed,
     run_data_check,
 )
-from cass_lightning.io import atomic_write_json, read_json
+from cass_lightning.apps.study_report import (
+    INVOCATION_STARTED,
+    overhead,
+    seconds_since_start,
+    write_report,
+)
+from cass_lightning.io import atomic_write_json
 
 #: The worker was stopped from outside (Ctrl-C, SIGTERM): the study stops too.
 STOPPED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
@@ -244,72 +245,10 @@ def _todo(points: list[Point], study_dir: Path, stages: tuple[int, ...]) -> list
     return [p for p in todo if statuses[p.id] != "blocked" or p.needs in ids]
 
 
-_STARTED_AT = time.time()
-
-
 def _failed_now(point: Point, study_dir: Path) -> bool:
     """Whether the point failed during this invocation (then it is not retried now)."""
     failed = point.folder(study_dir) / FAILED_FILE
-    return failed.is_file() and failed.stat().st_mtime >= _STARTED_AT
-
-
-# ----------------------------------------------------------------------------- report
-def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> dict[str, Any]:
-    """What the report needs: fine-tuning results (labelled by the plan), pretraining costs,
-    the rows with no finished run (with why), and a note per point that did not finish."""
-    results, costs, notes = [], [], []
-    unfinished: dict[tuple[str, str], list[str]] = {}
-    for p in points:
-        folder = p.folder(study_dir)
-        if statuses[p.id] != "done":
-            reason = f"{p.id} {statuses[p.id]}"
-            if statuses[p.id] == "failed":
-                failure = read_json(folder / FAILED_FILE, "failure record")
-                reason += f" ({failure.get('error')}: {failure.get('message')})"
-            notes.append(reason)
-            unfinished.setdefault((p.method, p.arm), []).append(reason)
-            continue
-        if p.app == "pretrain":
-            summary = read_json(folder / SUMMARY_FILE, "pretraining summary")
-            costs.append({**{k: summary.get(k) for k in (
-                "fit_seconds", "images_per_s", "peak_memory_gib", "memory_kind", "epochs",
-                "batch_size", "steps")}, "method": p.method, "arm": p.arm,
-                "dataset": summary.get("dataset", "")})  # fmt: skip
-        else:
-            result = read_json(folder / RESULTS_FILE, "fine-tuning results")
-            result["method"] = p.method
-            if "grid_batch_size" in p.info:
-                result["pretrain"] = {"batch_size": p.info["grid_batch_size"],
-                                      "epochs": p.info["grid_epochs"]}  # fmt: skip
-            results.append(result)
-    done_rows = {(r["method"], r["arm"]) for r in results}
-    missing = [{"method": m, "arm": a, "reason": "no point finished: " + "; ".join(why[:3])}
-               for (m, a), why in unfinished.items() if (m, a) not in done_rows
-               and a != "both"]  # fmt: skip
-    dataset = next((r["dataset"] for r in results), "")
-    for cost in costs:
-        cost["dataset"] = cost["dataset"] or dataset
-    return {"results": results, "costs": costs, "missing": missing, "notes": notes}
-
-
-def free_report_dir(study_dir: Path) -> Path:
-    """``report/``, or ``report-<n>/`` when an earlier invocation wrote one (never overwritten)."""
-    target, n = study_dir / "report", 1
-    while target.exists():
-        n += 1
-        target = study_dir / f"report-{n}"
-    return target
-
-
-def overhead(points: list[Point], study_dir: Path, wall: float) -> dict[str, float]:
-    """The study's time outside the points' training and evaluation loops, in this invocation."""
-    loops = 0.0
-    for p in points:
-        timing = p.folder(study_dir) / TIMING_FILE
-        if timing.is_file() and timing.stat().st_mtime >= _STARTED_AT:
-            loops += float(read_json(timing, "timing").get("loop_seconds") or 0.0)
-    return {"wall_seconds": wall, "loop_seconds": loops, "overhead_seconds": wall - loops,
-            "overhead_fraction": (wall - loops) / wall if wall > 0 else 0.0}  # fmt: skip
+    return failed.is_file() and failed.stat().st_mtime >= INVOCATION_STARTED
 
 
 def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> int:
@@ -330,8 +269,8 @@ def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> in
     statuses = statuses_of(points, study_dir)
     print(plan_table(points, statuses))
     if not code:
-        report(settings, points, study_dir, statuses)
-    timing = overhead(points, study_dir, _seconds_since_start())
+        write_report(settings, points, study_dir, statuses)
+    timing = overhead(points, study_dir, seconds_since_start())
     write_plan(study_dir, settings, points, statuses, {"last_invocation": timing})
     print(
         f"study time {timing['wall_seconds']:.0f} s, of which {timing['overhead_seconds']:.0f} "
@@ -346,41 +285,6 @@ def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> in
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
-
-
-def report(settings: StudySettings, points: list[Point], study_dir: Path,
-           statuses: dict[str, str]) -> None:  # fmt: skip
-    """The study's report from every finished point, in a new folder beside earlier ones."""
-    from cass_lightning.report import write_study_report
-
-    gathered = gather(points, study_dir, statuses)
-    if gathered["results"]:
-        out = free_report_dir(study_dir)
-        paths = write_study_report(
-            gathered["results"],
-            gathered["costs"],
-            out,
-            missing=[*missing_rows(settings), *gathered["missing"]],
-        )
-        print(f"report: {out / 'study.md'} ({len(paths)} files)")
-
-
-def _seconds_since_start() -> float:
-    """Wall time since this process started (from /proc on Linux: the interpreter's start and
-    imports count as overhead too), else since this module was imported."""
-    from cass_lightning.apps.common import start_ticks
-
-    ticks = start_ticks(os.getpid())
-    try:
-        uptime = float(Path("/proc/uptime").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        ticks = None
-    if ticks is None:
-        return time.perf_counter() - _IMPORTED
-    return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
-
-
-_IMPORTED = time.perf_counter()
 
 
 def launcher_overrides(overrides: list[str]) -> list[str]:
