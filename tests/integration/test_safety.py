@@ -68,14 +68,20 @@ class Hostile:
 
 
 class SignalAt(L.Callback):
-    """Sends ``signum`` to this very process after optimizer step ``step`` (a pre-emption)."""
+    """Sends ``signum`` to this very process after optimizer step ``step`` (a pre-emption), or
+    with ``group`` to its whole process group, DataLoader workers included, as a terminal's
+    Ctrl-C or a scheduler does (only when this process leads its own group)."""
 
-    def __init__(self, step: int, signum: int = signal.SIGTERM) -> None:
-        self.step, self.signum = step, int(signum)
+    def __init__(self, step: int, signum: int = signal.SIGTERM, group: bool = False) -> None:
+        self.step, self.signum, self.group = step, int(signum), group
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), self.signum)
+            if not self.group:
+                os.kill(os.getpid(), self.signum)
+                return
+            assert os.getpgid(0) == os.getpid(), "start the run in a session of its own"
+            os.killpg(os.getpgid(0), self.signum)
 
 
 class SlowSteps(L.Callback):
@@ -407,6 +413,28 @@ def test_sigterm_mid_epoch_then_resume_ends_at_the_planned_step(tmp_path):
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert final["global_step"] == 2 * STEPS_PER_EPOCH
     assert (run / "export" / "meta.json").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_process_group_with_loader_workers_stops_once_and_saves(tmp_path, signum):
+    """Ctrl-C in a terminal and a scheduler's SIGTERM reach the DataLoader workers too: only the
+    run reacts (one message, last.ckpt saved), the workers neither speak nor crash."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "cass_lightning.apps.pretrain", *TINY_RUN,
+         "hydra.run.dir=runs/group", "trainer.max_epochs=2", "data.num_workers=2",
+         "data.persistent_workers=true", "+callbacks.sig._target_=test_safety.SignalAt",
+         "+callbacks.sig.step=3", f"+callbacks.sig.signum={int(signum)}",
+         "+callbacks.sig.group=true"],
+        env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600,
+        start_new_session=True,
+    )  # fmt: skip
+    name = signal.Signals(signum).name
+    assert proc.returncode == 128 + signum, proc.stderr[-3000:]
+    assert proc.stderr.count(f"Received {name}: stopping") == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+    run = tmp_path / "runs" / "group"
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 # ================================================== 6. a refused resume changes nothing

@@ -208,11 +208,13 @@ class StopSignals:
         self.count = 0
         self.trainer: Any = None
         self._previous: dict[int, Any] = {}
+        self._pid = os.getpid()
 
     def __enter__(self) -> StopSignals:
         import threading
 
         if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -228,6 +230,12 @@ class StopSignals:
         return connector is not None and bool(getattr(connector, "_original_handlers", None))
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self._pid:
+            # A DataLoader worker forked with this handler (a terminal's Ctrl-C and a
+            # scheduler's SIGTERM reach the whole process group): the run's own process saves
+            # and stops, then shuts the workers down; a worker that stopped first would only
+            # break the batch the run is finishing.
+            return
         self.count += 1
         self.received = self.received or signum
         if self._lightning_listens() and not (signum == signal.SIGINT and self.count > 1):
