@@ -7,6 +7,8 @@ data folders inside the test's tmp_path.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -55,3 +57,25 @@ def app_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "CASS_OUTPUT_ROOT": str(tmp_path / "runs"),
         **extra,
     }
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+def app_env_with_tests(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """:func:`app_env` with the test folders importable, so the program can instantiate a
+    callback defined in a test module (``+callbacks.sig._target_=test_safety.SignalAt``)."""
+    paths = [str(TESTS / "integration"), str(TESTS), os.environ.get("PYTHONPATH")]
+    return app_env(tmp_path, PYTHONPATH=os.pathsep.join(filter(None, paths)), **extra)
+
+
+def run_app(
+    tmp_path: Path, args: list[str], timeout: int = 600, new_session: bool = False
+) -> subprocess.CompletedProcess:
+    """``python -m <args>`` run from ``tmp_path`` as a user would (environment of
+    :func:`app_env_with_tests`), its output captured as text; with ``new_session`` in a process
+    group of its own (so a signal to the group reaches only it and its children)."""
+    return subprocess.run(
+        [sys.executable, "-m", *args], env=app_env_with_tests(tmp_path), cwd=tmp_path,
+        capture_output=True, text=True, timeout=timeout, start_new_session=new_session,
+    )  # fmt: skip

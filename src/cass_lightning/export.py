@@ -19,7 +19,6 @@ entry, its SHA-256, the keys loaded and adapted; ``{"init": "random"}`` without 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,7 +29,13 @@ from torch import nn
 
 from cass_lightning.checks import check_choice
 from cass_lightning.encoders import EncoderSpec
-from cass_lightning.io import atomic_write_bytes, atomic_write_json, file_sha256, read_json
+from cass_lightning.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    file_sha256,
+    read_json,
+    utc_timestamp,
+)
 from cass_lightning.weights import load_weights, read_state_dict, record_of
 
 ARMS = ("cnn", "vit")
@@ -101,7 +106,7 @@ def export_backbones(
     full: dict[str, Any] = {
         "format": EXPORT_FORMAT,
         "cass_lightning_version": PACKAGE_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_timestamp(),
         "source": source,
         **meta,
     }

@@ -24,6 +24,7 @@ import re
 import secrets
 import socket
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -115,6 +116,20 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
         raise
     fsync_dir(target.parent)
     return target
+
+
+def first_free(name_for: Callable[[int], Path], start: int = 1) -> Path:
+    """The first of ``name_for(start)``, ``name_for(start + 1)``, ... that does not exist: where
+    an earlier file or folder is kept aside, or a new one written beside it, never over it."""
+    n = start
+    while (path := name_for(n)).exists():
+        n += 1
+    return path
+
+
+def utc_timestamp() -> str:
+    """Now, as recorded in run metadata: UTC, ISO 8601, to the second."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

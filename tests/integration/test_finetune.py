@@ -320,6 +320,14 @@ def test_multi_label_run_through_the_autoimmune_layout(tmp_path):
     assert result["num_classes"] == 4 and result["init"] == "random"
     assert {f"test/{m}" for m in METRIC_NAMES["multilabel"]} <= set(result["metrics"])
     assert math.isfinite(result["metrics"]["test/f1_macro"])
+    # per-class scores, and no confusion matrix (it has no meaning with several labels)
+    assert result["confusion"] is None
+    assert result["classes"] == ["DM", "IBM", "NORMAL", "PM"]
+    per_class = result["per_class"]
+    assert len(per_class["f1"]) == len(per_class["support"]) == 4
+    assert sum(per_class["support"]) >= 6  # the 6 test images carry at least one label each
+    assert all(f is None or 0.0 <= f <= 1.0 for f in per_class["f1"])
+    assert result["label_seed"] == cfg.data.label_seed
 
 
 def test_a_missing_export_fails_before_any_data_is_built(tmp_path):

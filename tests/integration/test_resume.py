@@ -20,7 +20,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from app_helpers import app_env, compose_app
+from app_helpers import app_env_with_tests, compose_app, run_app
 from cass_lightning import CASSModule
 from cass_lightning.apps import pretrain as pretrain_app
 from cass_lightning.apps.common import LOCK_FILE
@@ -40,7 +40,6 @@ def atomic_torch_save(obj, path) -> None:
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
-HERE = Path(__file__).resolve().parent
 #: A tiny run: 6 synthetic classes x 8 images, batch 8 (drop_last) -> 6 optimizer steps per epoch.
 TINY_RUN = [
     "debug=tiny",
@@ -322,13 +321,6 @@ def test_a_resumed_wandb_logger_keeps_the_run_id(tmp_path):
 
 
 # --- kill -9, then resume
-def _env(tmp_path: Path) -> dict[str, str]:
-    # The child imports this module (for SlowSteps), which imports tests/app_helpers.py.
-    paths = [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH")]
-    pythonpath = os.pathsep.join(filter(None, paths))
-    return app_env(tmp_path, PYTHONPATH=pythonpath)
-
-
 def _wait_for_first_checkpoint(proc: subprocess.Popen, runs: Path, log: Path) -> Path:
     """The run folder, as soon as it holds last.ckpt and the metrics logged before it."""
     deadline = time.monotonic() + 300
@@ -360,8 +352,8 @@ def test_a_run_killed_with_sigkill_resumes_in_its_folder_to_the_same_end(tmp_pat
         "+callbacks.slow.seconds=0.25",
     ]
     with (tmp_path / "first.log").open("w") as log:
-        proc = subprocess.Popen([*app, *first], env=_env(tmp_path), cwd=tmp_path, stdout=log,
-                                stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen([*app, *first], env=app_env_with_tests(tmp_path),
+                                cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         try:
             run = _wait_for_first_checkpoint(proc, tmp_path / "runs", tmp_path / "first.log")
         finally:
@@ -374,12 +366,14 @@ def test_a_run_killed_with_sigkill_resumes_in_its_folder_to_the_same_end(tmp_pat
     first_overrides = (run / ".hydra" / "overrides.yaml").read_text()
 
     # The relative folder, from where the first run was started; no more sleeping.
-    resumed = subprocess.run(
-        [*app, f"resume={run.relative_to(tmp_path)}", "++callbacks.slow.seconds=0", TRUSTED],
-        env=_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
+    resumed = run_app(
+        tmp_path,
+        [
+            "cass_lightning.apps.pretrain",
+            f"resume={run.relative_to(tmp_path)}",
+            "++callbacks.slow.seconds=0",
+            TRUSTED,
+        ],
         timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -28,7 +28,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from safetensors.torch import save_file
 
-from app_helpers import app_env, compose_app
+from app_helpers import app_env_with_tests, compose_app, run_app
 from cass_lightning import io as cass_io
 from cass_lightning.apps import finetune as finetune_app
 from cass_lightning.apps import pretrain as pretrain_app
@@ -39,7 +39,6 @@ from cass_lightning.apps.resume import ResumeError, resume_argv
 from cass_lightning.callbacks.checkpoint import AtomicCheckpointIO
 from cass_lightning.io import UnreadableFileError
 
-HERE = Path(__file__).resolve().parent
 CONF = Path(pretrain_app.CONFIG_DIR)
 TINY_RUN = [
     "debug=tiny",
@@ -137,11 +136,6 @@ def _main(app, argv: list[str], monkeypatch) -> SystemExit | None:
                 handler.close()
         logging.root.setLevel(level)
     return None
-
-
-def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    paths = [str(HERE), str(HERE.parent), os.environ.get("PYTHONPATH")]
-    return app_env(tmp_path, PYTHONPATH=os.pathsep.join(filter(None, paths)), **extra)
 
 
 # ============================================================== 2. resume= and saved overrides
@@ -319,7 +313,7 @@ def test_two_runs_started_into_one_folder_one_is_refused_the_other_intact(tmp_pa
     procs = [
         subprocess.Popen(
             [*app, f"seed={seed}"],
-            env=_env(tmp_path),
+            env=app_env_with_tests(tmp_path),
             cwd=tmp_path,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -375,7 +369,7 @@ def test_sigint_mid_epoch_saves_last_ckpt_and_names_the_resume_command(tmp_path,
 @pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_ends_at_the_planned_step(tmp_path):
     """Once: exit 0, no checkpoint beyond the last periodic one, no export."""
-    app = [sys.executable, "-m", "cass_lightning.apps.pretrain"]
+    app = ["cass_lightning.apps.pretrain"]
     first = [
         *TINY_RUN,
         "hydra.run.dir=runs/pre",
@@ -384,14 +378,7 @@ def test_sigterm_mid_epoch_then_resume_ends_at_the_planned_step(tmp_path):
         "+callbacks.sig._target_=test_safety.SignalAt",
         "+callbacks.sig.step=3",
     ]
-    proc = subprocess.run(
-        [*app, *first],
-        env=_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_app(tmp_path, [*app, *first], timeout=600)
     run = (tmp_path / "runs" / "pre").resolve()
     assert proc.returncode == 143, proc.stderr[-3000:]
     assert "Stopped by SIGTERM at global step 3" in proc.stderr
@@ -401,13 +388,8 @@ def test_sigterm_mid_epoch_then_resume_ends_at_the_planned_step(tmp_path):
     log = (run / "pretrain.log").read_text()
     assert "Stopped by SIGTERM" in log and "precision 32-true" in log
 
-    resumed = subprocess.run(
-        [*app, f"resume={run}", "resume_trust=true", "~callbacks.sig"],
-        env=_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    resumed = run_app(
+        tmp_path, [*app, f"resume={run}", "resume_trust=true", "~callbacks.sig"], timeout=600
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     final = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -420,15 +402,11 @@ def test_sigterm_mid_epoch_then_resume_ends_at_the_planned_step(tmp_path):
 def test_a_signal_to_the_process_group_with_loader_workers_stops_once_and_saves(tmp_path, signum):
     """Ctrl-C in a terminal and a scheduler's SIGTERM reach the DataLoader workers too: only the
     run reacts (one message, last.ckpt saved), the workers neither speak nor crash."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "cass_lightning.apps.pretrain", *TINY_RUN,
-         "hydra.run.dir=runs/group", "trainer.max_epochs=2", "data.num_workers=2",
-         "data.persistent_workers=true", "+callbacks.sig._target_=test_safety.SignalAt",
-         "+callbacks.sig.step=3", f"+callbacks.sig.signum={int(signum)}",
-         "+callbacks.sig.group=true"],
-        env=_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=600,
-        start_new_session=True,
-    )  # fmt: skip
+    args = ["cass_lightning.apps.pretrain", *TINY_RUN, "hydra.run.dir=runs/group",
+            "trainer.max_epochs=2", "data.num_workers=2", "data.persistent_workers=true",
+            "+callbacks.sig._target_=test_safety.SignalAt", "+callbacks.sig.step=3",
+            f"+callbacks.sig.signum={int(signum)}", "+callbacks.sig.group=true"]  # fmt: skip
+    proc = run_app(tmp_path, args, new_session=True)
     name = signal.Signals(signum).name
     assert proc.returncode == 128 + signum, proc.stderr[-3000:]
     assert proc.stderr.count(f"Received {name}: stopping") == 1, proc.stderr[-3000:]
@@ -534,24 +512,10 @@ def test_fine_tuning_refuses_the_same_settings(tmp_path, override):
 
 @pytest.mark.slow
 def test_exit_codes_of_the_console_app(tmp_path):
-    app = [sys.executable, "-m", "cass_lightning.apps.pretrain", *TINY_RUN]
-    usage = subprocess.run(
-        [*app, "model.no_such_key=1"],
-        env=_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    app = ["cass_lightning.apps.pretrain", *TINY_RUN]
+    usage = run_app(tmp_path, [*app, "model.no_such_key=1"], timeout=300)
     assert usage.returncode == 2, usage.stderr[-2000:]
-    refused = subprocess.run(
-        [*app, "data.batch_size=0"],
-        env=_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    refused = run_app(tmp_path, [*app, "data.batch_size=0"], timeout=300)
     assert refused.returncode == 1
     assert "Error: data.batch_size must be an integer >= 1" in refused.stderr
     assert "Traceback" not in refused.stderr

@@ -26,7 +26,6 @@ from cass_lightning.apps.finetune import RESULTS_FILE, finetune
 from cass_lightning.apps.pretrain import pretrain
 from cass_lightning.export import load_backbone, read_meta
 from cass_lightning.modules.classifier import ClassifierModule
-from data_fixtures import autoimmune
 from run_helpers import make_trainer
 
 SMALL_HEAD = dict(dim=32, hidden_dim=64, bottleneck_dim=16)
@@ -151,22 +150,3 @@ def test_results_hold_classes_per_class_scores_confusion_and_label_seed(tmp_path
     assert saved["metrics"]["test/f1_macro"] == pytest.approx(sum(per_class["f1"]) / n)
     accuracy = sum(confusion[c][c] for c in range(n)) / (2 * n)
     assert saved["metrics"]["test/acc"] == pytest.approx(accuracy)
-
-
-def test_multi_label_results_have_per_class_scores_and_no_confusion(tmp_path):
-    labels = ["['DM']", "['PM']", "['IBM', 'DM']", "['NORMAL']", "['PM', 'IBM']"]
-    rows = [(f"b{i:03d}.png", labels[i % len(labels)]) for i in range(30)]
-    autoimmune(tmp_path / "data" / "autoimmune", rows=rows)
-    cfg = compose_app(tmp_path, [
-        "data=autoimmune", "data.val_fraction=0.2", "data.test_fraction=0.2", "data.batch_size=4",
-        "data.num_workers=0", "weights=random", "model.timm_name=resnet10t", "model.img_size=32",
-        "mode=linear", "trainer.max_epochs=1", "trainer.enable_progress_bar=false",
-    ], config_name="finetune", output_dir=tmp_path / "ft")  # fmt: skip
-    result = finetune(cfg)
-    assert result["multi_label"] is True and result["confusion"] is None
-    assert result["classes"] == ["DM", "IBM", "NORMAL", "PM"]
-    per_class = result["per_class"]
-    assert len(per_class["f1"]) == len(per_class["support"]) == 4
-    assert sum(per_class["support"]) >= 6  # the 6 test images carry at least one label each
-    assert all(f is None or 0.0 <= f <= 1.0 for f in per_class["f1"])
-    assert result["label_seed"] == cfg.data.label_seed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,3 +21,19 @@ def test_peak_resident_memory_is_reset_to_the_current_use():
     again = b"\x01" * (128 * 2**20)
     assert peak_rss_gib() - after > 0.1  # and a new peak is seen
     del again
+
+
+@pytest.mark.parametrize(("reset", "kind"), [(True, "cpu_rss"), (False, "cpu_rss_process")])
+def test_the_cpu_peak_says_whether_it_is_the_runs_own(monkeypatch, reset, kind):
+    """Where the peak cannot be reset, the run's summary says it is the whole process's."""
+    import torch
+
+    from cass_lightning.callbacks import ImagesPerSecond, monitors
+
+    monkeypatch.setattr(monitors, "reset_peak_rss", lambda: reset)
+    cpu = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda m, **kw: None)
+    callback = ImagesPerSecond()
+    callback.on_train_start(None, cpu)
+    callback.on_train_epoch_start(None, cpu)
+    callback.on_train_epoch_end(None, cpu)
+    assert callback.memory_kind == kind and callback.peak_memory_gib > 0

@@ -12,7 +12,6 @@ import secrets
 import socket
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from cass_lightning.checks import check_int
-from cass_lightning.io import atomic_write_json, atomic_write_text
+from cass_lightning.io import atomic_write_json, atomic_write_text, utc_timestamp
 
 # Lightning, torch and the launch rules are imported where they are used: the study's planner
 # and the report share this module and should start in a second, not load the training stack.
@@ -118,12 +117,16 @@ def read_lock(lock: Path) -> dict[str, Any] | None:
     return holder if isinstance(holder, dict) else None
 
 
-def _write_lock(lock: Path, token: str) -> None:
-    holder = {
+def this_process() -> dict[str, Any]:
+    """Who holds something (a lock, a study point): what :func:`holder_alive` reads back."""
+    return {
         "pid": os.getpid(), "host": socket.gethostname(), "start_ticks": start_ticks(os.getpid()),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv), "token": token,
+        "started": utc_timestamp(),
     }  # fmt: skip
+
+
+def _write_lock(lock: Path, token: str) -> None:
+    holder = {**this_process(), "command": " ".join(sys.argv), "token": token}
     fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # atomic: one run wins
     try:
         os.write(fd, (json.dumps(holder) + "\n").encode())

@@ -12,6 +12,8 @@ named line with exit 1, and SIGINT/SIGTERM turned into a saved, resumable stop (
   :class:`~cass_lightning.callbacks.LastCheckpoint` saves ``last.ckpt``); outside a fit, or on a
   second Ctrl+C, it stops at once. The app then raises :class:`RunStopped`, which
   :func:`reported_errors` prints (with the resume command) and turns into exit 128 + signal.
+* :func:`hold_run_folder` is how the training apps hold their folder for a run: its lock, its
+  log, the overwrite check once more, and the stop signals.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import re
 import signal
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any, TypeVar
@@ -254,3 +256,20 @@ class StopSignals:
     @property
     def name(self) -> str:
         return signal.Signals(self.received or signal.SIGTERM).name
+
+
+@contextlib.contextmanager
+def hold_run_folder(
+    folder: Path, log_name: str, kept: Iterable[str], hint: str = "", fresh: bool = True
+) -> Iterator[StopSignals]:
+    """A training app's hold on its run folder while inside: the lock (``claim_run_folder``),
+    the console copied to ``<folder>/<log_name>``, the overwrite check again now that no other
+    run can start here (not when resuming in place, ``fresh=False``), and the SIGINT/SIGTERM
+    handlers, yielded (a :class:`StopSignals`) for the app to hand its trainer."""
+    from cass_lightning.apps.common import claim_run_folder, is_rank_zero, refuse_to_overwrite
+
+    with claim_run_folder(folder), console_log(folder / log_name, is_rank_zero()):
+        if fresh:
+            refuse_to_overwrite(folder, kept, hint)
+        with StopSignals() as stop:
+            yield stop

@@ -34,7 +34,6 @@ from omegaconf import DictConfig, OmegaConf
 from cass_lightning.apps.common import (
     CONFIG_DIR,
     check_run_settings,
-    claim_run_folder,
     finite_or_none,
     print_config_tree,
     refuse_to_overwrite,
@@ -47,8 +46,8 @@ from cass_lightning.apps.common import (
 from cass_lightning.apps.console import (
     RunStopped,
     StopSignals,
-    console_log,
     entry_point,
+    hold_run_folder,
     reported_errors,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
@@ -144,10 +143,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     size = None if init in ("export", "checkpoint") else model_cfg.get("img_size")
     source = read_arm_source(cfg.arm, init, weights, model_cfg.get("timm_name"), size,
                              model_cfg.get("in_chans", 3))  # fmt: skip
-    with claim_run_folder(folder), console_log(folder / LOG_FILE, rank_zero_only.rank == 0):
-        refuse_to_overwrite(folder, KEPT)  # again, now that no other run can start here
-        with StopSignals() as stop:
-            return _finetune(cfg, folder, init, weights, source, stop)
+    with hold_run_folder(folder, LOG_FILE, KEPT) as stop:
+        return _finetune(cfg, folder, init, weights, source, stop)
 
 
 def _finetune(

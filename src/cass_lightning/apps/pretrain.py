@@ -32,7 +32,6 @@ from omegaconf import DictConfig
 from cass_lightning.apps.common import (
     CONFIG_DIR,
     check_run_settings,
-    claim_run_folder,
     instantiate_group,
     print_config_tree,
     refuse_to_overwrite,
@@ -45,8 +44,8 @@ from cass_lightning.apps.common import (
 from cass_lightning.apps.console import (
     RunStopped,
     StopSignals,
-    console_log,
     entry_point,
+    hold_run_folder,
     reported_errors,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
@@ -144,18 +143,14 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     if not run.resuming:
         refuse_to_overwrite(folder, KEPT, hint)
     check_run_settings(cfg)  # all of the above only read: a refusal leaves no trace
-    with claim_run_folder(folder), console_log(folder / LOG_FILE, rank_zero_only.rank == 0):
-        if not run.resuming:
-            refuse_to_overwrite(folder, KEPT, hint)  # again, now that no other run can start
-        with StopSignals() as stop:
-            try:
-                return _pretrain(cfg, folder, run, stop)
-            except RunStopped as stopped:
-                last = folder / LAST_CHECKPOINT
-                if not last.is_file():
-                    raise
-                message = f"{stopped.message} Continue from its last.ckpt with:"
-                raise RunStopped(stopped.signum, f"{message}\n  {resume_command(folder)}") from None
+    with hold_run_folder(folder, LOG_FILE, KEPT, hint, fresh=not run.resuming) as stop:
+        try:
+            return _pretrain(cfg, folder, run, stop)
+        except RunStopped as stopped:
+            if not (folder / LAST_CHECKPOINT).is_file():
+                raise
+            message = f"{stopped.message} Continue from its last.ckpt with:"
+            raise RunStopped(stopped.signum, f"{message}\n  {resume_command(folder)}") from None
 
 
 def _stopped_message(stop: StopSignals, trainer: L.Trainer, callbacks: list[Any]) -> str:

@@ -10,7 +10,6 @@ import secrets
 import shutil
 import socket
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.io import atomic_write_json, is_temp_file
+from cass_lightning.io import atomic_write_json, first_free, is_temp_file, utc_timestamp
 
 RUN_INFO = "run_info.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -97,10 +96,10 @@ class RunStart:
             _keep_csv_metrics(self.folder)
         info = read_run_info(self.folder) if self.resuming else {}
         info.setdefault("run_id", self.run_id)
-        info.setdefault("created", _now())
+        info.setdefault("created", utc_timestamp())
         info.setdefault("starts", []).append(
             {
-                "started": _now(),
+                "started": utc_timestamp(),
                 "resumed_from": str(self.ckpt_path) if self.ckpt_path else None,
                 "overrides": _task_overrides(),
                 "host": socket.gethostname(),
@@ -130,14 +129,7 @@ def _keep_csv_metrics(folder: Path) -> None:
 
 
 def _free_name(folder: Path, pattern: str) -> Path:
-    n = 1
-    while (folder / pattern.format(n)).exists():
-        n += 1
-    return folder / pattern.format(n)
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return first_free(lambda n: folder / pattern.format(n))
 
 
 def _task_overrides() -> list[str]:

@@ -19,6 +19,7 @@ import contextlib
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -113,9 +114,7 @@ def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -
 
 # ----------------------------------------------------------------------------- printing
 def plan_table(points: list[Point], statuses: dict[str, str]) -> str:
-    counts: dict[str, int] = {}
-    for status in statuses.values():
-        counts[status] = counts.get(status, 0) + 1
+    counts = Counter(statuses.values())
     lines = [f"{'status':11s} point"]
     lines += [f"{statuses[p.id]:11s} {p.id}" for p in points]
     lines.append(f"{len(points)} points: " +

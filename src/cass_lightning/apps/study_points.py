@@ -17,12 +17,10 @@ point whose pretraining did not finish is skipped.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +32,7 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from cass_lightning.apps.common import CONFIG_DIR, start_ticks
+from cass_lightning.apps.common import CONFIG_DIR, this_process
 from cass_lightning.apps.console import RunStopped
 from cass_lightning.apps.study_plan import (
     FAILED_FILE,
@@ -43,21 +41,15 @@ from cass_lightning.apps.study_plan import (
     point_status,
     read_plan,
 )
-from cass_lightning.io import atomic_write_json, read_json
+from cass_lightning.io import atomic_write_json, first_free, read_json, utc_timestamp
 
 TIMING_FILE = "timing.json"
 STAGE_NAMES = ("pretraining", "fine-tuning")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def _set_aside(folder: Path, why: str) -> Path:
     """Move an unfinished attempt out of the point's way: ``<id>.<why>-<n>``, never deleted."""
-    n = 1
-    while (target := folder.with_name(f"{folder.name}.{why}-{n}")).exists():
-        n += 1
+    target = first_free(lambda n: folder.with_name(f"{folder.name}.{why}-{n}"))
     os.rename(folder, target)
     return target
 
@@ -80,10 +72,7 @@ def prepare_folder(point: Point, study_dir: Path) -> list[str]:
 
 
 def _set_aside_file(path: Path) -> None:
-    n = 1
-    while (target := path.with_name(f"{path.stem}-{n}{path.suffix}")).exists():
-        n += 1
-    os.rename(path, target)
+    os.rename(path, first_free(lambda n: path.with_name(f"{path.stem}-{n}{path.suffix}")))
 
 
 def compose_point(point: Point, folder: Path, extra: list[str]) -> DictConfig:
@@ -152,10 +141,7 @@ def run_point(point: Point, study_dir: Path) -> bool:
     extra = prepare_folder(point, study_dir)
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    atomic_write_json(folder / STARTED_FILE, {  # what holder_alive reads, as a run lock holds
-        "pid": os.getpid(), "host": socket.gethostname(), "start_ticks": start_ticks(os.getpid()),
-        "started": _now(), "point": point.id,
-    })  # fmt: skip
+    atomic_write_json(folder / STARTED_FILE, {**this_process(), "point": point.id})
     worker_config = HydraConfig.instance().cfg
     try:
         cfg = compose_point(point, folder, extra)
@@ -167,7 +153,7 @@ def run_point(point: Point, study_dir: Path) -> bool:
     except Exception as err:  # recorded for the user and the report; the stage goes on
         atomic_write_json(folder / FAILED_FILE, {
             "point": point.id, "error": type(err).__name__, "message": str(err),
-            "traceback": traceback.format_exc().splitlines()[-30:], "failed": _now(),
+            "traceback": traceback.format_exc().splitlines()[-30:], "failed": utc_timestamp(),
         })  # fmt: skip
         print(f"study: point {point.id} FAILED: {type(err).__name__}: {err}", file=sys.stderr)
         result, ok = {}, False

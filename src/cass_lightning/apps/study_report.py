@@ -17,7 +17,7 @@ from cass_lightning.apps.study_plan import (
     missing_rows,
 )
 from cass_lightning.apps.study_points import TIMING_FILE
-from cass_lightning.io import read_json
+from cass_lightning.io import first_free, read_json
 
 #: When this invocation of the study started: files older than this are from earlier ones.
 INVOCATION_STARTED = time.time()
@@ -64,11 +64,8 @@ def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> di
 
 def free_report_dir(study_dir: Path) -> Path:
     """``report/``, or ``report-<n>/`` when an earlier invocation wrote one (never overwritten)."""
-    target, n = study_dir / "report", 1
-    while target.exists():
-        n += 1
-        target = study_dir / f"report-{n}"
-    return target
+    first = study_dir / "report"
+    return first if not first.exists() else first_free(lambda n: study_dir / f"report-{n}", 2)
 
 
 def overhead(points: list[Point], study_dir: Path, wall: float) -> dict[str, float]:

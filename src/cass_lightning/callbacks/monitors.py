@@ -60,9 +60,11 @@ class ImagesPerSecond(L.Callback):
         self.total_seconds = 0.0
         self.peak_memory_gib: float | None = None
         self.memory_kind: str | None = None
+        self._cpu_kind = "cpu_rss_process"  # until training starts and resets the peak
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        reset_peak_rss()
+        # Where the peak cannot be reset, it is the process's since it started: said so.
+        self._cpu_kind = "cpu_rss" if reset_peak_rss() else "cpu_rss_process"
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if pl_module.device.type == "cuda":
@@ -87,7 +89,7 @@ class ImagesPerSecond(L.Callback):
             self.memory_kind = "gpu"
         else:
             peak = peak_rss_gib()
-            self.memory_kind = "cpu_rss"
+            self.memory_kind = self._cpu_kind
         self.peak_memory_gib = max(peak, self.peak_memory_gib or 0.0)
         pl_module.log_dict(metrics, on_step=False, on_epoch=True)
 

@@ -3,8 +3,9 @@
 A cost entry is what ``cass-study`` measured for one pretraining run::
 
     {"method": "cass"|"dino", "arm": "both"|"cnn"|"vit", "fit_seconds": float,
-     "images_per_s": float|None, "peak_memory_gib": float|None, "memory_kind": "gpu"|"cpu_rss",
-     "epochs": int, "batch_size": int, "steps": int, "dataset": str}
+     "images_per_s": float|None, "peak_memory_gib": float|None,
+     "memory_kind": "gpu"|"cpu_rss"|"cpu_rss_process", "epochs": int, "batch_size": int,
+     "steps": int, "dataset": str}
 
 CASS trains both arms in one run; DINO trains one arm per run, so CASS is compared with DINO-CNN
 plus DINO-ViT (what it replaces) and with each alone. Runs are compared only on the same dataset
@@ -21,7 +22,7 @@ from cass_lightning.report.collect import ARMS, METHODS
 from cass_lightning.report.table import ARM_NAMES, METHOD_NAMES, order
 
 COST_REQUIRED = ("method", "arm", "fit_seconds", "epochs", "batch_size", "dataset")
-MEMORY_KINDS = {"gpu": "GPU", "cpu_rss": "CPU RSS"}
+MEMORY_KINDS = {"gpu": "GPU", "cpu_rss": "CPU RSS", "cpu_rss_process": "CPU RSS of the process"}
 
 
 def check_costs(costs: Sequence[dict[str, Any]]) -> None:
