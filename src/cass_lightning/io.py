@@ -16,14 +16,16 @@ whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says.
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
+import io as _io
 import json
 import os
 import re
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -143,6 +145,31 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 def atomic_write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """``data`` as indented JSON with a final newline, written atomically."""
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+#: A cell starting with one of these is a formula to a spreadsheet (Excel, LibreOffice, Sheets):
+#: ``=HYPERLINK(...)`` or ``=cmd|' -C calc'!A0`` would run when a colleague opens the CSV.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """``value`` as a CSV cell a spreadsheet shows as text: a string starting like a formula
+    gets a leading ``'`` (OWASP's advice); numbers (including negative ones) stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def write_csv(
+    path: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> Path:
+    """``header`` and ``rows`` as a CSV written atomically, every cell through
+    :func:`spreadsheet_safe`: the one way this project writes a CSV."""
+    buffer = _io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow([spreadsheet_safe(cell) for cell in header])
+    writer.writerows([spreadsheet_safe(cell) for cell in row] for row in rows)
+    return atomic_write_text(path, buffer.getvalue())
 
 
 def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
