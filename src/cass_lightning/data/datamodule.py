@@ -44,6 +44,7 @@ from cass_lightning.data.splits import (
     CLASS_WEIGHT_KINDS,
     assign_splits,
     class_weights,
+    classes_missing_from_splits,
     label_subset,
 )
 from cass_lightning.data.transforms import (
@@ -65,6 +66,24 @@ __all__ = ["IndexedImageDataset", "MedicalDataModule", "resolve_workers"]
 BAD_FILE_POLICIES = ("error", "skip")
 TRAIN_VIEWS = ("paper", "pair", "dino")
 TRAIN_SUBSETS = ("all", "labelled")
+
+
+def _small_class_warnings(index: SampleIndex, report: DataReport) -> list[str]:
+    """One sentence per (split, class) with images in the dataset but none in that split,
+    unless the removals already said so: its metrics there are computed without it."""
+    total = index.class_counts()
+    messages = []
+    for split, names in report.classes_missing_from_splits.items():
+        for name in names:
+            said = f"class {name} has no image in the {split} split"
+            if any(w.startswith(said) for w in report.warnings):
+                continue
+            count = int(total[index.classes.index(name)])
+            messages.append(
+                f"{said} ({count} image(s) in the whole dataset); it is "
+                f"never evaluated there and {split} macro-F1 is over the other classes"
+            )
+    return messages
 
 
 class MedicalDataModule(L.LightningDataModule):
@@ -217,7 +236,10 @@ class MedicalDataModule(L.LightningDataModule):
             label_fraction=float(hp.label_fraction),
             removed=summarise_removed(removed),
             warnings=emptied_classes(index, splits, removed, official),
+            ignored_files_by_extension=dict(full.ignored),
+            classes_missing_from_splits=classes_missing_from_splits(index, splits),
         )
+        report.warnings += _small_class_warnings(index, report)
         kept_sizes = [size for size, ok in zip(sizes, keep) if ok]
         for name in ("train", "val", "test"):
             members = np.flatnonzero(splits == name)

@@ -8,17 +8,43 @@ datamodule then work on that one shape, whatever the layout.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 SPLITS = ("train", "val", "test")
-#: File endings read as images by the folder and CSV layouts (matched case-insensitively).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Formats Pillow registers but can only identify, not decode (or only with outside programs).
+_IDENTIFY_ONLY = frozenset({"MPEG", "EPS"})
+
+
+def _readable_extensions() -> tuple[str, ...]:
+    """Every file ending Pillow can open and decode on its own, sorted.
+
+    Stub formats (HDF5, GRIB, BUFR: they need a handler registered by the user) and formats
+    Pillow can only identify are left out, so a video or a PostScript file beside the images
+    is counted as ignored rather than failing as unreadable.
+    """
+    found = []
+    for ext, fmt in Image.registered_extensions().items():
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        if factory is None or fmt in _IDENTIFY_ONLY:
+            continue
+        if isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile):
+            continue
+        found.append(ext.lower())
+    return tuple(sorted(set(found)))
+
+
+#: File endings read as images by the folder layouts (matched case-insensitively): every format
+#: Pillow reads (PNG, JPEG, BMP, TIFF, WebP, GIF, ...). Animated files give their first frame.
+IMAGE_EXTENSIONS: tuple[str, ...] = _readable_extensions()
 _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 #: The EXIF tag saying how a camera held the picture; values 5-8 swap width and height.
 EXIF_ORIENTATION = 0x0112
@@ -40,17 +66,68 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+class ImageTooLarge(ValueError, OSError):
+    """An image whose header claims more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``
+    (a decompression bomb, or a scan far larger than training needs): refused by name rather
+    than decoded into many gigabytes. A ``ValueError`` (a refused input) and an ``OSError``
+    (an unreadable image), so both kinds of handler see it."""
+
+
+def _bomb_size(exc: BaseException) -> tuple[int, int] | None:
+    """The ``(width, height)`` the refused header claimed, from the frame that checked it."""
+    tb = exc.__traceback__
+    while tb is not None:
+        image = tb.tb_frame.f_locals.get("im")
+        size = getattr(image, "size", None)
+        if isinstance(size, tuple) and len(size) == 2:
+            return size
+        tb = tb.tb_next
+    return None
+
+
+def _too_large(path: str | Path, exc: BaseException) -> ImageTooLarge:
+    limit = Image.MAX_IMAGE_PIXELS
+    size = _bomb_size(exc)
+    if size is not None:
+        claimed = f"{size[0]} x {size[1]} pixels"
+    else:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        claimed = f"{found.group(1)} pixels" if found else "too many pixels"
+    return ImageTooLarge(
+        f"image too large: {path} ({claimed}, over the limit of {limit}); Pillow refuses to "
+        "decode it (a decompression bomb or an oversized scan): resize it or leave it out"
+    )
+
+
+@contextmanager
+def open_image(path: str | Path) -> Iterator[ImageFile.ImageFile]:
+    """``Image.open(path)``, with an image over ``Image.MAX_IMAGE_PIXELS`` refused as
+    :class:`ImageTooLarge` (Pillow only warns up to twice the limit; here both refuse)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large(path, exc) from None
+    with image:
+        yield image
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as upright RGB, or raise an OSError that names the file.
+    """Open an image file as upright RGB, or raise an OSError that names the file
+    (:class:`ImageTooLarge` for one over Pillow's pixel limit).
 
     Phones and dermoscopes store pixels as the sensor saw them and an EXIF orientation tag
     saying how to turn them; the pixels are turned here, so the model sees what a viewer shows.
+    Animated files (GIF, WebP, APNG) give their first frame.
     """
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
             ImageOps.exif_transpose(image, in_place=True)
             return _to_rgb(image)
+    except ImageTooLarge:
+        raise
     except Exception as exc:
         raise OSError(f"could not read image {path}: {exc}") from exc
 
@@ -112,6 +189,8 @@ class SampleIndex:
         skipped: ``(where, why)`` for entries the layout reader dropped under ``on_bad_file=skip``.
         skipped_meta: ``where -> (official split or None, labels)`` of those entries where the
             layout knows them, so the datamodule can say which classes lost images.
+        ignored: files a folder layout passed over as not images, counted by extension
+            (``{".txt": 3}``), so a format left out is visible rather than silent.
     """
 
     name: str
@@ -123,6 +202,7 @@ class SampleIndex:
     splits: np.ndarray | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     skipped_meta: dict[str, tuple[str | None, tuple[str, ...]]] = field(default_factory=dict)
+    ignored: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         n = len(self.keys)

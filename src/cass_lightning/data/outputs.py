@@ -8,7 +8,6 @@ root: ``out`` is the run folder.
 
 from __future__ import annotations
 
-import csv
 import sys
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ from cass_lightning.data.index import SampleIndex
 from cass_lightning.data.removal import format_removed
 from cass_lightning.data.splits import write_split_csv
 from cass_lightning.data.validate import DataReport
+from cass_lightning.io import write_csv
 
 
 def write_outputs(
@@ -33,10 +33,7 @@ def write_outputs(
     write_split_csv(index, splits, labelled, out / "splits.csv", label_seed)
     report.write(out / "data_report.json")
     if report.removed.get("images"):
-        with (out / "skipped.csv").open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["file", "reason"])
-            writer.writerows(report.bad_files + report.skipped)
+        write_csv(out / "skipped.csv", ["file", "reason"], report.bad_files + report.skipped)
 
 
 def tell(report: DataReport) -> None:

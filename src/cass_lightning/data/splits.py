@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import csv
 import math
 import warnings
 from pathlib import Path
@@ -19,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from cass_lightning.checks import check_choice
-from cass_lightning.data.index import SampleIndex
+from cass_lightning.data.index import SPLITS, SampleIndex
+from cass_lightning.io import write_csv
 
 CLASS_WEIGHT_KINDS = ("none", "inverse", "paper")
 
@@ -101,6 +101,23 @@ def label_subset(
     return np.sort(np.concatenate(chosen))
 
 
+def classes_missing_from_splits(index: SampleIndex, splits: np.ndarray) -> dict[str, list[str]]:
+    """``{split: [class, ...]}``: the classes with images in the dataset but none in ``val`` or
+    ``test`` (a split left empty as a whole is not listed). Such a class is never evaluated
+    there, and macro averages over that split are taken over the other classes."""
+    total = index.class_counts()
+    missing: dict[str, list[str]] = {}
+    for split in SPLITS[1:]:
+        members = np.flatnonzero(np.asarray(splits) == split)
+        if not len(members):
+            continue
+        counts = index.class_counts(members)
+        absent = [name for c, name in enumerate(index.classes) if total[c] and not counts[c]]
+        if absent:
+            missing[split] = absent
+    return missing
+
+
 def class_weights(counts: np.ndarray, kind: str = "inverse") -> np.ndarray:
     """Per-class loss weights from class counts.
 
@@ -138,14 +155,14 @@ def write_split_csv(
     path.parent.mkdir(parents=True, exist_ok=True)
     is_labelled = np.zeros(len(index), dtype=bool)
     is_labelled[np.asarray(labelled, dtype=np.int64)] = True
-    with path.open("w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["key", "split", "labelled", "label", "label_seed"])
-        seed = "" if label_seed is None else int(label_seed)
-        for i, key in enumerate(index.keys):
-            if index.multi_label:
-                label = "|".join(index.classes[c] for c in np.flatnonzero(index.targets[i] > 0))
-            else:
-                label = index.classes[int(index.targets[i])]
-            writer.writerow([key, splits[i], int(is_labelled[i]), label, seed])
+    seed = "" if label_seed is None else int(label_seed)
+    rows = []
+    for i, key in enumerate(index.keys):
+        if index.multi_label:
+            label = "|".join(index.classes[c] for c in np.flatnonzero(index.targets[i] > 0))
+        else:
+            label = index.classes[int(index.targets[i])]
+        rows.append([key, splits[i], int(is_labelled[i]), label, seed])
+    # Through write_csv: a class or file named like a formula (=..., +1, @x) is shown as text.
+    write_csv(path, ["key", "split", "labelled", "label", "label_seed"], rows)
     return path

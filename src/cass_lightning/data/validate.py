@@ -15,27 +15,55 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from cass_lightning.checks import check_choice
-from cass_lightning.data.index import FileReader, ImageReader, SampleIndex, upright_size
+from cass_lightning.data.index import (
+    FileReader,
+    ImageReader,
+    ImageTooLarge,
+    SampleIndex,
+    open_image,
+    upright_size,
+)
 from cass_lightning.data.removal import format_removed
 
 CHECK_LEVELS = ("full", "header", "none")
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """The upright ``(width, height)`` of an image file after checking its structure.
+
+    ``Image.verify()`` must run directly after ``Image.open`` on a fresh handle, before
+    anything else reads from the file (EXIF, pixels), and the handle is unusable
+    afterwards: so one handle verifies (PNG: every chunk's checksum; other formats: the
+    header) and a second one reads the upright size. ``verify`` does not look at a JPEG's
+    compressed data, so a JPEG is also decoded at 1/8 scale (``draft``: a fraction of a full
+    decode's time), which reads all of it and catches a file cut short.
+    """
+    with open_image(path) as image:
+        image.verify()
+    with open_image(path) as image:
+        size = upright_size(image)
+        if image.format == "JPEG":
+            width, height = image.size
+            image.draft(image.mode, (max(1, width // 8), max(1, height // 8)))
+            image.load()
+        return size
 
 
 def _probe(reader: ImageReader, key: str, level: str) -> tuple[tuple[int, int] | None, str | None]:
     """``(size, None)`` for a readable image, ``(None, reason)`` otherwise."""
     try:
         if level == "header" and isinstance(reader, FileReader):
-            with Image.open(reader.root / key) as image:
-                size = upright_size(image)
-                image.verify()
-                return size, None
+            return header_size(reader.root / key), None
         image = reader(key)
         return image.size, None
+    except ImageTooLarge as exc:  # the message names the file; the report names it too
+        return None, str(exc).replace(f": {reader.describe(key)} (", " (", 1)
     except Exception as exc:  # any failure to read is a bad file, named with its reason
-        reason = str(exc).replace(reader.describe(key), "").strip(" :") or type(exc).__name__
+        where = reader.describe(key)
+        reason = str(exc).replace(f" {where}:", ":").replace(where, "").strip(" :")
+        reason = reason or type(exc).__name__
         return None, reason
 
 
@@ -88,6 +116,11 @@ class DataReport:
     removed: dict[str, Any] = field(default_factory=dict)
     #: Classes left without images in a split by the removals, one sentence each.
     warnings: list[str] = field(default_factory=list)
+    #: Files a folder layout passed over as not images, by extension (``{".txt": 2}``).
+    ignored_files_by_extension: dict[str, int] = field(default_factory=dict)
+    #: ``{"val": [...], "test": [...]}``: classes with images but none in that split, so its
+    #: metrics (macro-F1 among them) are computed over the other classes.
+    classes_missing_from_splits: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -105,6 +138,8 @@ class DataReport:
             **self.seeds,
             "removed": self.removed,
             "warnings": self.warnings,
+            "ignored_files_by_extension": self.ignored_files_by_extension,
+            "classes_missing_from_splits": self.classes_missing_from_splits,
             "bad_files": [{"file": f, "reason": r} for f, r in self.bad_files],
             "skipped": [{"file": f, "reason": r} for f, r in self.skipped],
             "problems": self.problems,
@@ -140,6 +175,10 @@ class DataReport:
                 lines += [f"    {f}: {r}" for f, r in entries[:50]]
                 if len(entries) > 50:
                     lines.append(f"    ... and {len(entries) - 50} more")
+        if self.ignored_files_by_extension:
+            counts = ", ".join(f"{e} {n}" for e, n in self.ignored_files_by_extension.items())
+            total = sum(self.ignored_files_by_extension.values())
+            lines.append(f"  ignored {total} file(s) that are not images: {counts}")
         lines += ["  " + line for line in format_removed(self.removed)]
         lines += [f"  WARNING: {w}" for w in self.warnings]
         lines += [f"  PROBLEM: {p}" for p in self.problems]

@@ -32,7 +32,12 @@ from cass_lightning.export import arm_meta, load_backbone, read_meta
 from cass_lightning.losses import sigmoid_focal_loss
 from cass_lightning.modules.cass import CASSModule
 from cass_lightning.modules.legacy import stored_hparams
-from cass_lightning.modules.metrics import METRIC_NAMES, PerClassBreakdown, build_metrics
+from cass_lightning.modules.metrics import (
+    METRIC_NAMES,
+    PerClassBreakdown,
+    build_metrics,
+    f1_macro_scope,
+)
 from cass_lightning.modules.optim import (
     arm_param_groups,
     group_learning_rates,
@@ -348,8 +353,10 @@ class ClassifierModule(L.LightningModule):
     def per_class_results(self, classes: Sequence[str], label_seed: int | None) -> dict[str, Any]:
         """What ``results.json`` records of the last test pass beside the averaged metrics:
         ``classes`` (names), ``per_class`` (``{"f1", "support"}``), ``confusion`` (rows true,
-        columns predicted; ``None`` for multi-label data) and the labelled subset's
-        ``label_seed``."""
+        columns predicted; ``None`` for multi-label data), the labelled subset's
+        ``label_seed`` and over which classes ``f1_macro`` was averaged
+        (``f1_macro_classes``, ``f1_macro_left_out``, ``f1_macro_over``; see
+        ``metrics.f1_macro_scope``)."""
         if len(classes) != self.hparams.num_classes:
             raise ValueError(
                 f"{len(classes)} class names for a {self.hparams.num_classes}-class model"
@@ -360,6 +367,7 @@ class ClassifierModule(L.LightningModule):
             "per_class": found.get("per_class"),
             "confusion": found.get("confusion"),
             "label_seed": label_seed,
+            **f1_macro_scope(found.get("per_class"), classes, bool(self.hparams.multi_label)),
         }
 
     # ------------------------------------------------------------- optimiser

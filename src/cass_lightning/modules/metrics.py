@@ -13,7 +13,8 @@ NaN when no class qualifies.
 
 :class:`PerClassBreakdown` adds what a study report needs beside the averages: F1 and support per
 class and (multi-class) the confusion matrix, from the same predictions (argmax of the softmax;
-``sigmoid > 0.5`` for multi-label).
+``sigmoid > 0.5`` for multi-label); :func:`f1_macro_scope` says over which classes the macro F1
+was averaged (a class absent from a split and never predicted is left out of it).
 """
 
 from __future__ import annotations
@@ -179,6 +180,29 @@ def f1_and_support(
         denominator = 2 * int(t) + int(p) + int(n)
         f1.append(2 * int(t) / denominator if denominator else None)
     return {"f1": f1, "support": [int(t) + int(n) for t, n in zip(tp, fn, strict=True)]}
+
+
+def f1_macro_scope(
+    per_class: dict[str, Any] | None, classes: Sequence[str], multi_label: bool
+) -> dict[str, Any]:
+    """Over which classes ``f1_macro`` was averaged, from :class:`PerClassBreakdown`'s
+    ``per_class`` of the same pass, so a results file says when a class was left out.
+
+    torchmetrics' multi-class macro F1 skips a class that is neither present nor predicted
+    (its per-class F1 is ``None`` here); its multi-label macro F1 keeps every label (such a
+    label scores 0). ``f1_macro_classes`` names the classes averaged, ``f1_macro_left_out``
+    the others, ``f1_macro_over`` says "K of C classes"; all ``None`` without a breakdown.
+    """
+    if per_class is None:
+        return {"f1_macro_classes": None, "f1_macro_left_out": None, "f1_macro_over": None}
+    names = [str(name) for name in classes]
+    scores = per_class["f1"]
+    over = names if multi_label else [n for n, f1 in zip(names, scores) if f1 is not None]
+    return {
+        "f1_macro_classes": over,
+        "f1_macro_left_out": [name for name in names if name not in over],
+        "f1_macro_over": f"{len(over)} of {len(names)} classes",
+    }
 
 
 class PerClassBreakdown(nn.Module):

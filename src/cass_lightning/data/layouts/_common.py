@@ -27,6 +27,9 @@ ISIC_HEADER: tuple[str, ...] = ("image", *ISIC_CLASSES, "UNK")
 MEDMNIST_ARRAYS: tuple[str, ...] = tuple(
     f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels")
 )
+#: Label cells (and class folder names) that mean "no value", refused by name, compared
+#: case-insensitively: pandas writes a missing label as ``nan``, Python as ``None``.
+MISSING_LABELS: tuple[str, ...] = ("nan", "none", "null")
 #: Problems listed in one error message before the rest are only counted.
 MAX_LISTED = 50
 #: Root entries shown when a root does not fit its layout.
@@ -65,6 +68,12 @@ def _expected(layout: str, **fields: Any) -> str:
 
 def _dir_text(image_dir: str | Path) -> str:
     return "the root folder" if str(image_dir) in ("", ".") else f"{image_dir}/"
+
+
+def is_missing_label(label: str) -> bool:
+    """A blank label, or one spelling a missing value (``nan``, ``NaN``, ``None``, ``null``)."""
+    text = label.strip()
+    return not text or text.casefold() in MISSING_LABELS
 
 
 def _is_hidden(name: str) -> bool:
@@ -316,6 +325,7 @@ def _finish(
     splits: list[str] | None,
     skipped: list[tuple[str, str]],
     skipped_meta: dict[str, tuple[str | None, tuple[str, ...]]] | None = None,
+    ignored: dict[str, int] | None = None,
 ) -> SampleIndex:
     """Sort by key and build the index; an index left with no samples is an error."""
     if not keys:
@@ -334,4 +344,5 @@ def _finish(
         splits=None if splits is None else np.array([splits[i] for i in order], dtype=object),
         skipped=skipped,
         skipped_meta=dict(skipped_meta or {}),
+        ignored=dict(sorted((ignored or {}).items())),
     )

@@ -17,6 +17,7 @@ import numpy as np
 
 from cass_lightning.data.index import IMAGE_EXTENSIONS, SPLITS, SampleIndex
 from cass_lightning.data.layouts._common import (
+    MISSING_LABELS,
     _BadFiles,
     _check_policy,
     _expected,
@@ -26,6 +27,7 @@ from cass_lightning.data.layouts._common import (
     _open_root,
     _subdirs,
     _visible_entries,
+    is_missing_label,
 )
 from cass_lightning.data.layouts.scan import ClassFolder, FolderScan, drop_duplicates
 from cass_lightning.data.synthetic import write_synthetic_dataset
@@ -50,6 +52,7 @@ def _index_class_tree(
     bad: _BadFiles,
     expected: str,
     linked: set[str] | None,
+    ignored: dict[str, int] | None = None,
 ) -> SampleIndex:
     """Turn scanned class folders into an index.
 
@@ -59,6 +62,7 @@ def _index_class_tree(
     ``scan.drop_duplicates``; ``linked`` names the keys reached through links, ``None``: any).
     """
     skipped = bad.resolve()
+    _refuse_blank_classes(layout, root, folders)
     folders = drop_duplicates(layout, root, folders, linked)
     empty = [
         f"{prefix}/{name}/" if prefix else f"{name}/"
@@ -91,7 +95,20 @@ def _index_class_tree(
     has_splits = folders[0][0] is not None
     targets = np.asarray(labels, dtype=np.int64)
     official = splits if has_splits else None
-    return _finish(layout, root, keys, targets, reference, official, skipped, bad.meta)
+    return _finish(layout, root, keys, targets, reference, official, skipped, bad.meta, ignored)
+
+
+def _refuse_blank_classes(layout: str, root: Path, folders: list[ClassFolder]) -> None:
+    """Class folders whose name is blank or reads as a missing value (``nan``, ``None``) are
+    refused by name: such a folder is usually a spreadsheet's empty cell turned into a path."""
+    blank = sorted({repr(f"{prefix}/{name}/" if prefix else f"{name}/")
+                    for _, prefix, by_class in folders for name in by_class
+                    if is_missing_label(name)})  # fmt: skip
+    if blank:
+        raise ValueError(
+            f"{layout}: class folder(s) {', '.join(blank)} under {root} have a blank or "
+            f"missing-value name ({', '.join(MISSING_LABELS)}); rename them to the class they hold"
+        )
 
 
 def _index_folders(
@@ -136,7 +153,7 @@ def _index_folders(
     ):
         endings = ", ".join(extensions)
         raise _mismatch(layout, root, expected, f"no image files (ending in {endings})")
-    return _index_class_tree(layout, root, folders, bad, expected, scan.linked)
+    return _index_class_tree(layout, root, folders, bad, expected, scan.linked, scan.ignored)
 
 
 def _check_known_classes(
@@ -203,7 +220,7 @@ def index_brain_mri(
         (split, name, scan.classes(resolved / name, list(by_class), split))
         for split, name, by_class in scanned
     ]
-    return _index_class_tree(layout, resolved, scanned, bad, expected, scan.linked)
+    return _index_class_tree(layout, resolved, scanned, bad, expected, scan.linked, scan.ignored)
 
 
 def index_dermofit(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 
 from cass_lightning.data.layouts._common import _BadFiles, _bullets, _is_dir, _is_hidden
@@ -21,14 +22,25 @@ from cass_lightning.data.layouts._common import _BadFiles, _bullets, _is_dir, _i
 ClassFolder = tuple[str | None, str, dict[str, list[str]]]
 
 
+#: The bucket of ignored files whose name has no extension.
+NO_EXTENSION = "(no extension)"
+
+
+def extension_of(name: str) -> str:
+    """``.txt`` for ``notes.TXT``; :data:`NO_EXTENSION` for ``README``."""
+    return os.path.splitext(name)[1].lower() or NO_EXTENSION
+
+
 class FolderScan:
-    """Lists image files under class folders; remembers which keys were reached via a link."""
+    """Lists image files under class folders; remembers which keys were reached via a link,
+    and counts the other (non-hidden) files it passed over, by extension (``ignored``)."""
 
     def __init__(self, root: Path, extensions: tuple[str, ...], bad: _BadFiles) -> None:
         self.root = root
         self.extensions = extensions
         self.bad = bad
         self.linked: set[str] = set()
+        self.ignored: Counter[str] = Counter()
 
     def images(self, folder: Path, split: str | None = None, label: str = "") -> list[str]:
         """Keys of the image files under ``folder``, sub-folders included (links followed).
@@ -66,6 +78,8 @@ class FolderScan:
                             self.linked.add(key)
                     else:
                         self.bad.add(entry.path, "broken symbolic link", split, (label,))
+                else:
+                    self.ignored[extension_of(entry.name)] += 1
             stack.extend(reversed(folders))
         return found
 

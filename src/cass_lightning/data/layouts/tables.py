@@ -16,6 +16,7 @@ import numpy as np
 
 from cass_lightning.data.index import SPLITS, SampleIndex
 from cass_lightning.data.layouts._common import (
+    MISSING_LABELS,
     _BadFiles,
     _check_image_dir,
     _check_policy,
@@ -30,6 +31,7 @@ from cass_lightning.data.layouts._common import (
     _raise_row_errors,
     _read_csv,
     _sort_labels,
+    is_missing_label,
 )
 
 
@@ -60,6 +62,11 @@ def _class_list(layout: str, classes: Sequence[str]) -> list[str]:
     doubled = sorted({name for name in names if names.count(name) > 1})
     if doubled:
         raise ValueError(f"{layout}: classes lists {doubled} more than once")
+    blank = [name for name in names if is_missing_label(name)]
+    if blank:
+        raise ValueError(
+            f"{layout}: classes lists {blank}, a blank or missing-value name; name each class"
+        )
     return names
 
 
@@ -129,6 +136,13 @@ def _index_table(
             continue
         else:
             labels = [cell.strip()]
+        missing = [label for label in labels if is_missing_label(label)]
+        if missing:
+            errors.append(
+                f"{where}: label {missing[0]!r} in column {label_column!r} reads as a missing "
+                f"value ({', '.join(MISSING_LABELS)}); fill in the class name or drop the row"
+            )
+            continue
         if known is not None:
             unknown = [label for label in labels if label not in known]
             if unknown:
