@@ -318,3 +318,24 @@ def test_over_the_limit_but_under_twice_it_is_refused_too_and_the_cache_skips_it
     assert list(cache.bad) == ["b/large.png"] and "image too large" in cache.bad["b/large.png"]
     probes = probe_images(FileReader(index.root), index.keys, "header")
     assert [key for key, (_, why) in zip(index.keys, probes) if why] == ["b/large.png"]
+
+
+def test_results_say_over_which_classes_the_test_macro_f1_was_averaged():
+    import torch
+
+    from cass_lightning.modules.classifier import ClassifierModule
+
+    model = ClassifierModule(
+        arm="cnn", init="random", timm_name="resnet10t", img_size=32, num_classes=3
+    )
+    targets = torch.tensor([0, 0, 2, 2])  # class "rare" is neither in the split nor predicted
+    logits = torch.full((4, 3), -3.0)
+    logits[torch.arange(4), torch.tensor([0, 2, 2, 2])] = 3.0
+    model.test_per_class.update(logits, targets)
+    model.test_metrics.update(logits, targets)
+    model.test_breakdown = model.test_per_class.compute()
+    found = model.per_class_results(["a", "rare", "c"], label_seed=0)
+    assert found["f1_macro_classes"] == ["a", "c"] and found["f1_macro_left_out"] == ["rare"]
+    assert found["f1_macro_over"] == "2 of 3 classes"
+    f1 = [v for v in found["per_class"]["f1"] if v is not None]
+    assert float(model.test_metrics.compute()["f1_macro"]) == pytest.approx(sum(f1) / len(f1))
