@@ -74,10 +74,13 @@ class ImageTooLarge(ValueError, OSError):
 
 
 def _bomb_size(exc: BaseException) -> tuple[int, int] | None:
-    """The ``(width, height)`` the refused header claimed, from the frame that checked it."""
+    """The ``(width, height)`` the refused header claimed, read from the frame of Pillow's
+    ``open`` that checked it (``None`` when that frame is not found: the message then gives
+    the pixel count Pillow reported)."""
     tb = exc.__traceback__
     while tb is not None:
-        image = tb.tb_frame.f_locals.get("im")
+        found = tb.tb_frame.f_code.co_name == "_open_core"
+        image = tb.tb_frame.f_locals.get("im") if found else None
         size = getattr(image, "size", None)
         if isinstance(size, tuple) and len(size) == 2:
             return size
@@ -128,6 +131,8 @@ def load_rgb(path: str | Path) -> Image.Image:
             return _to_rgb(image)
     except ImageTooLarge:
         raise
+    except Image.DecompressionBombError as exc:  # a later frame or tile over the limit
+        raise _too_large(path, exc) from None
     except Exception as exc:
         raise OSError(f"could not read image {path}: {exc}") from exc
 
