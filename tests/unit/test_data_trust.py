@@ -339,3 +339,26 @@ def test_results_say_over_which_classes_the_test_macro_f1_was_averaged():
     assert found["f1_macro_over"] == "2 of 3 classes"
     f1 = [v for v in found["per_class"]["f1"] if v is not None]
     assert float(model.test_metrics.compute()["f1_macro"]) == pytest.approx(sum(f1) / len(f1))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_pretraining_over_an_image_bomb_with_checks_off_stops_with_one_named_line(
+    tmp_path, tiny_kwargs, workers
+):
+    import lightning as L
+
+    from cass_lightning import CASSModule
+
+    root = tmp_path / "data"
+    for i in range(2):
+        image(root / "a" / f"{i}.png", seed=i)
+    bomb = _bomb_png(root / "a" / "bomb.png")
+    dm = _make_dm(root, check_images="none", val_fraction=0.0, test_fraction=0.0, batch_size=3,
+                  num_workers=workers, persistent_workers=False, img_size=32)  # fmt: skip
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(ImageTooLarge) as refused:
+        trainer.fit(CASSModule(**tiny_kwargs), datamodule=dm)
+    message = refusal_message(refused.value)
+    assert message.startswith(f"image too large: {bomb.resolve()} (50000 x 50000 pixels")
+    assert "\n" not in message and "Traceback" not in message

@@ -66,11 +66,23 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
+#: How every :class:`ImageTooLarge` message starts.
+TOO_LARGE = "image too large: "
+
+
 class ImageTooLarge(ValueError, OSError):
     """An image whose header claims more pixels than Pillow's ``Image.MAX_IMAGE_PIXELS``
     (a decompression bomb, or a scan far larger than training needs): refused by name rather
     than decoded into many gigabytes. A ``ValueError`` (a refused input) and an ``OSError``
-    (an unreadable image), so both kinds of handler see it."""
+    (an unreadable image), so both kinds of handler see it.
+
+    PyTorch re-raises an error from a DataLoader worker as the same type with the worker's
+    traceback as its message; only the named line is kept, so the app still prints one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        start = message.rfind(TOO_LARGE)
+        super().__init__(message[start:].strip() if start > 0 else message)
 
 
 def _bomb_size(exc: BaseException) -> tuple[int, int] | None:
@@ -97,7 +109,7 @@ def _too_large(path: str | Path, exc: BaseException) -> ImageTooLarge:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         claimed = f"{found.group(1)} pixels" if found else "too many pixels"
     return ImageTooLarge(
-        f"image too large: {path} ({claimed}, over the limit of {limit}); Pillow refuses to "
+        f"{TOO_LARGE}{path} ({claimed}, over the limit of {limit}); Pillow refuses to "
         "decode it (a decompression bomb or an oversized scan): resize it or leave it out"
     )
 
