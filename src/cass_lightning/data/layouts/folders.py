@@ -39,6 +39,17 @@ DERMOFIT_CLASSES: tuple[str, ...] = (
 
 
 # --------------------------------------------------------------------------- folder scanning
+#: The endings named first when every format Pillow reads is accepted.
+_COMMON_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+
+
+def describe_extensions(extensions: Sequence[str]) -> str:
+    """The endings for a message; Pillow's whole list (60 or so) is summarised."""
+    if set(extensions) == set(IMAGE_EXTENSIONS):
+        return ", ".join(_COMMON_ENDINGS) + " or any other format Pillow reads"
+    return ", ".join(extensions)
+
+
 def _normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
     if isinstance(extensions, str) or not extensions:
         raise ValueError(f"extensions must be a non-empty list like ['.png'], got {extensions!r}")
@@ -151,7 +162,7 @@ def _index_folders(
         not any(keys for _, _, by_class in folders for keys in by_class.values())
         and not bad.entries
     ):
-        endings = ", ".join(extensions)
+        endings = describe_extensions(extensions)
         raise _mismatch(layout, root, expected, f"no image files (ending in {endings})")
     return _index_class_tree(layout, root, folders, bad, expected, scan.linked, scan.ignored)
 
@@ -276,7 +287,7 @@ def index_image_folder(
     (official splits; ``train/`` required, same class folders in every split)."""
     _check_policy(on_bad_file)
     normalised = _normalise_extensions(extensions)
-    expected = _expected("image_folder", extensions=", ".join(normalised))
+    expected = _expected("image_folder", extensions=describe_extensions(normalised))
     resolved = _open_root("image_folder", root, expected)
     return _index_folders("image_folder", resolved, normalised, on_bad_file, expected)
 
