@@ -202,6 +202,21 @@ def test_a_class_too_small_for_val_and_test_is_warned_about_and_recorded(tmp_pat
     assert all("macro-F1 is over the other classes" in w for w in report["warnings"])
 
 
+def test_a_multi_label_class_missing_from_test_is_said_to_count_as_zero(tmp_path):
+    from cass_lightning.data import MedicalDataModule
+    from data_fixtures import autoimmune
+
+    rows = [(f"b{i:02d}.png", "['a']" if i % 2 else "['b']") for i in range(20)]
+    rows.append(("rare.png", "['a', 'rare']"))
+    root = autoimmune(tmp_path / "auto", rows=rows)
+    out = tmp_path / "run"
+    dm = MedicalDataModule("autoimmune", root, img_size=16, batch_size=2, output_dir=out,
+                           val_fraction=0.2, test_fraction=0.2)  # fmt: skip
+    with pytest.warns(UserWarning, match="test macro-F1 counts it as 0"):
+        dm.setup()
+    assert _report(out)["classes_missing_from_splits"] == {"val": ["rare"], "test": ["rare"]}
+
+
 def test_no_small_class_warning_when_every_class_reaches_every_split(tmp_path):
     root = tmp_path / "data"
     for i in range(10):

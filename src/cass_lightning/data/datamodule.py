@@ -70,8 +70,12 @@ TRAIN_SUBSETS = ("all", "labelled")
 
 def _small_class_warnings(index: SampleIndex, report: DataReport) -> list[str]:
     """One sentence per (split, class) with images in the dataset but none in that split,
-    unless the removals already said so: its metrics there are computed without it."""
+    unless the removals already said so: single-label macro-F1 there is averaged over the
+    other classes; multi-label macro-F1 counts the label as 0 (torchmetrics' conventions)."""
     total = index.class_counts()
+    effect = (
+        "macro-F1 counts it as 0" if index.multi_label else "macro-F1 is over the other classes"
+    )
     messages = []
     for split, names in report.classes_missing_from_splits.items():
         for name in names:
@@ -80,8 +84,8 @@ def _small_class_warnings(index: SampleIndex, report: DataReport) -> list[str]:
                 continue
             count = int(total[index.classes.index(name)])
             messages.append(
-                f"{said} ({count} image(s) in the whole dataset); it is "
-                f"never evaluated there and {split} macro-F1 is over the other classes"
+                f"{said} ({count} image(s) in the whole dataset); it is never evaluated "
+                f"there and {split} {effect}"
             )
     return messages
 
