@@ -150,8 +150,14 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 
 def upright_size(image: Image.Image) -> tuple[int, int]:
-    """``(width, height)`` as shown after the EXIF orientation (headers only, no decoding)."""
+    """``(width, height)`` as shown after the EXIF orientation (headers only, no decoding).
+
+    Pillow reads a PNG's EXIF by decoding the whole image when no ``eXIf`` chunk came before
+    the pixel data; such a PNG (the PNG specification puts ``eXIf`` before the pixels) is taken
+    as unrotated here, so a header check stays a header check."""
     width, height = image.size
+    if image.format == "PNG" and "exif" not in image.info:
+        return width, height
     try:
         turned = image.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)
     except Exception:  # a broken EXIF block: the pixels decide, as load_rgb will see
