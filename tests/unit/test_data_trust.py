@@ -102,6 +102,27 @@ def test_header_check_refuses_truncated_and_corrupt_png_and_jpeg(tmp_path):
     assert listed == bad
 
 
+def test_header_check_never_decodes_a_png(tmp_path, monkeypatch):
+    from PIL import PngImagePlugin
+
+    from cass_lightning.data.validate import header_size
+
+    path = image(tmp_path / "x.png", size=(14, 9))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # turned: shown 9 wide, 14 high
+    Image.open(path).save(tmp_path / "turned.png", exif=exif)
+
+    class Decoded(BaseException):  # not an Exception: no handler on the way may swallow it
+        pass
+
+    def refuse(self):
+        raise Decoded
+
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", refuse)
+    assert header_size(path) == (14, 9)
+    assert header_size(tmp_path / "turned.png") == (9, 14)
+
+
 # ----------------------------------------------------------------------------- formats
 def test_every_pillow_format_is_indexed_and_other_files_are_counted(tmp_path):
     assert {".webp", ".gif", ".png", ".jpg", ".tiff", ".bmp"} <= set(IMAGE_EXTENSIONS)
