@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from app_helpers import app_env, compose_app
 from cass_lightning.apps.export import export_checkpoint, load_classifier_checkpoint
 from cass_lightning.apps.finetune import RESULTS_FILE, finetune
-from cass_lightning.apps.predict import PREDICTIONS_CSV, PREDICTIONS_JSON, predict
+from cass_lightning.apps.predict import PREDICTIONS_CSV, PREDICTIONS_JSON, predict, split_note
 from cass_lightning.data.transforms import eval_transform
 from cass_lightning.io import file_sha256
 from data_fixtures import image
@@ -80,6 +80,7 @@ def test_classifier_export_is_plain_timm_with_the_checkpoints_logits(runs, tmp_p
     assert meta["pretraining"] == results["weights_loaded"]
     assert meta["method"] == "random"
     assert meta["sha256"] == file_sha256(out / f"{arm}_classifier.safetensors")
+    assert meta["data_splits"]["split_seed"] == 77
     with pytest.raises(FileExistsError, match="already holds an export"):
         export_checkpoint(ckpt, out)
 
@@ -236,7 +237,17 @@ def test_app_runs_as_a_program(runs, tmp_path):
     again = subprocess.run(args, env=app_env(tmp_path), cwd=tmp_path, capture_output=True,
                            text=True, timeout=300)  # fmt: skip
     assert again.returncode == 1 and "is not empty" in again.stderr
-    missing = subprocess.run([*args[:3], f"classifier={tmp_path / 'nope'}", f"images={folder}"],
-                             env=app_env(tmp_path), cwd=tmp_path, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
-    assert missing.returncode == 1 and "classifier not found" in missing.stderr
+
+
+def test_a_split_drawn_otherwise_than_in_fine_tuning_is_named(tmp_path):
+    trained = {"layout": "image_folder", "root": str(tmp_path), "val_fraction": 0.1,
+               "test_fraction": 0.1, "split_seed": 77}  # fmt: skip
+    meta = {"data_splits": trained}
+    same = dict(trained)
+    assert split_note(same, meta, "test", official=False) is None
+    other = {**trained, "test_fraction": 0.2}
+    note = split_note(other, meta, "test", official=False)
+    assert note.startswith("the test split is not the fine-tuning run's: test_fraction=0.2")
+    assert split_note(other, meta, "test", official=True) is None  # the distribution's own
+    assert split_note(other, meta, "all", official=False) is None
+    assert split_note({**other, "root": str(tmp_path / "x")}, meta, "test", False) is None

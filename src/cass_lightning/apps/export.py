@@ -31,6 +31,9 @@ from cass_lightning.modules.classifier import EXPORT_RECORD_KEY, ClassifierModul
 RESULTS_FILE = "results.json"
 #: The decision threshold of multi-label classifiers (as their training metrics use).
 MULTI_LABEL_THRESHOLD = 0.5
+#: The datamodule settings that decide a dataset's splits (recorded so a prediction over
+#: ``split=test`` can tell whether it is the fine-tuning run's own test split).
+SPLIT_KEYS = ("layout", "root", "val_fraction", "test_fraction", "split_seed")
 
 
 def default_out_dir(checkpoint: Path) -> Path:
@@ -120,6 +123,7 @@ def classifier_meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
         "seed": results.get("seed"),
         "label_seed": results.get("label_seed", data.get("label_seed")),
         "dataset": results.get("dataset", data.get("layout")),
+        "data_splits": {k: data.get(k) for k in SPLIT_KEYS} if data else None,
         # the test metrics belong to the checkpoint results.json evaluated, and to no other
         "test_metrics": results.get("metrics") if scored else None,
         "test_split": results.get("test_split") if scored else None,

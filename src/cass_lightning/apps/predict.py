@@ -35,7 +35,7 @@ from torch import nn
 
 from cass_lightning.apps.common import CONFIG_DIR, LOCK_FILE, run_dir, save_run_config
 from cass_lightning.apps.console import entry_point, hold_run_folder, reported_errors
-from cass_lightning.apps.export import RESULTS_FILE, load_classifier_checkpoint
+from cass_lightning.apps.export import RESULTS_FILE, SPLIT_KEYS, load_classifier_checkpoint
 from cass_lightning.checks import check_choice
 from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import META_FILE, load_classifier
@@ -107,8 +107,9 @@ def load_model(spec: Any) -> tuple[nn.Module, dict[str, Any], Path, str]:
 
 
 # ----------------------------------------------------------------------------- the images
-def dataset_images(cfg: DictConfig, meta: dict[str, Any], split: str) -> ImageSet:
-    """The ``split`` of a dataset layout (``data=<layout>``), read as training reads it."""
+def dataset_images(cfg: DictConfig, meta: dict[str, Any], split: str) -> tuple[ImageSet, bool]:
+    """The ``split`` of a dataset layout (``data=<layout>``), read as training reads it, and
+    whether the splits are the distribution's own (else drawn from the ``data.*`` settings)."""
     with open_dict(cfg):
         data = cfg.data
         data.img_size, data.mean, data.std = meta["img_size"], meta["mean"], meta["std"]
@@ -127,7 +128,27 @@ def dataset_images(cfg: DictConfig, meta: dict[str, Any], split: str) -> ImageSe
     else:
         labels = [(index.classes[int(index.targets[i])],) for i in indices]
     state = judge_labels([c for lab in labels for c in lab], meta["classes"], "dataset")
-    return ImageSet(keys, [index.reader.describe(k) for k in keys], labels, state, index.reader)
+    found = ImageSet(keys, [index.reader.describe(k) for k in keys], labels, state, index.reader)
+    return found, index.splits is not None
+
+
+def split_note(data: Any, meta: dict[str, Any], split: str, official: bool) -> str | None:
+    """A note when the dataset the classifier was fine-tuned on is split otherwise here (drawn
+    with other ``data.*`` settings), so ``split=test`` may hold images it trained on; ``None``
+    when the splits agree, are the distribution's own, or the data is another dataset."""
+    trained = meta.get("data_splits") or {}
+    if split == "all" or official or not trained:
+        return None
+    if trained.get("layout") != data.get("layout"):
+        return None
+    if Path(str(trained.get("root"))).resolve() != Path(str(data.get("root"))).resolve():
+        return None
+    differ = [f"{k}={data.get(k)} (fine-tuned with {trained.get(k)})" for k in SPLIT_KEYS[2:]
+              if data.get(k) != trained.get(k)]  # fmt: skip
+    if not differ:
+        return None
+    return (f"the {split} split is not the fine-tuning run's: " + ", ".join(differ) +
+            "; set those data.* keys as the run had them")  # fmt: skip
 
 
 def read_images(cfg: DictConfig, meta: dict[str, Any]) -> tuple[ImageSet, dict[str, Any]]:
@@ -141,18 +162,20 @@ def read_images(cfg: DictConfig, meta: dict[str, Any]) -> tuple[ImageSet, dict[s
     split = str(cfg.get("split", "test"))
     check_choice("split", split, SPLITS)
     if data is not None:
-        found = dataset_images(cfg, meta, split)
+        found, official = dataset_images(cfg, meta, split)
+        note = split_note(data, meta, split, official)
+        if note:
+            print(f"Warning: {note}")
         source = {"kind": "data", "layout": data.get("layout", "synthetic"),
-                  "root": str(data.get("root")), "split": split}  # fmt: skip
+                  "root": str(data.get("root")), "split": split, "split_note": note}  # fmt: skip
     else:
         path = Path(str(images)).expanduser()
         if path.suffix.lower() == ".csv":
-            found, source = csv_images(path, meta["classes"]), {"kind": "csv", "path": str(path)}
+            found = csv_images(path, meta["classes"])
+            source = {"kind": "csv", "path": str(path.resolve())}
         else:
-            found, source = (
-                folder_images(path, meta["classes"]),
-                {"kind": "folder", "path": str(path)},
-            )
+            found = folder_images(path, meta["classes"])
+            source = {"kind": "folder", "path": str(path.resolve())}
     if not meta["multi_label"] and found.labels_state.state == "scored":
         several = [p for p, lab in zip(found.paths, found.labels, strict=True) if len(lab) > 1]
         if several:
@@ -190,9 +213,15 @@ def progress_bar(enabled: bool) -> Any:
 
 
 def check_output(folder: Path) -> None:
-    """The run folder must be new or empty (besides what this run itself holds)."""
+    """The run folder must be new or empty (besides the lock and the empty log file Hydra's
+    job logging opens there before the task starts)."""
     if folder.is_dir():
-        found = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE)
+        ours = (LOCK_FILE, LOG_FILE)
+        found = sorted(
+            p.name
+            for p in folder.iterdir()
+            if p.name not in ours or (p.name == LOG_FILE and p.stat().st_size > 0)
+        )
         if found:
             raise FileExistsError(
                 f"{folder} is not empty ({', '.join(found[:5])}); cass-predict writes only into "
