@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning
 import pytest
 import timm
 import torch
@@ -18,9 +19,16 @@ from safetensors.torch import load_file
 from app_helpers import app_env, compose_app
 from cass_lightning.apps.export import export_checkpoint, load_classifier_checkpoint
 from cass_lightning.apps.finetune import RESULTS_FILE, finetune
-from cass_lightning.apps.predict import PREDICTIONS_CSV, PREDICTIONS_JSON, predict, split_note
+from cass_lightning.apps.predict import (
+    PREDICTIONS_CSV,
+    PREDICTIONS_JSON,
+    device_and_autocast,
+    predict,
+    split_note,
+)
 from cass_lightning.data.transforms import eval_transform
 from cass_lightning.io import file_sha256
+from cass_lightning.modules.classifier import EXPORT_RECORD_KEY, ClassifierModule
 from data_fixtures import image
 
 TIMM = {"cnn": "resnet10t", "vit": "vit_tiny_patch16_224"}
@@ -251,3 +259,54 @@ def test_a_split_drawn_otherwise_than_in_fine_tuning_is_named(tmp_path):
     assert split_note(other, meta, "test", official=True) is None  # the distribution's own
     assert split_note(other, meta, "all", official=False) is None
     assert split_note({**other, "root": str(tmp_path / "x")}, meta, "test", False) is None
+
+
+def hand_made_checkpoint(path: Path, classes: list[str], multi_label: bool) -> ClassifierModule:
+    """A ClassifierModule saved as Lightning saves it, with the record a fine-tuning run keeps."""
+    module = ClassifierModule(arm="cnn", init="random", timm_name="resnet10t", img_size=32,
+                              num_classes=len(classes), multi_label=multi_label)  # fmt: skip
+    record = {"classes": classes, "mean": [0.5] * 3, "std": [0.25] * 3, "method": "random",
+              "weights_init": {"init": "random"}}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": lightning.__version__,
+                EXPORT_RECORD_KEY: record}, path)  # fmt: skip
+    return module.eval()
+
+
+def test_multi_label_classifier_gives_sigmoids_and_the_threshold(tmp_path):
+    classes = ["DM", "IBM", "PM"]
+    module = hand_made_checkpoint(tmp_path / "ml" / "model.ckpt", classes, multi_label=True)
+    folder = tmp_path / "images"
+    for i in range(3):
+        image(folder / f"b{i}.png", seed=i)
+    lines = ["path,label", "images/b0.png,DM|PM", "images/b1.png,IBM", "images/b2.png,"]
+    (tmp_path / "list.csv").write_text("\n".join(lines) + "\n")
+    over = [f"classifier={tmp_path / 'ml' / 'model.ckpt'}", f"images={tmp_path / 'list.csv'}"]
+    result = predict(predict_cfg(tmp_path, over))
+    assert result["multi_label"] is True and result["threshold"] == 0.5
+    assert result["preprocessing"]["mean"] == [0.5] * 3  # read from the checkpoint
+    rows = read_rows(tmp_path / "pred" / PREDICTIONS_CSV)
+    transform = eval_transform(32, [0.5] * 3, [0.25] * 3)
+    batch = torch.stack([transform(Image.open(folder / f"b{i}.png").convert("RGB"))
+                         for i in range(3)])  # fmt: skip
+    with torch.no_grad():
+        expected = torch.sigmoid(module(batch))
+    got = torch.tensor([[float(r[f"prob_{c}"]) for c in classes] for r in rows])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    for row, probs in zip(rows, expected, strict=True):
+        assert row["predicted"] == "|".join(c for c, p in zip(classes, probs) if p >= 0.5)
+    assert [r["label"] for r in rows] == ["DM|PM", "IBM", ""]
+    assert result["metrics"]["images"] == 2 and "exact_match" in result["metrics"]
+    assert result["metrics"]["confusion"] is None
+
+
+def test_device_and_precision_choices():
+    device, autocast = device_and_autocast("cpu", "auto")
+    assert (device.type, autocast) == ("cpu", None)  # bf16 autocast only on a GPU under auto
+    assert device_and_autocast("cpu", "bf16")[1] == torch.bfloat16
+    with pytest.raises(ValueError, match="precision"):
+        device_and_autocast("cpu", "fp8")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            device_and_autocast("cuda", "auto")
