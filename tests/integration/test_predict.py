@@ -29,6 +29,7 @@ from cass_lightning.apps.predict import (
 from cass_lightning.data.transforms import eval_transform
 from cass_lightning.io import file_sha256
 from cass_lightning.modules.classifier import EXPORT_RECORD_KEY, ClassifierModule
+from cass_lightning.prediction import folder_images
 from data_fixtures import image
 
 TIMM = {"cnn": "resnet10t", "vit": "vit_tiny_patch16_224"}
@@ -233,18 +234,18 @@ def test_dataset_layout_split_and_refusals(runs, tmp_path):
 
 @pytest.mark.slow
 def test_app_runs_as_a_program(runs, tmp_path):
+    """As a user runs it, with a loader worker process reading a broken file too."""
     folder = labelled_folder(tmp_path / "images", classes_of(runs["cnn"]), per_class=1)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     args = [sys.executable, "-m", "cass_lightning.apps.predict", f"classifier={runs['cnn']}",
-            f"images={folder}", "num_workers=0", f"output={tmp_path / 'out'}"]  # fmt: skip
+            f"images={folder}", "num_workers=1", f"output={tmp_path / 'out'}"]  # fmt: skip
     done = subprocess.run(args, env=app_env(tmp_path), cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "predicted 6 of 6 images" in done.stdout
+    assert "predicted 6 of 7 images" in done.stdout and "unreadable:  1" in done.stdout
     written = {p.name for p in (tmp_path / "out").iterdir()}
     assert written >= {PREDICTIONS_CSV, PREDICTIONS_JSON, "predict.log", ".hydra"}
-    again = subprocess.run(args, env=app_env(tmp_path), cwd=tmp_path, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
-    assert again.returncode == 1 and "is not empty" in again.stderr
+    assert "predicted 6 of 7 images" in (tmp_path / "out" / "predict.log").read_text()
 
 
 def test_a_split_drawn_otherwise_than_in_fine_tuning_is_named(tmp_path):
@@ -310,3 +311,38 @@ def test_device_and_precision_choices():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             device_and_autocast("cuda", "auto")
+
+
+def test_checkpoint_without_its_record_falls_back_to_the_run_and_else_is_refused(runs, tmp_path):
+    """Checkpoints written before the record was kept: class names from the run's
+    results.json, preprocessing from the datamodule's saved settings; without results.json
+    the class names are unknown, which is refused by name."""
+    state = torch.load(best_checkpoint(runs["cnn"]), map_location="cpu", weights_only=True)
+    del state[EXPORT_RECORD_KEY]
+    ckpt = tmp_path / "old" / "checkpoints" / "best.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match="class names are unknown"):
+        export_checkpoint(ckpt)
+    results = json.loads((runs["cnn"] / RESULTS_FILE).read_text())
+    (tmp_path / "old" / RESULTS_FILE).write_text(json.dumps(results))
+    meta = json.loads((export_checkpoint(ckpt) / "meta.json").read_text())
+    assert meta["classes"] == results["classes"] and meta["img_size"] == 32
+    assert meta["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert meta["test_metrics"] is None  # results.json evaluated another checkpoint file
+
+
+def test_folder_labels_below_split_folders_and_images_without_a_class(tmp_path):
+    for split in ("train", "test"):
+        image(tmp_path / "set" / split / "a" / f"{split}.png")
+    found = folder_images(tmp_path / "set", ["a", "b"])
+    assert found.labels == [("a",), ("a",)] and found.labels_state.state == "scored"
+    image(tmp_path / "mixed" / "a" / "1.png")
+    image(tmp_path / "mixed" / "loose.png")
+    (tmp_path / "mixed" / "notes.txt").write_text("not an image")
+    found = folder_images(tmp_path / "mixed", ["a", "b"])
+    assert [Path(p).name for p in found.paths] == ["loose.png", "1.png"]
+    assert found.labels == [(), ("a",)]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        folder_images(tmp_path / "empty", ["a"])
