@@ -41,6 +41,11 @@ from cass_lightning.weights import load_weights, read_state_dict, record_of
 ARMS = ("cnn", "vit")
 META_FILE = "meta.json"
 EXPORT_FORMAT = "cass-lightning-export/1"
+#: ``meta.json``'s ``kind`` for a fine-tuned classifier (backbone exports have no ``kind``).
+CLASSIFIER_KIND = "classifier"
+#: What a classifier export's ``meta.json`` must hold to rebuild and feed the model.
+CLASSIFIER_FIELDS = ("arm", "timm_name", "img_size", "in_chans", "mean", "std", "classes",
+                     "multi_label", "threshold")  # fmt: skip
 
 try:
     PACKAGE_VERSION = version("cass-lightning")
@@ -196,3 +201,102 @@ def load_backbone(
     if num_classes is not None and num_classes != entry["num_classes"]:
         model.reset_classifier(num_classes)
     return model
+
+
+# ----------------------------------------------------------------------------- classifiers
+def classifier_file(arm: str) -> str:
+    """``<arm>_classifier.safetensors``: the file name of a fine-tuned classifier export."""
+    check_choice("arm", arm, ARMS)
+    return f"{arm}_classifier.safetensors"
+
+
+def export_classifier(
+    model: nn.Module, out_dir: str | Path, meta: dict[str, Any], source: str | None = None
+) -> Path:
+    """Write a fine-tuned timm classifier (backbone and its new head) as
+    ``<arm>_classifier.safetensors`` and ``meta.json`` (``kind: "classifier"``) into
+    ``out_dir``; return the folder.
+
+    ``meta`` must hold :data:`CLASSIFIER_FIELDS` (what :func:`load_classifier` needs to rebuild
+    and feed the model); anything else in it (metrics, pretraining, label fraction) is kept as
+    given. The file holds exactly ``model.state_dict()``, so
+    ``timm.create_model(name, num_classes=len(classes))`` loads it strictly. Refuses a folder
+    that already holds either file: exports are never overwritten.
+    """
+    missing = [k for k in CLASSIFIER_FIELDS if k not in meta]
+    if missing:
+        raise ValueError(f"classifier export meta lacks {', '.join(missing)}")
+    out = Path(out_dir)
+    name = classifier_file(meta["arm"])
+    existing = [n for n in (META_FILE, name) if (out / n).exists()]
+    if existing:
+        raise FileExistsError(
+            f"{out} already holds an export ({', '.join(existing)}); choose another folder"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    atomic_write_bytes(path, safetensors_bytes(contiguous_state(model)))
+    full = {
+        "format": EXPORT_FORMAT,
+        "kind": CLASSIFIER_KIND,
+        "cass_lightning_version": PACKAGE_VERSION,
+        "created": utc_timestamp(),
+        "source": source,
+        **meta,
+        "num_classes": len(meta["classes"]),
+        "file": name,
+        "sha256": file_sha256(path),
+    }
+    atomic_write_json(out / META_FILE, full)
+    return out
+
+
+def is_classifier_export(meta: dict[str, Any]) -> bool:
+    return meta.get("kind") == CLASSIFIER_KIND
+
+
+def read_classifier_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
+    """``(meta.json, weights file)`` of a classifier export given as its folder or its
+    ``.safetensors`` file (``meta.json`` beside it); a backbone export is refused by name."""
+    given = Path(path).expanduser()
+    folder = given.parent if given.suffix == ".safetensors" else given
+    if given.suffix == ".safetensors" and not given.is_file():
+        raise FileNotFoundError(f"classifier export file not found: {given}")
+    meta = read_meta(folder)
+    if not is_classifier_export(meta):
+        raise ValueError(
+            f"{folder} is a pretraining export (backbones {', '.join(exported_arms(meta))}), not "
+            "a fine-tuned classifier; give a fine-tuning run folder or a classifier export"
+        )
+    missing = [k for k in (*CLASSIFIER_FIELDS, "file") if k not in meta]
+    if missing:
+        raise ValueError(f"{folder / META_FILE} lacks {', '.join(missing)}")
+    file = folder / str(meta["file"])
+    if given.suffix == ".safetensors" and given.resolve() != file.resolve():
+        raise ValueError(f"{folder / META_FILE} describes {meta['file']}, not {given.name}")
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found (named by {folder / META_FILE})")
+    return meta, file
+
+
+def build_classifier(meta: dict[str, Any]) -> nn.Module:
+    """The untrained timm model a classifier export's ``meta.json`` describes."""
+    kwargs: dict[str, Any] = {"in_chans": int(meta["in_chans"])}
+    if meta["arm"] == "vit" and meta["img_size"] is not None:
+        kwargs["img_size"] = int(meta["img_size"])
+    return timm.create_model(
+        meta["timm_name"], pretrained=False, num_classes=len(meta["classes"]), **kwargs
+    )
+
+
+def load_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any], Path]:
+    """A fine-tuned classifier export (folder or ``.safetensors``) as ``(model in eval mode,
+    meta, weights file)``; the state dict must match the timm model key for key."""
+    meta, file = read_classifier_meta(path)
+    model = build_classifier(meta)
+    try:
+        model.load_state_dict(read_state_dict(file), strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0][:300]
+        raise ValueError(f"{file} does not fit {meta['timm_name']} ({first})") from None
+    return model.eval(), meta, file

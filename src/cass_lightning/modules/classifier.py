@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from cass_lightning.batches import images_and_targets
 from cass_lightning.checks import check_choice
-from cass_lightning.encoders import create_timm_model
+from cass_lightning.encoders import create_timm_model, record_of
 from cass_lightning.export import arm_meta, load_backbone, read_meta
 from cass_lightning.losses import sigmoid_focal_loss
 from cass_lightning.modules.cass import CASSModule
@@ -49,6 +49,8 @@ INITS = ("export", "checkpoint", "imagenet", "random")
 MODES = ("finetune", "linear")
 LOSSES = ("focal", "ce", "bce")
 STAGES = ("train", "val", "test")
+#: The checkpoint key holding what a classifier export needs beyond the hyperparameters.
+EXPORT_RECORD_KEY = "classifier_export"
 #: The paper's backbones, used for ``imagenet``/``random`` when no ``timm_name`` is given.
 PAPER_BACKBONES: dict[str, str] = {"cnn": "resnet50", "vit": "vit_base_patch16_384"}
 #: The paper's fine-tuning optimiser: Adam, lr 3e-4, no weight decay.
@@ -369,6 +371,41 @@ class ClassifierModule(L.LightningModule):
             "label_seed": label_seed,
             **f1_macro_scope(found.get("per_class"), classes, bool(self.hparams.multi_label)),
         }
+
+    # ---------------------------------------------------------------- export
+    def export_record(self) -> dict[str, Any]:
+        """What an export of this classifier needs beyond its hyperparameters, kept in every
+        checkpoint: the class names in head order and the preprocessing (from the attached
+        datamodule's ``classes``, ``mean``, ``std``), the method the backbone came from and
+        what it was initialised from."""
+        loaded = getattr(self, "_export_record", None)
+        if loaded is not None:
+            return dict(loaded)
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer else None
+        try:
+            classes = getattr(datamodule, "classes", None)
+        except RuntimeError:  # a datamodule not set up yet
+            classes = None
+        mean, std = getattr(datamodule, "mean", None), getattr(datamodule, "std", None)
+        return {
+            "classes": None if classes is None else [str(c) for c in classes],
+            "mean": None if mean is None else [float(v) for v in mean],
+            "std": None if std is None else [float(v) for v in std],
+            "method": self.source.method,
+            "weights_init": {
+                "init": self.hparams.init,
+                "weights": self.hparams.weights,
+                "record": record_of(self.backbone),
+            },
+        }
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[EXPORT_RECORD_KEY] = self.export_record()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        record = checkpoint.get(EXPORT_RECORD_KEY)
+        if isinstance(record, dict):
+            self._export_record = dict(record)
 
     # ------------------------------------------------------------- optimiser
     def configure_optimizers(self) -> Any:
