@@ -9,9 +9,11 @@ root: ``out`` is the run folder.
 from __future__ import annotations
 
 import csv
+import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,10 +30,19 @@ def write_outputs(
     labelled: np.ndarray,
     report: DataReport,
     label_seed: int,
+    fingerprint: dict[str, Any] | None = None,
 ) -> None:
-    """``splits.csv``, ``data_report.json`` and, when something was left out, ``skipped.csv``."""
+    """``splits.csv``, ``data_report.json`` and, when something was left out, ``skipped.csv``.
+
+    ``fingerprint`` (:func:`~cass_lightning.data.fingerprint.dataset_fingerprint`) goes into
+    ``data_report.json``, so a report or a study can tell two versions of a dataset apart.
+    """
     write_split_csv(index, splits, labelled, out / "splits.csv", label_seed)
-    report.write(out / "data_report.json")
+    if fingerprint is None:
+        report.write(out / "data_report.json")
+    else:
+        record = {**report.as_dict(), "fingerprint": fingerprint}
+        (out / "data_report.json").write_text(json.dumps(record, indent=2))
     if report.removed.get("images"):
         with (out / "skipped.csv").open("w", newline="") as fh:
             writer = csv.writer(fh)

@@ -57,7 +57,6 @@ from cass_lightning.report.collect import (
     ARMS,
     META_FILE,
     METHODS,
-    REQUIRED_KEYS,
     RESULTS_FILE,
     collect_results,
     method_label,
@@ -82,6 +81,12 @@ from cass_lightning.report.table import (
     metric_key,
     row_name,
 )
+from cass_lightning.report.validate import (
+    REQUIRED_KEYS,
+    ResultsFileError,
+    check_result,
+    load_result,
+)
 from cass_lightning.report.verdict import (
     VERDICT_FIELDS,
     Comparison,
@@ -91,7 +96,7 @@ from cass_lightning.report.verdict import (
     t_quantile_975,
     verdicts,
 )
-from cass_lightning.report.writer import REPORT_FILES, write_report
+from cass_lightning.report.writer import REPORT_FILES, StagedFolder, write_report
 
 __all__ = [
     "ARMS",
@@ -104,8 +109,11 @@ __all__ = [
     "STUDY_CSV_FIELDS",
     "VERDICT_FIELDS",
     "Comparison",
+    "ResultsFileError",
+    "StagedFolder",
     "aggregate",
     "cell",
+    "check_result",
     "collect_results",
     "compare",
     "cost_rows",
@@ -113,6 +121,7 @@ __all__ = [
     "fraction_label",
     "grids",
     "layout",
+    "load_result",
     "markdown",
     "method_label",
     "metric_key",
