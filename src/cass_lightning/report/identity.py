@@ -132,18 +132,27 @@ def run_key(result: dict[str, Any]) -> str:
 
 def count_once(results: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """The results with every run counted once (the first file found is kept), and one note
-    per run found more than once: ``2 copies of run X counted once (files)``."""
-    kept: dict[str, dict[str, Any]] = {}
-    copies: dict[str, list[str]] = {}
+    per run found more than once: ``2 copies of run X counted once (files)``.
+
+    Copies are results with one run key and the same settings and data (a run id found with
+    other settings is not a copy: it stays, and its cell is split). Copies whose metrics differ
+    (a copy edited, or taken mid-way) are said to differ in the note.
+    """
+    kept: dict[tuple[str, str, str], dict[str, Any]] = {}
+    copies: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for result in results:
-        key = run_key(result)
-        copies.setdefault(key, []).append(str(result.get("results_file", "?")))
+        key = (run_key(result), settings_of(result), data_of(result))
+        copies.setdefault(key, []).append(result)
         kept.setdefault(key, result)
-    notes = [
-        f"{len(files)} copies of {key} counted once ({', '.join(files)})"
-        for key, files in copies.items()
-        if len(files) > 1
-    ]
+    notes = []
+    for key, found in copies.items():
+        if len(found) > 1:
+            files = ", ".join(str(r.get("results_file", "?")) for r in found)
+            differ = len({json.dumps(r.get("metrics"), sort_keys=True) for r in found}) > 1
+            tail = f"; their metrics differ, kept {found[0].get('results_file', 'the first')}"
+            notes.append(
+                f"{len(found)} copies of {key[0]} counted once ({files}{tail if differ else ''})"
+            )
     return list(kept.values()), notes
 
 
