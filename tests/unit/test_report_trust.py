@@ -275,3 +275,14 @@ def test_a_changed_dataset_stops_the_study_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"4 file\(s\) added \(benign/benign_3\.png, .*"
                                          r"start a new study"):  # fmt: skip
         data_check_folder(settings, study_dir)
+
+
+def test_a_robustness_point_of_two_settings_is_shown_split():
+    from cass_lightning.report import grids, table_rows
+
+    point = {"batch_size": 8, "epochs": 50}
+    runs = [result(0, 0.6, pretrain=point, settings_digest="a" * 64, run_id="g0"),
+            result(1, 0.9, pretrain=point, settings_digest="b" * 64, run_id="g1")]  # fmt: skip
+    ((_, grid),) = grids(table_rows(labelled(runs, "cass"))).items()
+    (row,) = grid["cnn"]["cass"].values()
+    assert row["mean"] is None and row["split_count"] == 2

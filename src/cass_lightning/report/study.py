@@ -14,7 +14,7 @@ from typing import Any
 
 from cass_lightning.report.collect import ARMS, METHODS, missing_reason
 from cass_lightning.report.costs import check_costs, cost_markdown
-from cass_lightning.report.identity import prepare
+from cass_lightning.report.identity import prepare, settings_of
 from cass_lightning.report.perclass import classes_of, confusion_total, per_class_f1
 from cass_lightning.report.plots import plot, plot_confusions, plot_per_class_f1, plot_robustness
 from cass_lightning.report.robustness import grids, heatmaps, robustness_markdown
@@ -184,6 +184,8 @@ def _figures(results: Sequence[dict[str, Any]], order_rows: Sequence[tuple[str, 
         bars, panels = [], []
         for method, arm in order_rows:
             group = [r for r in at if (r["method"], str(r["arm"])) == (method, arm)]
+            if len({settings_of(r) for r in group}) > 1:
+                continue  # a split cell: its runs are never summed into one panel
             f1, confusion = per_class_f1(group), confusion_total(group)
             if f1:
                 bars.append((row_name(method, arm), f1))

@@ -158,6 +158,8 @@ def cell(row: dict[str, Any] | None) -> str:
     """``mean ± std (n)`` with four decimals (``mean (1)`` for one seed: no spread is known);
     seeds without a value are counted as missing, never in ``n``; a macro-F1 over only some
     classes says over how many; ``-`` where no run of that cell has a value."""
+    if row is not None and row.get("split_count"):
+        return f"cell split: {row['split_count']} settings (see report.csv)"
     if row is None or row["mean"] is None:
         return "-" if row is None else f"- ({row['n_missing']} without a value)"
     count = str(row["n"]) + (f"; {row['n_missing']} missing" if row.get("n_missing") else "")
