@@ -44,16 +44,3 @@ def dataset_fingerprint(index: SampleIndex) -> dict[str, Any]:
         "classes": list(index.classes),
     }
 
-
-def listing_changes(old: dict[str, str], new: dict[str, str], shown: int = 3) -> str:
-    """What differs between two listings in words: counts of files added, removed and changed,
-    with the first ``shown`` names of each; empty when the files are the same."""
-    added = sorted(set(new) - set(old))
-    removed = sorted(set(old) - set(new))
-    changed = sorted(k for k in set(old) & set(new) if old[k] != new[k])
-    parts = []
-    for what, keys in (("added", added), ("removed", removed), ("changed", changed)):
-        if keys:
-            more = f", ... ({len(keys) - shown} more)" if len(keys) > shown else ""
-            parts.append(f"{len(keys)} file(s) {what} ({', '.join(keys[:shown])}{more})")
-    return "; ".join(parts)
