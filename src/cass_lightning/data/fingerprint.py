@@ -43,4 +43,3 @@ def dataset_fingerprint(index: SampleIndex) -> dict[str, Any]:
         "files": len(listing),
         "classes": list(index.classes),
     }
-
