@@ -44,6 +44,7 @@ DISK_ERRNOS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "file too large (over the file-size limit, e.g. ulimit -f)",
 }
 
 

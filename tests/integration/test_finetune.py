@@ -23,12 +23,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cass_lightning import CASSModule
 from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.finetune import RESULTS_FILE, finetune, resolve_weights
+from cass_lightning.apps.finetune import RESULTS_FILE, finetune, plain_config, resolve_weights
 from cass_lightning.encoders import create_timm_model
 from cass_lightning.export import export_module
 from cass_lightning.losses import sigmoid_focal_loss
 from cass_lightning.modules.classifier import ClassifierModule
 from cass_lightning.modules.metrics import METRIC_NAMES
+from cass_lightning.report.identity import settings_digest, weights_hashes
 from data_fixtures import autoimmune
 
 TINY_CASS = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32, head_dim=32)
@@ -297,7 +298,21 @@ def test_imagenet_weights_file_is_checked_and_recorded(tmp_path):
     good = tmp_path / "resnet10t.safetensors"
     save_file(state, str(good))
     finetune(compose_cfg(tmp_path, [*base, f"model.weights_file={good}"]))
-    loaded = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())["weights_loaded"]
+    saved = json.loads((tmp_path / "run" / RESULTS_FILE).read_text())
+    # What a report groups by: the run's id, its settings (not its seed) and its data's files.
+    assert len(saved["run_id"]) == 32 and int(saved["run_id"], 16) >= 0
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert saved["data_fingerprint"] == report["fingerprint"]
+    assert saved["data_fingerprint"]["files"] > 0 and len(saved["data_fingerprint"]["sha256"]) == 64
+    hashes = weights_hashes(saved)
+    assert hashes == [hashlib.sha256(good.read_bytes()).hexdigest()]
+    other_seed = compose_cfg(tmp_path, [*base, f"model.weights_file={good}", "seed=5"], run="s5")
+    assert settings_digest(plain_config(other_seed), hashes) == saved["settings_digest"]
+    other_lr = compose_cfg(tmp_path, [*base, f"model.weights_file={good}",
+                                      "model.optimizer.lr=0.1"], run="lr")  # fmt: skip
+    assert settings_digest(plain_config(other_lr), hashes) != saved["settings_digest"]
+    assert settings_digest(plain_config(other_seed), ["0" * 64]) != saved["settings_digest"]
+    loaded = saved["weights_loaded"]
     assert loaded["file"] == str(good) and loaded["init"] == "file"
     assert loaded["sha256"] == hashlib.sha256(good.read_bytes()).hexdigest()
     assert loaded["keys_loaded"] == len(state) - 2 and set(loaded["keys_adapted"]) == {

@@ -364,6 +364,7 @@ def test_a_run_killed_with_sigkill_resumes_in_its_folder_to_the_same_end(tmp_pat
     assert not (run / "export").exists()
     old_steps = _read_csv_steps(run / "csv" / "metrics.csv")
     first_overrides = (run / ".hydra" / "overrides.yaml").read_text()
+    first_uuid = json.loads((run / "run_info.json").read_text())["run_uuid"]
 
     # The relative folder, from where the first run was started; no more sleeping.
     resumed = run_app(
@@ -389,4 +390,5 @@ def test_a_run_killed_with_sigkill_resumes_in_its_folder_to_the_same_end(tmp_pat
     assert (run / ".hydra" / "part1" / "overrides.yaml").read_text() == first_overrides
     info = json.loads((run / "run_info.json").read_text())
     assert len(info["starts"]) == 2
+    assert info["run_uuid"] == first_uuid and len(first_uuid) == 32  # drawn once, kept
     assert info["starts"][1]["resumed_from"] == str(run / "checkpoints" / "last.ckpt")

@@ -310,7 +310,7 @@ def test_robustness_table_holds_the_grid_means(study):
     md = study["md"]
     assert "| pretraining | 50 epochs |" in md
     assert "| CASS, batch 8 | 0.6500 ± 0.0707 (2) |" in md
-    assert "| DINO, batch 32 | 0.6200 ± 0.0000 (1) |" in md
+    assert "| DINO, batch 32 | 0.6200 (1) |" in md
     assert (
         "Spread of the means over the grid: CASS 0.0100 (2 points), DINO 0.2200 (2 points)." in md
     )

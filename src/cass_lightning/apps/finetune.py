@@ -9,7 +9,10 @@ Each run trains on the ``label_fraction`` labelled subset, validates every epoch
 ``early_stopping.monitor``, evaluates the best validation checkpoint on the test split (the
 validation split when the dataset has none, as ``results.json`` then says) and writes
 ``results.json`` in its folder, with what the backbone was loaded from (``weights_loaded``: file,
-SHA-256, keys loaded and adapted).
+SHA-256, keys loaded and adapted), the run's ``run_id`` (drawn at its start, so copies of the
+folder are recognised as one run), its ``settings_digest`` (everything but the seed and paths)
+and the ``data_fingerprint`` of the files it used: ``cass-report`` averages only seeds of one
+setting on one dataset.
 
 As ``cass-pretrain``: the folder is claimed (a second run into it is refused), the console is
 copied to ``<run>/finetune.log``, a refused input exits 1 with one named line, and SIGINT/SIGTERM
@@ -19,6 +22,7 @@ stop at the end of a batch (exit 130/143; fine-tuning has no resume: start it ag
 from __future__ import annotations
 
 import signal
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +60,7 @@ from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
 from cass_lightning.io import atomic_write_json, file_sha256
 from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
+from cass_lightning.report.identity import settings_digest, weights_hashes
 from cass_lightning.runtime import resolve_precision
 
 RESULTS_FILE = "results.json"
@@ -127,6 +132,16 @@ def weights_loaded(source: ArmSource, model: ClassifierModule) -> dict[str, Any]
     return {**record, "head": f"fresh ({model.hparams.num_classes} classes)"}
 
 
+def plain_config(cfg: DictConfig) -> dict[str, Any]:
+    """``cfg`` as plain values, resolved where it can be (outside a Hydra job, interpolations
+    of Hydra's runtime stay as written: they name paths, which the settings digest leaves out)."""
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # e.g. ${hydra:...} outside a Hydra job
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    return plain if isinstance(plain, dict) else {}  # type: ignore[return-value]
+
+
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model and trainer from ``cfg``; fit, test the best checkpoint, save results.
 
@@ -157,6 +172,7 @@ def _finetune(
 ) -> dict[str, Any]:
     if cfg.get("print_config", False):
         print_config_tree(cfg)
+    run_id = uuid.uuid4().hex  # at the start: every copy of this run's folder carries it
     seed_everything(cfg.get("seed"))
 
     dm = build_data(cfg, source)
@@ -219,6 +235,7 @@ def _finetune(
         ) from None
     hp = model.hparams
     result: dict[str, Any] = {
+        "run_id": run_id,
         "run_dir": str(folder),
         "arm": hp.arm,
         "mode": hp.mode,
@@ -246,7 +263,10 @@ def _finetune(
         "loop_seconds": timer.seconds,
         # classes, per_class, confusion (of the test pass above) and the labelled subset's seed
         **model.per_class_results(dm.classes, dm.hparams.label_seed),
+        "data_fingerprint": dm.fingerprint,
     }
+    # What a report groups by: seeds of one setting on one dataset share a cell, nothing else.
+    result["settings_digest"] = settings_digest(plain_config(cfg), weights_hashes(result))
     if trainer.is_global_zero:
         atomic_write_json(folder / RESULTS_FILE, result)
         report_run(

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cass_lightning.io import WriteRefusedError, disk_refusal
 from cass_lightning.report import (
     aggregate,
     collect_results,
@@ -28,6 +29,7 @@ from cass_lightning.report import (
     write_report,
     write_study_report,
 )
+from cass_lightning.report.identity import prepare
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,13 +64,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(paths["study.md"].read_text())
             print(f"{len(results)} runs; wrote {len(paths)} files into {out}")
             return 0
+        results, notes = prepare(results)
         rows = aggregate(results, metric)
-        paths = write_report(rows, out, metric)
+        paths = write_report(rows, out, metric, notes=notes)
     except (FileNotFoundError, FileExistsError, KeyError, ValueError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"cass-report: error: {message}", file=sys.stderr)
         return 1
+    except OSError as err:
+        refused = err.strerror if isinstance(err, WriteRefusedError) else disk_refusal(err)
+        if refused is None:
+            raise
+        print(f"cass-report: error: {refused}", file=sys.stderr)
+        return 1
     print(markdown(rows, metric))
+    for note in notes:
+        print(f"note: {note}")
     print(f"{len(results)} runs in {len(rows)} rows; wrote "
           + ", ".join(str(p) for p in paths.values()))  # fmt: skip
     return 0

@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import socket
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ class RunStart:
             _keep_csv_metrics(self.folder)
         info = read_run_info(self.folder) if self.resuming else {}
         info.setdefault("run_id", self.run_id)
+        # A collision-free identity (the 8-character run_id is also the wandb id, kept short):
+        # drawn at the first start, kept on resume, so copies of the folder read as one run.
+        info.setdefault("run_uuid", uuid.uuid4().hex)
         info.setdefault("created", utc_timestamp())
         info.setdefault("starts", []).append(
             {

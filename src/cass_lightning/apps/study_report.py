@@ -4,6 +4,7 @@ and the measure of the study's own cost (its time outside the points' loops)."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from cass_lightning.apps.study_plan import (
 )
 from cass_lightning.apps.study_points import TIMING_FILE
 from cass_lightning.io import first_free, read_json
+from cass_lightning.report.validate import ResultsFileError, load_result
 
 #: When this invocation of the study started: files older than this are from earlier ones.
 INVOCATION_STARTED = time.time()
@@ -26,7 +28,9 @@ _IMPORTED = time.perf_counter()
 
 def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> dict[str, Any]:
     """What the report needs: fine-tuning results (labelled by the plan), pretraining costs,
-    the rows with no finished run (with why), and a note per point that did not finish."""
+    the rows with no finished run (with why), and a note per point that did not finish. A
+    point whose results.json the report cannot trust (:func:`load_result`: a score out of its
+    range, not a number, no metrics) is left out and named in the notes with the reason."""
     results, costs, notes = [], [], []
     unfinished: dict[tuple[str, str], list[str]] = {}
     for p in points:
@@ -46,8 +50,15 @@ def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> di
                 "batch_size", "steps")}, "method": p.method, "arm": p.arm,
                 "dataset": summary.get("dataset", "")})  # fmt: skip
         else:
-            result = read_json(folder / RESULTS_FILE, "fine-tuning results")
+            try:
+                result = load_result(folder / RESULTS_FILE)
+            except ResultsFileError as err:  # left out, by name: never averaged, no traceback
+                reason = f"{p.id} left out: {err}"
+                notes.append(reason)
+                unfinished.setdefault((p.method, p.arm), []).append(reason)
+                continue
             result["method"] = p.method
+            result["results_file"] = str(folder / RESULTS_FILE)
             if "grid_batch_size" in p.info:
                 result["pretrain"] = {"batch_size": p.info["grid_batch_size"],
                                       "epochs": p.info["grid_epochs"]}  # fmt: skip
@@ -93,8 +104,13 @@ def write_report(
             gathered["costs"],
             out,
             missing=[*missing_rows(settings), *gathered["missing"]],
+            notes=gathered["notes"],
         )
         print(f"report: {out / 'study.md'} ({len(paths)} files)")
+    else:
+        print("report: none written (no point has results to report)", file=sys.stderr)
+        for note in gathered["notes"][:10]:
+            print(f"  {note}", file=sys.stderr)
 
 
 def seconds_since_start() -> float:

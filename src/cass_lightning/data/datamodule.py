@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from cass_lightning.checks import check_choice
 from cass_lightning.data.cache import ImageCache, build_cache, cache_size_for
+from cass_lightning.data.fingerprint import dataset_fingerprint
 from cass_lightning.data.index import ImageReader, SampleIndex
 from cass_lightning.data.layouts import LAYOUTS, build_index, layout_takes
 from cass_lightning.data.loaders import (
@@ -188,6 +189,8 @@ class MedicalDataModule(L.LightningDataModule):
         self.splits: np.ndarray | None = None
         self.labelled: np.ndarray | None = None
         self.report: DataReport | None = None
+        #: The indexed files' fingerprint (:func:`dataset_fingerprint`), set by ``setup``.
+        self.fingerprint: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ building
     def build_index(self) -> SampleIndex:
@@ -257,9 +260,11 @@ class MedicalDataModule(L.LightningDataModule):
             )
         full_splits = np.full(len(full), "excluded", dtype=object)
         full_splits[keep] = splits
+        self.fingerprint = dataset_fingerprint(full)
         if self.hparams.output_dir is not None and self._is_main_process():
             write_outputs(Path(self.hparams.output_dir), full, full_splits,
-                          np.flatnonzero(keep)[labelled], report, hp.label_seed)  # fmt: skip
+                          np.flatnonzero(keep)[labelled], report, hp.label_seed,
+                          self.fingerprint)  # fmt: skip
         if not report.ok:
             raise ValueError(report.format())
         if self._is_main_process():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from cass_lightning.data.index import SampleIndex
 from cass_lightning.data.removal import format_removed
 from cass_lightning.data.splits import write_split_csv
 from cass_lightning.data.validate import DataReport
-from cass_lightning.io import write_csv
+from cass_lightning.io import atomic_write_json, write_csv
 
 
 def write_outputs(
@@ -28,10 +29,19 @@ def write_outputs(
     labelled: np.ndarray,
     report: DataReport,
     label_seed: int,
+    fingerprint: dict[str, Any] | None = None,
 ) -> None:
-    """``splits.csv``, ``data_report.json`` and, when something was left out, ``skipped.csv``."""
+    """``splits.csv``, ``data_report.json`` and, when something was left out, ``skipped.csv``.
+
+    ``fingerprint`` (:func:`~cass_lightning.data.fingerprint.dataset_fingerprint`) goes into
+    ``data_report.json``, so a report or a study can tell two versions of a dataset apart.
+    """
     write_split_csv(index, splits, labelled, out / "splits.csv", label_seed)
-    report.write(out / "data_report.json")
+    if fingerprint is None:
+        report.write(out / "data_report.json")
+    else:
+        record = {**report.as_dict(), "fingerprint": fingerprint}
+        atomic_write_json(out / "data_report.json", record)
     if report.removed.get("images"):
         write_csv(out / "skipped.csv", ["file", "reason"], report.bad_files + report.skipped)
 

@@ -26,6 +26,10 @@ Inputs of :func:`write_study_report` (the contract with ``cass-study``):
    (``{"batch_size": int, "epochs": int}``, only for points of the robustness grid). Runs with
    ``pretrain`` form the robustness section and never enter the main table or the verdicts.
    Runs pair across methods by ``seed`` and ``label_seed`` (the same labelled images).
+   Each result is checked first (:func:`check_result`: every metric ``None`` or a finite number
+   in its range); ``run_id``, ``settings_digest`` and ``data_fingerprint`` (what
+   ``cass-finetune`` records) decide which runs are copies of one run (counted once) and which
+   may share a cell (:mod:`.identity`; older results fall back to their content).
 2. ``costs``: one dict per pretraining run: ``method`` (``cass``, ``dino``), ``arm``
    (``both``, ``cnn``, ``vit``), ``fit_seconds``, ``images_per_s`` (or ``None``),
    ``peak_memory_gib`` (or ``None``), ``memory_kind`` (``gpu``, ``cpu_rss``), ``epochs``,
@@ -50,14 +54,15 @@ Modules, one job each: ``collect`` (finding results, method labels, missing rows
 (aggregates and the markdown table), ``verdict`` (paired differences, t intervals, the words),
 ``costs`` (pretraining cost and ratios), ``robustness`` (the batch x epochs grid),
 ``perclass`` (per-class F1 and confusion over seeds), ``plots`` (every figure), ``writer``
-(``cass-report``'s files and the overwrite guard), ``study`` (the study report).
+(``cass-report``'s files, the overwrite guard and the staged folder), ``study`` (the study
+report), ``validate`` (a results.json checked by name), ``identity`` (run ids, settings
+digests, dataset fingerprints: what counts once and what may share a cell).
 """
 
 from cass_lightning.report.collect import (
     ARMS,
     META_FILE,
     METHODS,
-    REQUIRED_KEYS,
     RESULTS_FILE,
     collect_results,
     method_label,
@@ -82,6 +87,12 @@ from cass_lightning.report.table import (
     metric_key,
     row_name,
 )
+from cass_lightning.report.validate import (
+    REQUIRED_KEYS,
+    ResultsFileError,
+    check_result,
+    load_result,
+)
 from cass_lightning.report.verdict import (
     VERDICT_FIELDS,
     Comparison,
@@ -91,7 +102,7 @@ from cass_lightning.report.verdict import (
     t_quantile_975,
     verdicts,
 )
-from cass_lightning.report.writer import REPORT_FILES, write_report
+from cass_lightning.report.writer import REPORT_FILES, StagedFolder, write_report
 
 __all__ = [
     "ARMS",
@@ -104,8 +115,11 @@ __all__ = [
     "STUDY_CSV_FIELDS",
     "VERDICT_FIELDS",
     "Comparison",
+    "ResultsFileError",
+    "StagedFolder",
     "aggregate",
     "cell",
+    "check_result",
     "collect_results",
     "compare",
     "cost_rows",
@@ -113,6 +127,7 @@ __all__ = [
     "fraction_label",
     "grids",
     "layout",
+    "load_result",
     "markdown",
     "method_label",
     "metric_key",

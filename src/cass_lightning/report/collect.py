@@ -7,11 +7,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cass_lightning.report.validate import load_result
+
 RESULTS_FILE = "results.json"  # what cass-finetune writes (apps/finetune.py)
 META_FILE = "meta.json"  # what an export holds (export.py)
 METHODS = ("cass", "dino", "imagenet", "random")  # table order: CASS first, then its baselines
 ARMS = ("cnn", "vit")
-REQUIRED_KEYS = ("init", "arm", "mode", "dataset", "label_fraction", "metrics")
 
 
 def method_label(result: dict[str, Any], source: Path | None = None) -> str:
@@ -35,7 +36,13 @@ def method_label(result: dict[str, Any], source: Path | None = None) -> str:
                 f"{meta_path} not found: the run{where} was fine-tuned from that export, whose "
                 "meta.json names the pretraining method. Put the export back at that path"
             )
-        method = json.loads(meta_path.read_text()).get("method", "cass")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{meta_path} is not valid JSON ({err}): the run{where}") from None
+        method = meta.get("method", "cass") if isinstance(meta, dict) else None
+        if not isinstance(method, str):
+            raise ValueError(f"{meta_path} names no method (the run{where})")
         return "dino" if str(method).lower() == "dino" else "cass"
     raise ValueError(f"unknown init {init!r} in a results file{where}")
 
@@ -44,7 +51,9 @@ def collect_results(folders: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Every ``results.json`` under ``folders`` (searched recursively), each with its method.
 
     Each returned dict is the file's content plus ``method`` and ``results_file``. A file found
-    through two overlapping folders counts once, so no run is averaged in twice.
+    through two overlapping folders counts once, so no run is averaged in twice (copies of a run
+    in other folders are collapsed by the report: :mod:`.identity`). A file that is not a
+    results.json the report can trust is refused by name (:func:`.validate.load_result`).
     """
     roots = [Path(f) for f in folders]
     if not roots:
@@ -60,13 +69,7 @@ def collect_results(folders: Iterable[str | Path]) -> list[dict[str, Any]]:
         )
     results = []
     for file in files:
-        try:
-            result = json.loads(file.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{file} is not valid JSON: {err}") from err
-        absent = [k for k in REQUIRED_KEYS if k not in result]
-        if absent:
-            raise ValueError(f"{file} lacks {', '.join(absent)}: not a cass-finetune results.json")
+        result = load_result(file)
         result["method"] = method_label(result, file)
         result["results_file"] = str(file)
         results.append(result)

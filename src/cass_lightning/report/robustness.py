@@ -44,7 +44,12 @@ def grids(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, float], Grid]:
     for row in sorted((r for r in rows if is_grid_row(r)), key=key):
         section = found.setdefault((row["dataset"], row["mode"], row["label_fraction"]), {})
         points = section.setdefault(row["arm"], {}).setdefault(row["method"], {})
-        points[(row["pretrain_batch_size"], row["pretrain_epochs"])] = row
+        point = (row["pretrain_batch_size"], row["pretrain_epochs"])
+        if point in points:  # runs of other settings at this point: shown split, not averaged
+            count = points[point].get("split_count", 1) + 1
+            row = {**row, "mean": None, "std": None, "n": 0, "n_missing": 0,
+                   "split_count": count}  # fmt: skip
+        points[point] = row
     return found
 
 

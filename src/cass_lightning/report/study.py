@@ -14,6 +14,7 @@ from typing import Any
 
 from cass_lightning.report.collect import ARMS, METHODS, missing_reason
 from cass_lightning.report.costs import check_costs, cost_markdown
+from cass_lightning.report.identity import prepare, settings_of
 from cass_lightning.report.perclass import classes_of, confusion_total, per_class_f1
 from cass_lightning.report.plots import plot, plot_confusions, plot_per_class_f1, plot_robustness
 from cass_lightning.report.robustness import grids, heatmaps, robustness_markdown
@@ -29,8 +30,9 @@ from cass_lightning.report.table import (
     row_order,
     sections,
 )
+from cass_lightning.report.validate import check_result
 from cass_lightning.report.verdict import BASELINES, VERDICT_FIELDS, Comparison, main_runs, verdicts
-from cass_lightning.report.writer import refuse_existing, write_csv
+from cass_lightning.report.writer import StagedFolder, refuse_existing, write_csv
 
 STUDY_FILE = "study.md"
 TABLE_FILE = "report.csv"
@@ -48,17 +50,19 @@ def default_metric(dataset: str) -> str:
 
 
 def check_results(results: Sequence[dict[str, Any]]) -> None:
-    """Raise naming the result and the key when a result lacks what the report reads."""
+    """Raise naming the result and the key when a result lacks what the report reads, or holds
+    a value the report cannot trust (:func:`~cass_lightning.report.validate.check_result`)."""
     if not results:
         raise ValueError("no fine-tuning results to report")
     for i, result in enumerate(results):
-        absent = [k for k in RESULT_KEYS if k not in result]
+        where = (result.get("results_file") if isinstance(result, dict) else None) or f"result {i}"
+        absent = [k for k in RESULT_KEYS if isinstance(result, dict) and k not in result]
         if absent:
-            where = result.get("results_file") or f"result {i}"
             raise ValueError(
                 f"{where} lacks {', '.join(absent)} (label each result with its method, e.g. "
                 "with cass_lightning.report.method_label)"
             )
+        check_result(result, str(where), RESULT_KEYS)
 
 
 def layout(
@@ -110,11 +114,24 @@ def table_rows(
     return sorted(rows, key=row_order)
 
 
+def split_cell(rows: Sequence[dict[str, Any]] | None) -> str:
+    """One table cell; runs of different settings in one cell are shown side by side, each
+    with its settings digest, never averaged together."""
+    if not rows:
+        return cell(None)
+    if len(rows) == 1:
+        return cell(rows[0])
+    parts = [f"{cell(r)} [settings {str(r.get('settings'))[:8]}]" for r in rows]
+    return f"cell split: {len(rows)} settings: " + "; ".join(parts)
+
+
 def paper_table(section: Sequence[dict[str, Any]], rows: Sequence[tuple[str, str]]) -> list[str]:
     """One dataset's table: rows method x arm in ``rows``' order, columns the label fractions,
     cells ``mean ± std (n)``; a row without runs reads ``missing`` with its reason."""
     fractions = sorted({r["label_fraction"] for r in section})
-    cells = {(r["method"], r["arm"], r["label_fraction"]): r for r in section}
+    cells: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for r in section:
+        cells.setdefault((r["method"], r["arm"], r["label_fraction"]), []).append(r)
     notes = {(r["method"], r["arm"]): r["note"] for r in section if r.get("note")}
     header = "| row | " + " | ".join(map(fraction_label, fractions)) + " |"
     lines = [
@@ -124,7 +141,7 @@ def paper_table(section: Sequence[dict[str, Any]], rows: Sequence[tuple[str, str
     for method, arm in rows:
         note = notes.get((method, arm))
         values = (["missing"] * len(fractions) if note
-                  else [cell(cells.get((method, arm, f))) for f in fractions])  # fmt: skip
+                  else [split_cell(cells.get((method, arm, f))) for f in fractions])  # fmt: skip
         end = f" {note or ''} |" if notes else ""
         lines.append(f"| {row_name(method, arm)} | " + " | ".join(values) + " |" + end)
     return lines
@@ -135,8 +152,8 @@ def _tally(comparisons: Sequence[Comparison]) -> str:
               for k in ("better", "worse", "unresolved", "no verdict", "missing")}  # fmt: skip
     return (f"CASS better in {counts['better']} of {len(comparisons)} comparisons, worse in "
             f"{counts['worse']}, no difference resolved in {counts['unresolved']}, no verdict "
-            f"in {counts['no verdict'] + counts['missing']} (under two paired seeds or a "
-            "missing row).")  # fmt: skip
+            f"in {counts['no verdict'] + counts['missing']} (under two paired seeds, a "
+            "missing row or a cell split by settings).")  # fmt: skip
 
 
 def summary(comparisons: Sequence[Comparison], dataset: str, mode: str) -> list[str]:
@@ -167,6 +184,8 @@ def _figures(results: Sequence[dict[str, Any]], order_rows: Sequence[tuple[str, 
         bars, panels = [], []
         for method, arm in order_rows:
             group = [r for r in at if (r["method"], str(r["arm"])) == (method, arm)]
+            if len({settings_of(r) for r in group}) > 1:
+                continue  # a split cell: its runs are never summed into one panel
             f1, confusion = per_class_f1(group), confusion_total(group)
             if f1:
                 bars.append((row_name(method, arm), f1))
@@ -244,12 +263,16 @@ def write_study_report(
     """Write ``study.md``, ``report.csv``, ``verdicts.csv`` and the PNGs into ``out_dir``.
 
     ``metric`` applies to every dataset; ``None`` takes :func:`default_metric` per dataset.
-    ``notes`` (e.g. the study's points that did not finish) close ``study.md`` as a list.
+    ``notes`` (e.g. the study's points that did not finish) close ``study.md`` as a list, with
+    the report's own: copies of a run counted once, datasets of one name told apart.
     Returns ``{file name: path}``. Refuses, before writing anything, when any of those files
-    already exists (a report is a record of the runs it read).
+    already exists (a report is a record of the runs it read). The files appear together or
+    not at all: they are written into a hidden folder beside ``out_dir``, renamed at the end.
     """
     check_results(results)
     check_costs(costs)
+    results, own_notes = prepare(results)
+    notes = [*notes, *own_notes]
     order_rows = layout(results, missing)
     rows = table_rows(results, missing, metric)
 
@@ -269,25 +292,29 @@ def write_study_report(
     paths = {name: out / name for name in names}
     refuse_existing(paths.values())
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, paths[TABLE_FILE], STUDY_CSV_FIELDS)
-    write_csv([c.as_row() for c in comparisons], paths[VERDICTS_FILE], VERDICT_FIELDS)
-    if main:
-        plot(main, metric or "f1_macro", paths[FRACTIONS_FILE])
-    for (dataset, mode, fraction), drawn in figures.items():
-        where = f"{dataset} ({mode}), {fraction_label(fraction)} labels"
-        if drawn["per_class_f1"]:
-            path = paths[figure_name("per_class_f1", dataset, mode, fraction)]
-            plot_per_class_f1(drawn["per_class_f1"], f"{where}: per-class F1", path)
-        if drawn["confusion"]:
-            path = paths[figure_name("confusion", dataset, mode, fraction)]
-            plot_confusions(drawn["confusion"], f"{where}: confusion (counts over seeds)", path)
-    for (dataset, mode, fraction), grid in robust.items():
-        where = f"{dataset} ({mode}), {fraction_label(fraction)} labels"
-        path = paths[figure_name("robustness", dataset, mode, fraction)]
-        plot_robustness(heatmaps(grid), f"{where}: {metric_name(metric_for(dataset))}", path)
     text = study_markdown(rows, comparisons, costs, order_rows, figures, title, bool(main))
     if notes:
         text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
-    paths[STUDY_FILE].write_text(text)
+    with StagedFolder(out) as staged:
+        staged.write(TABLE_FILE, lambda p: write_csv(rows, p, STUDY_CSV_FIELDS))
+        staged.write(VERDICTS_FILE, lambda p: write_csv(
+            [c.as_row() for c in comparisons], p, VERDICT_FIELDS))  # fmt: skip
+        if main:
+            staged.write(FRACTIONS_FILE, lambda p: plot(main, metric or "f1_macro", p))
+        for (dataset, mode, fraction), drawn in figures.items():
+            where = f"{dataset} ({mode}), {fraction_label(fraction)} labels"
+            if drawn["per_class_f1"]:
+                name = figure_name("per_class_f1", dataset, mode, fraction)
+                staged.write(name, lambda p, d=drawn, w=where: plot_per_class_f1(
+                    d["per_class_f1"], f"{w}: per-class F1", p))  # fmt: skip
+            if drawn["confusion"]:
+                name = figure_name("confusion", dataset, mode, fraction)
+                staged.write(name, lambda p, d=drawn, w=where: plot_confusions(
+                    d["confusion"], f"{w}: confusion (counts over seeds)", p))  # fmt: skip
+        for (dataset, mode, fraction), grid in robust.items():
+            where = f"{dataset} ({mode}), {fraction_label(fraction)} labels"
+            name = figure_name("robustness", dataset, mode, fraction)
+            title_ = f"{where}: {metric_name(metric_for(dataset))}"
+            staged.write(name, lambda p, g=grid, t=title_: plot_robustness(heatmaps(g), t, p))
+        staged.write(STUDY_FILE, lambda p: p.write_text(text))
     return paths

@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from cass_lightning.report.collect import ARMS, METHODS
+from cass_lightning.report.identity import data_of, prepare, settings_of
 
 CSV_FIELDS = (
     "dataset", "method", "arm", "mode", "label_fraction", "metric", "mean", "std", "n",
-    "n_missing", "seeds", "test_split", "pretrain_batch_size", "pretrain_epochs",
+    "n_missing", "seeds", "test_split", "pretrain_batch_size", "pretrain_epochs", "settings",
+    "data", "classes_evaluated", "split",
 )  # fmt: skip
 
 
@@ -76,12 +78,16 @@ def aggregate(results: Sequence[dict[str, Any]], metric: str = "f1_macro") -> li
 
     Runs of the robustness grid (results with ``pretrain``: batch size and epochs) make rows of
     their own, one per pretraining point, with ``pretrain_batch_size`` and ``pretrain_epochs``.
+    Every run counts once, and only seeds of one setting on one dataset share a row
+    (:func:`~cass_lightning.report.identity.prepare`): a cell whose runs differ in settings is
+    split into one row per setting (``settings`` names it, ``split`` says so).
 
     A run whose metric is ``None`` (non-finite: results.json has no NaN) counts in ``n_missing``
     rather than silently lowering or raising the mean. A run that does not hold the metric at
     all is an error naming the file, so a typo in ``metric`` never yields an empty table.
     """
     key = metric_key(metric)
+    results, _ = prepare(results)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for result in results:
         metrics = result.get("metrics") or {}
@@ -93,14 +99,20 @@ def aggregate(results: Sequence[dict[str, Any]], metric: str = "f1_macro") -> li
         group = (
             str(result.get("dataset")), result["method"], str(result.get("arm")),
             str(result.get("mode")), float(result["label_fraction"]), *pretrain_point(result),
+            settings_of(result), data_of(result),
         )  # fmt: skip
         groups.setdefault(group, []).append(result)
+    per_cell: dict[tuple[Any, ...], int] = {}
+    for group in groups:
+        per_cell[group[:7]] = per_cell.get(group[:7], 0) + 1
     rows = []
-    for (dataset, method, arm, mode, fraction, batch, epochs), runs in groups.items():
+    for group, runs in groups.items():
+        dataset, method, arm, mode, fraction, batch, epochs, settings, data = group
         values = [float(r["metrics"][key]) for r in runs if r["metrics"][key] is not None]
         values = [v for v in values if math.isfinite(v)]
         mean = statistics.fmean(values) if values else None
         std = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+        split = per_cell[group[:7]]
         rows.append({
             "dataset": dataset, "method": method, "arm": arm, "mode": mode,
             "label_fraction": fraction, "metric": key, "mean": mean, "std": std,
@@ -108,9 +120,25 @@ def aggregate(results: Sequence[dict[str, Any]], metric: str = "f1_macro") -> li
             "seeds": " ".join(str(s) for s in sorted(str(r.get("seed")) for r in runs)),
             "test_split": "+".join(sorted({str(r.get("test_split")) for r in runs})),
             "pretrain_batch_size": batch, "pretrain_epochs": epochs,
+            "settings": settings[:12], "data": data[:12],
+            "classes_evaluated": classes_evaluated(runs),
+            "split": f"cell split: {split} settings" if split > 1 else None,
         })  # fmt: skip
     rows.sort(key=row_order)
     return rows
+
+
+def classes_evaluated(runs: Sequence[dict[str, Any]]) -> str | None:
+    """``"7 of 8"`` when a run's test split held no sample of some class (macro-F1 is then over
+    the classes evaluated only), from ``per_class.support``; ``None`` when every class was."""
+    found = set()
+    for run in runs:
+        support = (run.get("per_class") or {}).get("support")
+        if isinstance(support, list) and support and not run.get("multi_label"):
+            present = sum(1 for s in support if s)
+            if present < len(support):
+                found.add(f"{present} of {len(support)}")
+    return ", ".join(sorted(found)) or None
 
 
 def row_order(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -118,7 +146,7 @@ def row_order(row: dict[str, Any]) -> tuple[Any, ...]:
     pretraining point (main runs first), label fraction."""
     return (row["dataset"], row["mode"], order(row["method"], METHODS), order(row["arm"], ARMS),
             _none_first(row.get("pretrain_batch_size")), _none_first(row.get("pretrain_epochs")),
-            row["label_fraction"])  # fmt: skip
+            row["label_fraction"], str(row.get("settings") or ""))  # fmt: skip
 
 
 def fraction_label(fraction: float) -> str:
@@ -127,10 +155,25 @@ def fraction_label(fraction: float) -> str:
 
 
 def cell(row: dict[str, Any] | None) -> str:
-    """``mean ± std (n)`` with four decimals; ``-`` where no run of that cell has a value."""
+    """``mean ± std (n)`` with four decimals (``mean (1)`` for one seed: no spread is known);
+    seeds without a value are counted as missing, never in ``n``; a macro-F1 over only some
+    classes says over how many; ``-`` where no run of that cell has a value."""
+    if row is not None and row.get("split_count"):
+        return f"cell split: {row['split_count']} settings (see report.csv)"
     if row is None or row["mean"] is None:
         return "-" if row is None else f"- ({row['n_missing']} without a value)"
-    return f"{row['mean']:.4f} ± {row['std']:.4f} ({row['n']})"
+    count = str(row["n"]) + (f"; {row['n_missing']} missing" if row.get("n_missing") else "")
+    spread = f" ± {row['std']:.4f}" if row["n"] > 1 else ""
+    text = f"{row['mean']:.4f}{spread} ({count})"
+    if row.get("classes_evaluated"):
+        text += f" over {row['classes_evaluated']} classes"
+    return text
+
+
+def split_tag(row: dict[str, Any]) -> str:
+    """`` [settings 1a2b3c4d]`` for a row of a split cell (runs of other settings have rows of
+    their own), empty otherwise."""
+    return f" [settings {str(row['settings'])[:8]}]" if row.get("split") else ""
 
 
 def sections(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
@@ -153,11 +196,28 @@ def markdown(rows: Sequence[dict[str, Any]], metric: str) -> str:
         lines += ["", f"## {dataset} ({mode}, evaluated on the {splits} split)", ""]
         lines.append("| method | arm | " + " | ".join(map(fraction_label, fractions)) + " |")
         lines.append("|---|---|" + "---|" * len(fractions))
-        cells = {(r["method"] + pretrain_tag(r), r["arm"], r["label_fraction"]): r
+        cells = {(r["method"] + pretrain_tag(r) + split_tag(r), r["arm"], r["label_fraction"]): r
                  for r in section}  # fmt: skip
         for method, arm in dict.fromkeys(
-            (r["method"] + pretrain_tag(r), r["arm"]) for r in section
+            (r["method"] + pretrain_tag(r) + split_tag(r), r["arm"]) for r in section
         ):
             values = [cell(cells.get((method, arm, f))) for f in fractions]
             lines.append(f"| {method} | {arm} | " + " | ".join(values) + " |")
+        lines += split_notes(section)
     return "\n".join(lines) + "\n"
+
+
+def split_notes(section: Sequence[dict[str, Any]]) -> list[str]:
+    """One line per split cell: which settings its runs had, so no reader averages them."""
+    notes = []
+    seen: dict[tuple[Any, ...], list[str]] = {}
+    for r in section:
+        if r.get("split"):
+            where = (r["method"] + pretrain_tag(r), r["arm"], r["label_fraction"])
+            seen.setdefault(where, []).append(str(r["settings"])[:8])
+    for (method, arm, fraction), tags in seen.items():
+        notes.append(
+            f"- {method} {arm} at {fraction_label(fraction)}: cell split: {len(tags)} settings "
+            f"({', '.join(tags)}); runs of different settings are never averaged."
+        )
+    return ["", *notes] if notes else []

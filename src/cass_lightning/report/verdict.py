@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cass_lightning.report.collect import ARMS, missing_reason
+from cass_lightning.report.identity import settings_of
 from cass_lightning.report.table import (
     METHOD_NAMES,
     fraction_label,
@@ -145,6 +146,7 @@ class Comparison:
     missing_row: str | None = None  # "DINO-CNN" when one side has no runs ...
     reason: str | None = None  # ... and why
     seeds: tuple[str, str] = ("", "")  # each side's seeds, shown when none of them pair
+    blocked: str | None = None  # "CASS-CNN cell split: 2 settings": no pairs are formed
 
     @property
     def n(self) -> int:
@@ -159,6 +161,8 @@ class Comparison:
         """``better``, ``worse``, ``unresolved``, ``no verdict`` (under 2 pairs) or ``missing``."""
         if self.missing_row:
             return "missing"
+        if self.blocked:
+            return "no verdict"
         interval = self.interval
         if interval is None:
             return "no verdict"
@@ -176,6 +180,8 @@ class Comparison:
         head = f"{mine} vs {theirs} at {fraction_label(self.label_fraction)} labels: "
         if self.missing_row:
             return head + f"{self.missing_row} missing ({self.reason}): no verdict"
+        if self.blocked:
+            return head + f"{self.blocked}, never averaged together: no verdict"
         if self.n == 0:
             return head + (
                 "no paired seeds, none with the same seed and label seed "
@@ -202,6 +208,8 @@ class Comparison:
         """The verdict for a summary table cell."""
         if self.missing_row:
             return f"no verdict ({self.missing_row} missing)"
+        if self.blocked:
+            return "no verdict (cell split)"
         if self.n == 0:
             return "no verdict (no paired seeds)"
         interval = self.interval
@@ -275,6 +283,11 @@ def compare(
                 f"no runs at {fraction_label(float(label_fraction))} labels"
             )
             return Comparison(**base, missing_row=row_name(name, arm), reason=reason)
+    for name, runs in ((method, mine), (other, theirs)):
+        kinds = {settings_of(r) for r in runs}
+        if len(kinds) > 1:
+            blocked = f"{row_name(name, arm)} cell split: {len(kinds)} settings"
+            return Comparison(**base, blocked=blocked)
     seeds = tuple(
         " ".join(sorted({str(r.get("seed")) for r in rs}, key=seed_order)) for rs in (mine, theirs)
     )
