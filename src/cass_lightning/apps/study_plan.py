@@ -211,11 +211,11 @@ def resolve_weights(
             continue
         source: dict[str, Any] = {}
         if str(value) == HUB:
-            if find_hub is None:
-                from cass_lightning.encoders import hub_weights_file as find_hub
+            from cass_lightning.encoders import HubUnreachableError, hub_weights_file
+
             try:
-                hub = find_hub(str(encoders[arm]))
-            except Exception as err:
+                hub = (find_hub or hub_weights_file)(str(encoders[arm]))
+            except (HubUnreachableError, ValueError, FileNotFoundError) as err:
                 raise type(err)(f"study.weights.{arm}={HUB}: {err}") from None
             file = Path(hub.file)
             source["hub"] = hub.hub_id

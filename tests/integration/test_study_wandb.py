@@ -1,0 +1,81 @@
+"""``cass-study ... study.logger=wandb``: every point one run of one project, grouped by the
+study, with its job type and flat config; the report as one more run with its tables and
+artifact. Offline only: read back from the ``offline-run-*`` folders under ``<study>/wandb``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app_helpers import app_env
+from test_loggers import wandb_records, wandb_sandbox  # noqa: F401 (a fixture)
+
+pytest.importorskip("wandb")
+
+#: Two points and the report: CASS pretrained for one epoch, its CNN fine-tuned once.
+STUDY = [
+    "study=smoke", "study.methods=[cass]", "study.arms=[cnn]", "study.seeds=[0]",
+    "study.fractions=[1.0]", "study.pretrain.epochs=1", "study.encoders.img_size=32",
+    'study.overrides.data=["data.images_per_class=8","data.val_images_per_class=4",'
+    '"data.image_size=32","data.num_workers=0"]',
+    'study.overrides.finetune=["trainer.max_epochs=1","early_stopping.patience=1"]',
+    "study.logger=wandb", "study.wandb.project=my-study",
+]  # fmt: skip
+
+
+def _runs(study: Path) -> dict[str, dict]:
+    """Each offline run's run record, config and history keys, by job type."""
+    runs = {}
+    for folder in sorted((study / "wandb").glob("offline-run-*")):
+        records = wandb_records(folder)
+        (run,) = records["run"]
+        config = {item.key: json.loads(item.value_json) for item in run.config.update}
+        logged = {item.key or item.nested_key[0]
+                  for history in records.get("history", []) for item in history.item}  # fmt: skip
+        artifacts = [(a.name, a.type) for a in records.get("artifact", [])]
+        runs[run.job_type] = {"run": run, "config": config, "logged": logged,
+                              "artifacts": artifacts, "folder": folder}  # fmt: skip
+    return runs
+
+
+@pytest.mark.slow
+def test_a_study_logged_to_wandb_is_one_group_of_runs_and_a_report_run(tmp_path, wandb_sandbox):
+    env = app_env(tmp_path, WANDB_MODE="offline")
+    proc = subprocess.run(
+        [sys.executable, "-m", "cass_lightning.apps.study", *STUDY], env=env, cwd=tmp_path,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    study = tmp_path / "runs" / "study" / "smoke-synthetic"
+    plan = json.loads((study / "plan.json").read_text())
+    ids = {p["app"]: p["id"] for p in plan["points"]}
+    runs = _runs(study)
+    assert set(runs) == {"pretrain", "finetune", "report"}
+    for job_type, found in runs.items():
+        run = found["run"]
+        assert (run.project, run.run_group) == ("my-study", "smoke-synthetic")
+        if job_type != "report":
+            assert run.display_name == ids[job_type]
+    pretrain, finetune = runs["pretrain"]["config"], runs["finetune"]["config"]
+    assert {k: pretrain[k] for k in ("method", "arm", "seed", "dataset", "epochs")} == {
+        "method": "cass", "arm": "both", "seed": 77, "dataset": "synthetic", "epochs": 1,
+    }  # fmt: skip
+    assert {k: finetune[k] for k in ("method", "arm", "fraction", "seed", "mode", "dataset")} == {
+        "method": "cass", "arm": "cnn", "fraction": 1.0, "seed": 0, "mode": "finetune",
+        "dataset": "synthetic",
+    }  # fmt: skip
+    report = runs["report"]
+    pngs = {f"report/{png.stem}" for png in (study / "report").glob("*.png")}
+    assert pngs and {"report/table", "report/verdicts", *pngs} <= report["logged"]
+    assert ("smoke-synthetic-report", "study-report") in report["artifacts"]
+    (table,) = (report["folder"] / "files" / "media" / "table" / "report").glob("table_*.json")
+    logged = json.loads(table.read_text())
+    rows = [dict(zip(logged["columns"], row, strict=True)) for row in logged["data"]]
+    assert [(r["method"], r["arm"]) for r in rows if r["mean"] is not None] == [("cass", "cnn")]
+    # the points' own folders hold no wandb runs: one `wandb sync <study>/wandb` takes them all
+    assert not list((study / "points").glob("*/wandb"))
+    assert f"wandb sync {study / 'wandb'}/offline-run-*" in proc.stdout
