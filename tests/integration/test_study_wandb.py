@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_loggers import wandb_records, wandb_sandbox  # noqa: F401 (a fixture)
 
 from app_helpers import app_env
-from test_loggers import wandb_records, wandb_sandbox  # noqa: F401 (a fixture)
 
 pytest.importorskip("wandb")
 
@@ -43,7 +43,8 @@ def _runs(study: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_a_study_logged_to_wandb_is_one_group_of_runs_and_a_report_run(tmp_path, wandb_sandbox):
+@pytest.mark.usefixtures("wandb_sandbox")  # no key, a dead server, wandb's folders in tmp_path
+def test_a_study_logged_to_wandb_is_one_group_of_runs_and_a_report_run(tmp_path):
     env = app_env(tmp_path, WANDB_MODE="offline")
     proc = subprocess.run(
         [sys.executable, "-m", "cass_lightning.apps.study", *STUDY], env=env, cwd=tmp_path,
