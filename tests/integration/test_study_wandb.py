@@ -10,11 +10,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra.core.global_hydra import GlobalHydra
 from test_loggers import wandb_records, wandb_sandbox  # noqa: F401 (a fixture)
 
-from app_helpers import app_env
+from app_helpers import app_env, compose_app
+from cass_lightning.apps.study import settings_from
+from cass_lightning.apps.study_plan import build_plan
+from cass_lightning.apps.study_points import compose_point
 
 pytest.importorskip("wandb")
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
 
 #: Two points and the report: CASS pretrained for one epoch, its CNN fine-tuned once.
 STUDY = [
@@ -83,3 +94,22 @@ def test_a_study_logged_to_wandb_is_one_group_of_runs_and_a_report_run(tmp_path)
     # the points' own folders hold no wandb runs: one `wandb sync <study>/wandb` takes them all
     assert not list((study / "points").glob("*/wandb"))
     assert f"wandb sync {study / 'wandb'}/offline-run-*" in proc.stdout
+
+
+def test_wandb_is_composed_with_every_point_outside_its_digest(tmp_path):
+    """The same points with and without wandb (a finished study is not rerun to log it), each
+    composed with its wandb identity; an unknown study.logger is refused by name."""
+    study_dir = tmp_path / "my study"
+    plain = settings_from(compose_app(tmp_path, STUDY[:-2], config_name="study"), [], study_dir)
+    logged = settings_from(compose_app(tmp_path, STUDY, config_name="study"), [], study_dir)
+    points = build_plan(logged, study_dir)
+    assert [p.id for p in points] == [p.id for p in build_plan(plain, study_dir)]
+    assert not any(p.logging for p in build_plan(plain, study_dir))
+    for point in points:
+        wandb = compose_point(point, point.folder(study_dir), []).logger.wandb
+        assert (wandb.project, wandb.group, wandb.name) == ("my-study", "my study", point.id)
+        assert wandb.job_type == point.app and wandb.save_dir == str(study_dir)
+        assert wandb.config.method == point.method and wandb.config.arm == point.arm
+    bad = compose_app(tmp_path, [*STUDY[:-2], "study.logger=tensorbord"], config_name="study")
+    with pytest.raises(ValueError, match=r"study\.logger=tensorbord"):
+        build_plan(settings_from(bad, [], study_dir), study_dir)

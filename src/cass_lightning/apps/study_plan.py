@@ -229,9 +229,15 @@ def resolve_weights(
 
 
 # ----------------------------------------------------------------------------- logging
+#: ``study.logger``: null/csv (each point's CSV log only) or wandb (and a CSV log).
+LOGGERS = (None, "none", "csv", "wandb")
+
+
 def wants_wandb(s: StudySettings) -> bool:
     """Whether the study logs to wandb: ``study.logger=wandb``, or ``logger=wandb`` among the
     overrides of every point."""
+    if s.logger not in LOGGERS:
+        raise ValueError(f"study.logger={s.logger}: expected null (or csv) or wandb")
     return s.logger == "wandb" or "logger=wandb" in s.common
 
 
