@@ -113,3 +113,38 @@ def test_wandb_is_composed_with_every_point_outside_its_digest(tmp_path):
     bad = compose_app(tmp_path, [*STUDY[:-2], "study.logger=tensorbord"], config_name="study")
     with pytest.raises(ValueError, match=r"study\.logger=tensorbord"):
         build_plan(settings_from(bad, [], study_dir), study_dir)
+
+
+@pytest.mark.usefixtures("wandb_sandbox")
+def test_a_report_whose_online_start_fails_goes_offline(tmp_path, monkeypatch, capsys):
+    import wandb
+
+    from cass_lightning.apps import loggers
+    from cass_lightning.apps.study_report import upload_report
+
+    study_dir = tmp_path / "paper-isic"
+    out = study_dir / "report"
+    out.mkdir(parents=True)
+    (out / "report.csv").write_text("method,arm,mean\ncass,cnn,0.5\nrandom,cnn,\n")
+    (out / "verdicts.csv").write_text("arm,verdict\ncnn,no difference resolved\n")
+    settings = settings_from(compose_app(tmp_path, STUDY, config_name="study"), [], study_dir)
+    real_init, modes = wandb.init, []
+
+    def init(mode: str, **kwargs):
+        modes.append(mode)
+        if mode == "online":
+            raise wandb.errors.CommError("server said no")
+        return real_init(mode=mode, **kwargs)
+
+    monkeypatch.setattr(loggers, "choose_wandb_mode", lambda: ("online", "key found"))
+    monkeypatch.setattr(wandb, "init", init)
+    upload_report(out, settings, study_dir)
+    assert modes == ["online", "offline"]
+    assert (
+        "online start failed (server said no); the report goes offline" in capsys.readouterr().out
+    )
+    (run_dir,) = (study_dir / "wandb").glob("offline-run-*")
+    (table,) = (run_dir / "files" / "media" / "table" / "report").glob("table_*.json")
+    logged = json.loads(table.read_text())
+    assert logged["columns"] == ["method", "arm", "mean"]
+    assert logged["data"] == [["cass", "cnn", 0.5], ["random", "cnn", None]]

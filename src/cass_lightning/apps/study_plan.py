@@ -256,7 +256,12 @@ def _with_logging(s: StudySettings, study_dir: Path, points: list[Point]) -> lis
     offline runs under ``<study>/wandb`` (one ``wandb sync`` for all)."""
     if not wants_wandb(s):
         return points
+    import importlib.util
+
     from cass_lightning.apps.overrides import quote
+
+    if importlib.util.find_spec("wandb") is None:
+        raise ValueError("study.logger=wandb needs the wandb package: pip install -e '.[wandb]'")
 
     for p in points:
         config = {**wandb_config(p), "dataset": "${hydra:runtime.choices.data}"}

@@ -123,7 +123,14 @@ def upload_report(out: Path, settings: StudySettings, study_dir: Path) -> str:
     ``WANDB_MODE=disabled``)."""
     import wandb
 
-    from cass_lightning.apps.loggers import INIT_MODES, choose_wandb_mode, sync_hint
+    from cass_lightning.apps.loggers import (
+        DEFAULT_FINISH_TIMEOUT_S,
+        DEFAULT_INIT_TIMEOUT_S,
+        INIT_MODES,
+        choose_wandb_mode,
+        sync_hint,
+        wandb_timeouts,
+    )
     from cass_lightning.report.study import TABLE_FILE, VERDICTS_FILE
 
     mode, reason = choose_wandb_mode()
@@ -134,14 +141,24 @@ def upload_report(out: Path, settings: StudySettings, study_dir: Path) -> str:
     if mode == "offline":
         print(f"wandb: the report goes offline to {study_dir / 'wandb'} ({reason}). "
               f"{sync_hint(study_dir)}")  # fmt: skip
-    run = wandb.init(
+    init: dict[str, Any] = dict(
         project=settings.wandb_project, group=study_dir.name, job_type="report",
-        name=f"{study_dir.name}-{out.name}", dir=str(study_dir), mode=mode,  # type: ignore[arg-type]
+        name=f"{study_dir.name}-{out.name}", dir=str(study_dir), reinit="finish_previous",
         config={"kind": settings.kind, "methods": settings.methods, "arms": settings.arms,
                 "fractions": settings.fractions, "seeds": settings.seeds,
                 "modes": settings.modes, "report": str(out)},
-        reinit="finish_previous",
+        settings=wandb.Settings(**wandb_timeouts(wandb.Settings, DEFAULT_INIT_TIMEOUT_S,
+                                                 DEFAULT_FINISH_TIMEOUT_S)),
     )  # fmt: skip
+    try:
+        run = wandb.init(mode=mode, **init)
+    except wandb.errors.CommError as err:  # as the points' runs: offline rather than nothing
+        if mode == "offline":
+            raise
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"wandb: online start failed ({first}); the report goes offline. "
+              f"{sync_hint(study_dir)}")  # fmt: skip
+        run = wandb.init(mode="offline", **init)
     try:
         logged: dict[str, Any] = {}
         for name, key in ((TABLE_FILE, "report/table"), (VERDICTS_FILE, "report/verdicts")):
