@@ -35,12 +35,14 @@ __all__ = [
     "HEAD_KINDS",
     "EncoderSpec",
     "HubUnreachableError",
+    "HubWeights",
     "WeightsMismatchError",
     "build_encoder",
     "build_projector",
     "create_timm_model",
     "encoder_spec",
     "freeze_stages",
+    "hub_weights_file",
     "keep_frozen_in_eval",
     "layer_ids",
     "record_of",
@@ -74,6 +76,71 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
     from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE) or host_reachable(constants.ENDPOINT, timeout_s)
+
+
+@dataclass(frozen=True)
+class HubWeights:
+    """The local file of a timm model's default pretrained weights on the Hugging Face hub."""
+
+    model: str  # the timm name asked for, e.g. resnet50
+    hub_id: str  # the hub repository of its default pretrained tag, e.g. timm/resnet50.a1_in1k
+    file: Path  # the file in the local Hugging Face cache (a snapshot path, not resolved)
+
+
+#: Files timm reads from a hub repository, in its order (``load_state_dict_from_hf``): the
+#: safetensors alternative first, then the torch file.
+HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
+
+
+def hub_weights_file(
+    name: str,
+    *,
+    cache_dir: str | Path | None = None,
+    offline: bool | None = None,
+    timeout_s: float = 3.0,
+) -> HubWeights:
+    """The local file of ``name``'s default pretrained weights (timm's ``pretrained_cfg``:
+    ``hf_hub_id`` and ``hf_hub_filename``, else timm's file names), so it can be loaded and
+    recorded (path, SHA-256) like any weights file.
+
+    Found in the Hugging Face cache (``cache_dir``, default huggingface_hub's own, i.e.
+    ``HF_HUB_CACHE``) without the network; else downloaded when the hub answers within
+    ``timeout_s`` and huggingface_hub is not ``offline`` (default: its ``HF_HUB_OFFLINE``);
+    else :class:`HubUnreachableError` in seconds, naming the model, the cache and the way out.
+    """
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+    from timm.models import get_pretrained_cfg
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}")
+    cfg = get_pretrained_cfg(name)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not hub_id:
+        raise ValueError(f"timm has no Hugging Face hub weights for {name!r}: give a weights file")
+    repo, _, revision = hub_id.partition("@")
+    filenames = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else HUB_FILENAMES
+    cache = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE)
+    for filename in filenames:
+        found = try_to_load_from_cache(repo, filename, cache_dir=cache, revision=revision or None)
+        if isinstance(found, str):
+            return HubWeights(name, hub_id, Path(found))
+    offline = bool(constants.HF_HUB_OFFLINE) if offline is None else offline
+    if offline or not host_reachable(constants.ENDPOINT, timeout_s):
+        why = "the hub is off (HF_HUB_OFFLINE)" if offline else "the hub is not reachable"
+        raise HubUnreachableError(
+            f"{name}'s ImageNet weights ({hub_id}) are not in the local Hugging Face cache "
+            f"({cache}) and {why}; download them on a machine with network (e.g. "
+            f"timm.create_model({name!r}, pretrained=True), then copy the cache) or give a "
+            "weights file (weights_file)"
+        )
+    for filename in filenames:
+        try:
+            path = hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache)
+        except EntryNotFoundError:
+            continue
+        return HubWeights(name, hub_id, Path(path))
+    raise FileNotFoundError(f"{hub_id} on the hub holds none of {', '.join(filenames)}")
 
 
 def _check_weights_file(weights_file: str | Path) -> Path:

@@ -25,6 +25,7 @@ keys loaded, keys adapted) and kept on the model as ``weights_record`` (see :fun
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -217,5 +218,7 @@ def load_weights(
 
 def load_weights_file(model: nn.Module, path: str | Path) -> dict[str, Any]:
     """Read ``path`` (see :func:`read_state_dict`) and :func:`load_weights` it into ``model``."""
-    file = Path(path).expanduser().resolve()
+    # Absolute, not resolved: a Hugging Face cache file is a link to a blob without a suffix,
+    # and the suffix of the name given says how to read it.
+    file = Path(os.path.abspath(Path(path).expanduser()))
     return load_weights(model, read_state_dict(file), str(file), file_sha256(file))

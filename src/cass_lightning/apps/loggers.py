@@ -119,7 +119,7 @@ def choose_wandb_mode(
 
 
 #: WANDB_MODE spellings that ``wandb.init(mode=...)`` does not take, and what they mean.
-_INIT_MODES = {"dryrun": "offline", "run": "online"}
+INIT_MODES = {"dryrun": "offline", "run": "online"}
 
 
 def _is_offline(mode: str) -> bool:
@@ -310,9 +310,9 @@ def _build_wandb(
                 options["log_model"] = False
         # Passed explicitly even when it comes from WANDB_MODE: wandb reads the environment once
         # per process, so a later job (or a changed variable) would otherwise get a stale mode.
-        mode = _INIT_MODES.get(mode, mode)
+        mode = INIT_MODES.get(mode, mode)
 
-    settings = _timeouts(wandb.Settings, init_timeout, finish_timeout)
+    settings = wandb_timeouts(wandb.Settings, init_timeout, finish_timeout)
     settings.update(options.pop("settings", None) or {})
     options["name"] = options.get("name") or run_name
     options["group"] = options.get("group") or sweep_group
@@ -321,7 +321,7 @@ def _build_wandb(
     return cls(mode=mode, settings=settings, **options)
 
 
-def _timeouts(
+def wandb_timeouts(
     settings_cls: type, init_timeout: float | None, finish_timeout: float | None
 ) -> dict[str, float]:
     """wandb settings for the two timeouts, unless the environment sets them or this wandb

@@ -38,6 +38,7 @@ from cass_lightning.apps.study_plan import (
     StudySettings,
     build_plan,
     digest_of,
+    resolve_weights,
     statuses_of,
     write_plan,
 )
@@ -79,16 +80,7 @@ def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -
     and the shared decoded cache."""
     s = cfg.study
     plain: dict[str, Any] = OmegaConf.to_container(s, resolve=True)  # type: ignore[assignment]
-    weights = {arm: str(Path(f).expanduser().resolve()) if f else None
-               for arm, f in (plain.get("weights") or {}).items()}  # fmt: skip
-    if bool(weights.get("cnn")) != bool(weights.get("vit")):
-        raise ValueError(
-            "give both study.weights.cnn and study.weights.vit (CASS starts both arms from "
-            "ImageNet weights, or neither), got only one"
-        )
-    for arm, file in weights.items():
-        if file and not Path(file).is_file():
-            raise FileNotFoundError(f"study.weights.{arm}: {file} not found")
+    weights, sources = resolve_weights(plain.get("weights") or {}, plain["encoders"])
     data = [*_forwarded(task_overrides, ("data.", "data", "paths.data_dir")),
             *plain["overrides"].get("data", [])]  # fmt: skip
     data.append(f"data.cache_dir={quote(study_dir / 'cache')}" if plain.get("cache")
@@ -111,6 +103,8 @@ def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -
         common=list(o.get("common", [])), data=data, pretrain=list(o.get("pretrain", [])),
         cass=list(o.get("cass", [])),
         dino=list(o.get("dino", [])), finetune=list(o.get("finetune", [])), grid=grid,
+        weights_sources=sources, logger=plain.get("logger"),
+        wandb_project=str((plain.get("wandb") or {}).get("project") or "cass-study"),
     )  # fmt: skip
 
 

@@ -82,7 +82,7 @@ def compose_point(point: Point, folder: Path, extra: list[str]) -> DictConfig:
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3",
                                    job_name=point.app):  # fmt: skip
-            overrides = [*point.overrides, *extra]
+            overrides = [*point.overrides, *point.logging, *extra]
             cfg = compose(config_name=point.app, overrides=overrides, return_hydra_config=True)
     finally:
         restore_gh_from_backup(backup)

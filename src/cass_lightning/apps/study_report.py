@@ -3,6 +3,7 @@ and the measure of the study's own cost (its time outside the points' loops)."""
 
 from __future__ import annotations
 
+import csv
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from cass_lightning.apps.study_plan import (
     Point,
     StudySettings,
     missing_rows,
+    wants_wandb,
 )
 from cass_lightning.apps.study_points import TIMING_FILE
 from cass_lightning.io import first_free, read_json
@@ -107,10 +109,93 @@ def write_report(
             notes=gathered["notes"],
         )
         print(f"report: {out / 'study.md'} ({len(paths)} files)")
+        if wants_wandb(settings):
+            upload_report(out, settings, study_dir)
     else:
         print("report: none written (no point has results to report)", file=sys.stderr)
         for note in gathered["notes"][:10]:
             print(f"  {note}", file=sys.stderr)
+
+
+def _csv_table(path: Path) -> tuple[list[str], list[list[Any]]]:
+    """A CSV's header and rows, numbers as numbers (so wandb can plot and sort them)."""
+
+    def cell(text: str) -> Any:
+        try:
+            return float(text) if text.strip() else None
+        except ValueError:
+            return text
+
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    return (rows[0], [[cell(c) for c in row] for row in rows[1:]]) if rows else ([], [])
+
+
+def upload_report(out: Path, settings: StudySettings, study_dir: Path) -> str:
+    """The report as one more run of the study's wandb project and group (``job_type``
+    ``report``): ``report.csv`` and ``verdicts.csv`` as tables, the PNGs as images, the folder
+    as an artifact. Online or offline as the points' runs (``WANDB_MODE``, a key, a reachable
+    server); an offline run lands in ``<study>/wandb``. Returns the run's folder (empty when
+    ``WANDB_MODE=disabled``)."""
+    import wandb
+
+    from cass_lightning.apps.loggers import (
+        DEFAULT_FINISH_TIMEOUT_S,
+        DEFAULT_INIT_TIMEOUT_S,
+        INIT_MODES,
+        choose_wandb_mode,
+        sync_hint,
+        wandb_timeouts,
+    )
+    from cass_lightning.report.study import TABLE_FILE, VERDICTS_FILE
+
+    mode, reason = choose_wandb_mode()
+    mode = INIT_MODES.get(mode, mode)
+    if mode == "disabled":
+        print(f"wandb: the report is not uploaded ({reason})")
+        return ""
+    if mode == "offline":
+        print(f"wandb: the report goes offline to {study_dir / 'wandb'} ({reason}). "
+              f"{sync_hint(study_dir)}")  # fmt: skip
+    init: dict[str, Any] = dict(
+        project=settings.wandb_project, group=study_dir.name, job_type="report",
+        name=f"{study_dir.name}-{out.name}", dir=str(study_dir), reinit="finish_previous",
+        config={"kind": settings.kind, "methods": settings.methods, "arms": settings.arms,
+                "fractions": settings.fractions, "seeds": settings.seeds,
+                "modes": settings.modes, "report": str(out)},
+        settings=wandb.Settings(**wandb_timeouts(wandb.Settings, DEFAULT_INIT_TIMEOUT_S,
+                                                 DEFAULT_FINISH_TIMEOUT_S)),
+    )  # fmt: skip
+    try:
+        run = wandb.init(mode=mode, **init)
+    except wandb.errors.CommError as err:  # as the points' runs: offline rather than nothing
+        if mode == "offline":
+            raise
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"wandb: online start failed ({first}); the report goes offline. "
+              f"{sync_hint(study_dir)}")  # fmt: skip
+        run = wandb.init(mode="offline", **init)
+    try:
+        logged: dict[str, Any] = {}
+        for name, key in ((TABLE_FILE, "report/table"), (VERDICTS_FILE, "report/verdicts")):
+            if (out / name).is_file():
+                columns, rows = _csv_table(out / name)
+                logged[key] = wandb.Table(columns=columns, data=rows)
+        for png in sorted(out.glob("*.png")):
+            logged[f"report/{png.stem}"] = wandb.Image(str(png))
+        run.log(logged)
+        artifact = wandb.Artifact(_artifact_name(f"{study_dir.name}-report"), type="study-report")
+        artifact.add_dir(str(out))
+        run.log_artifact(artifact)
+        folder = str(run.dir)
+    finally:
+        run.finish()
+    return folder
+
+
+def _artifact_name(text: str) -> str:
+    """wandb artifact names take letters, digits, ``-``, ``_`` and ``.`` only."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text)
 
 
 def seconds_since_start() -> float:
