@@ -155,7 +155,7 @@ def _main(app, argv: list[str], monkeypatch) -> SystemExit | None:
         ("model.mean=${data.mean}", "interpolation"),
         ("data.root='\\${oc.env:HOME}'", "interpolation"),
         ("model.cnn_kwargs={a: [1, '${oc.env:HOME}']}", "interpolation"),
-        ("callbacks.images_per_second=\"${${task_name}:x}\"", "interpolation"),
+        ('callbacks.images_per_second="${${task_name}:x}"', "interpolation"),
         ("hydra.searchpath=[file:///tmp/evil]", "changes Hydra"),
         ("hydra/job_logging=disabled", "changes Hydra"),
         ("data=../../evil", "not one of the app's data configs"),
