@@ -44,6 +44,7 @@ DISK_ERRNOS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "operation not permitted",
     errno.EDQUOT: "the disk quota is exceeded",
+    errno.EFBIG: "the file is larger than this process may write (ulimit -f)",
 }
 
 
