@@ -83,19 +83,17 @@ def _not_literal(value: Any) -> str | None:
     return f"is not a plain value ({type(value).__name__})"
 
 
-def _refusal(override: str, config_dir: Path, placement: set[str]) -> str | None:
+def _refusal(override: str, config_dir: Path, placement: set[str], parser: Any) -> str | None:
     """Why ``override`` is not a plain setting of this app's own keys and groups, else None.
 
     Parsed with Hydra's own override parser, so quoting and escapes are undone before the
     checks: what is checked is what Hydra would apply."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     if _INSTANTIATION.search(override):  # in the text as written, and below once parsed
         return "names a Hydra _target_/_args_ key, i.e. code to call"
     if "${" in override:
         return "holds an interpolation (${...}), which OmegaConf would evaluate"
     try:
-        parsed = OverridesParser.create().parse_overrides([override])[0]
+        parsed = parser.parse_overrides([override])[0]
     except Exception:
         return "is not a valid override"
     key = parsed.key_or_group
@@ -152,9 +150,12 @@ def refused_overrides(
     the overrides of a study's ``plan.json`` points: a folder from elsewhere could otherwise make
     the run evaluate a resolver or call any Python callable.
     """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
     refused = []
     for override in overrides:
-        reason = _refusal(str(override), config_dir, placement)
+        reason = _refusal(str(override), config_dir, placement, parser)
         if reason is not None:
             refused.append((str(override), reason))
     return refused

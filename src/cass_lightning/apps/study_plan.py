@@ -246,19 +246,16 @@ class PlanRefused(ValueError):
     """A ``plan.json`` point the worker will not run; the message names the point and why."""
 
 
-def unsafe_overrides(point: Point, config_dir: Path) -> list[tuple[str, str]]:
-    """The point's overrides that are not plain settings of its app (see
-    :func:`~cass_lightning.apps.overrides.refused_overrides`), with the reason."""
-    from cass_lightning.apps.overrides import refused_overrides
-
-    return refused_overrides(point.overrides, config_dir, set())
-
-
 def refuse_unsafe(points: list[Point], config_dir: Path) -> None:
     """Raise :class:`PlanRefused` for the first point holding an override that is not a plain
-    setting: no ``+``/``~``, no ``hydra.*``, no ``${``, no ``_target_``."""
+    setting: no ``+``/``~``, no ``hydra.*``, no ``${``, no ``_target_``. Each distinct override
+    is parsed once (the points share most of theirs)."""
+    from cass_lightning.apps.overrides import refused_overrides
+
+    distinct = list(dict.fromkeys(o for p in points for o in p.overrides))
+    reasons = dict(refused_overrides(distinct, config_dir, set()))
     for point in points:
-        refused = unsafe_overrides(point, config_dir)
+        refused = [(o, reasons[o]) for o in point.overrides if o in reasons]
         if refused:
             listed = "; ".join(f"{o!r} {why}" for o, why in refused)
             raise PlanRefused(
