@@ -89,7 +89,7 @@ def test_an_environment_variable_never_reaches_the_run_folder(tmp_path, monkeypa
 
 def test_ordinary_saved_overrides_still_resume(tmp_path):
     saved = ["debug=tiny", "experiment=quickstart", "trainer.max_epochs=3", "logger=csv",
-             "data.root='/data/a b,c=d'", "model.cnn_kwargs={drop_path_rate: 0.1}",
+             "data.root='/data/a b,c=d'", "data.batch_size=4",
              "model/optimizer=adamw", "seed=7", "resume=null"]  # fmt: skip
     run = _run_folder(tmp_path / "run", saved)
     argv = resume_argv(["cass-pretrain", f"resume={run}", "trainer.max_epochs=5"])
@@ -295,3 +295,13 @@ def test_a_finished_point_never_keeps_a_stale_failure_record(tmp_path):
     (folder / FAILED_FILE).write_text("{}")
     assert set_aside_failure(folder).name == "failed-2.json"  # never over an earlier one
     assert set_aside_failure(folder) is None
+
+
+def test_a_saved_key_the_app_does_not_have_is_refused_by_name(tmp_path):
+    run = _run_folder(tmp_path / "run", ["debug=tiny", "trainer.no_such_switch=1"])
+    before = _digest(run)
+    with pytest.raises(ResumeError, match=r"does not compose.*trainer\.no_such_switch"):
+        resume_argv(["cass-pretrain", f"resume={run}"])
+    assert _digest(run) == before
+    argv = resume_argv(["cass-pretrain", f"resume={run}", "resume_trust=true"])
+    assert "trainer.no_such_switch=1" in argv  # trusted: Hydra decides, as for a typed line
