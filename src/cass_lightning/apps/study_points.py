@@ -12,6 +12,11 @@ the app's task. A point that raises is recorded in its ``failed.json`` and the n
 a pretraining point interrupted earlier resumes from its ``last.ckpt``; an interrupted
 fine-tuning attempt is moved aside (never deleted) and the point starts again; a fine-tuning
 point whose pretraining did not finish is skipped.
+
+``plan.json`` is never run as written: the worker plans the study again from the settings
+recorded in it and runs only points that match (:func:`~.study_plan.verified_plan`). It stops
+when the ``cass-study`` that started it has ended (``parent=``: SIGTERM from Linux when the
+parent dies, and a check before every point), so a killed study leaves no worker behind.
 """
 
 from __future__ import annotations
