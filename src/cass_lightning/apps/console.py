@@ -10,8 +10,10 @@ named line with exit 1, and SIGINT/SIGTERM turned into a saved, resumable stop (
 * :class:`StopSignals` catches SIGINT and SIGTERM. During ``trainer.fit`` it asks Lightning to
   stop at the end of the current batch (Lightning's loops then raise ``SIGTERMException`` and
   :class:`~cass_lightning.callbacks.LastCheckpoint` saves ``last.ckpt``); outside a fit, or on a
-  second Ctrl+C, it stops at once. The app then raises :class:`RunStopped`, which
-  :func:`reported_errors` prints (with the resume command) and turns into exit 128 + signal.
+  second Ctrl+C, it stops at once, except inside a checkpoint save or an atomic write: a signal
+  there waits until the file is whole (then the run stops as asked). The app then raises
+  :class:`RunStopped`, which :func:`reported_errors` prints (with the resume command) and
+  turns into exit 128 + signal.
 * :func:`hold_run_folder` is how the training apps hold their folder for a run: its lock, its
   log, the overwrite check once more, and the stop signals.
 """
@@ -238,6 +240,9 @@ class StopSignals:
             # and stops, then shuts the workers down; a worker that stopped first would only
             # break the batch the run is finishing.
             return
+        if _in_save(frame):
+            self._defer(signum)
+            return
         self.count += 1
         self.received = self.received or signum
         if self._lightning_listens() and not (signum == signal.SIGINT and self.count > 1):
@@ -253,9 +258,38 @@ class StopSignals:
         name = signal.Signals(signum).name
         raise RunStopped(signum, f"Stopped by {name} before any state could be saved.")
 
+    def _defer(self, signum: int) -> None:
+        """A signal during a checkpoint save: raising inside ``torch.save`` would surface as an
+        unrelated error (exit 1) with the save abandoned. During a fit, Lightning is asked to
+        stop (it does once the save is done, and the app exits 128 + signal); elsewhere the
+        signal is sent again shortly, to be acted on when the save has finished."""
+        self.received = self.received or signum
+        if self._lightning_listens():
+            self.count = max(self.count, 1)
+            self.trainer._signal_connector.received_sigterm = True
+            return
+        import threading
+
+        timer = threading.Timer(0.2, os.kill, (self._pid, signum))
+        timer.daemon = True
+        timer.start()
+
     @property
     def name(self) -> str:
         return signal.Signals(self.received or signal.SIGTERM).name
+
+
+#: Functions that write a checkpoint or an atomic file: a signal arriving inside one waits.
+_SAVES = {"atomic_write", "save_checkpoint", "_save_checkpoint"}
+
+
+def _in_save(frame: FrameType | None) -> bool:
+    """Whether the interrupted code is inside a checkpoint save or an atomic write."""
+    while frame is not None:
+        if frame.f_code.co_name in _SAVES:
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextlib.contextmanager

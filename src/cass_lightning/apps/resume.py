@@ -233,6 +233,10 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
     kept = [o for o in saved if override_key(o) not in replaced]
     if not any(override_key(o) == TRUST_KEY and _is_true(override_value(o)) for o in extra):
         _refuse_untrusted(folder, kept)
+        _refuse_unknown_keys(folder, kept)
+    changed = [o for o in extra if override_key(o) not in (TRUST_KEY, None)]
+    if changed and not (parsed.help or parsed.hydra_help or parsed.shell_completion):
+        _refuse_shape_change(folder, [*kept, *extra], changed)
 
     placement = [f"resume={quote(folder)}", f"hydra.run.dir={quote(folder)}"]
     for override in placement:
@@ -277,6 +281,88 @@ def _refuse_untrusted(folder: Path, overrides: list[str]) -> None:
             f"not type for cass-pretrain's own settings: {listed}. Applying them could run code "
             "from that folder; nothing was changed. A run folder from elsewhere is code: if you "
             "trust where it came from, resume with resume_trust=true."
+        )
+
+
+#: The model settings a checkpoint's weights have the shape of (``hyper_parameters`` keys).
+SHAPE_KEYS = (
+    "cnn", "vit", "img_size", "in_chans", "head", "head_dim", "projector_hidden_dim", "arm",
+    "global_crops", "remedies.predictor", "remedies.predictor_hidden_dim",
+)  # fmt: skip
+#: Keys of a dict-valued ``head`` (DINO's) that are schedules, not shapes.
+_NOT_SHAPE = {"freeze_last_layer_epochs"}
+
+
+def _shape_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in _NOT_SHAPE}
+    return value
+
+
+def _compose_pretrain(overrides: list[str]) -> DictConfig:
+    """cass-pretrain's config composed with ``overrides`` (nothing resolved or instantiated);
+    Hydra's exception when they do not compose."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    backup = get_gh_backup()
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="pretrain", overrides=overrides)
+    finally:
+        restore_gh_from_backup(backup)
+
+
+def _refuse_unknown_keys(folder: Path, overrides: list[str]) -> None:
+    """Refuse saved overrides that do not compose (a key or group option cass-pretrain does not
+    have): named, exit 1, rather than Hydra's usage error about a command line the user did not
+    type."""
+    try:
+        _compose_pretrain(overrides)
+    except Exception as err:  # Hydra's message names the key
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ResumeError(
+            f"resume={folder}: its saved {SAVED_OVERRIDES} does not compose into cass-pretrain's "
+            f"settings ({first}); nothing was changed. If you trust that folder, resume with "
+            "resume_trust=true."
+        ) from None
+
+
+def _refuse_shape_change(folder: Path, overrides: list[str], changed: list[str]) -> None:
+    """Refuse, before Hydra saves anything, overrides given with ``resume=`` that change the
+    shape of the model in ``last.ckpt`` (another encoder, size, head...): the restore would fail
+    with a size-mismatch traceback, and the saved override would make every later resume fail.
+
+    The resumed config is composed (nothing is evaluated: the saved overrides were vetted) and
+    its model settings compared with the checkpoint's recorded ``hyper_parameters``."""
+    hparams = read_checkpoint(folder / LAST_CHECKPOINT).get("hyper_parameters")
+    if not isinstance(hparams, dict):
+        return
+    try:
+        cfg = _compose_pretrain(overrides)
+    except Exception:  # Hydra reports an override it cannot compose itself, when it runs
+        return
+    diffs = []
+    for key in SHAPE_KEYS:
+        saved = OmegaConf.select(OmegaConf.create(hparams), key, default=None)
+        try:
+            now = OmegaConf.select(cfg.model, key, default=None)
+        except Exception:  # an interpolation only the running app can resolve: not a shape
+            continue
+        if OmegaConf.is_config(now):
+            now = OmegaConf.to_container(now, resolve=True)
+        if OmegaConf.is_config(saved):
+            saved = OmegaConf.to_container(saved, resolve=True)
+        if saved is not None and now is not None and _shape_value(now) != _shape_value(saved):
+            diffs.append(f"model.{key}={now} (the checkpoint has {saved})")
+    if diffs:
+        raise ResumeError(
+            f"resume={folder} {' '.join(changed)}: this changes the model's shape: "
+            f"{'; '.join(diffs)}. The weights in {LAST_CHECKPOINT} cannot be loaded into that "
+            "model; nothing was changed. Resume with the run's own model settings, or start a "
+            "new run (e.g. from this run's exported weights)."
         )
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,7 +30,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.common import (
+    CONFIG_DIR,
+    LOCK_FILE,
+    RunFolderBusy,
+    claim_run_folder,
+    read_lock,
+)
 from cass_lightning.apps.console import entry_point, reported_errors
 from cass_lightning.apps.overrides import override_key, quote
 from cass_lightning.apps.study_plan import (
@@ -38,6 +45,7 @@ from cass_lightning.apps.study_plan import (
     StudySettings,
     build_plan,
     digest_of,
+    refuse_unsafe,
     resolve_weights,
     statuses_of,
     write_plan,
@@ -46,6 +54,7 @@ from cass_lightning.apps.study_points import (
     DATA_CHECK_REQUEST,
     compose_point,
     data_check_passed,
+    parent_record,
     run_data_check,
 )
 from cass_lightning.apps.study_report import (
@@ -54,6 +63,7 @@ from cass_lightning.apps.study_report import (
     seconds_since_start,
     write_report,
 )
+from cass_lightning.apps.study_settings import check_study_settings
 from cass_lightning.io import atomic_write_json, read_json
 
 #: The worker was stopped from outside (Ctrl-C, SIGTERM): the study stops too.
@@ -80,6 +90,7 @@ def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -
     and the shared decoded cache."""
     s = cfg.study
     plain: dict[str, Any] = OmegaConf.to_container(s, resolve=True)  # type: ignore[assignment]
+    check_study_settings(plain)
     weights, sources = resolve_weights(plain.get("weights") or {}, plain["encoders"])
     data = [*_forwarded(task_overrides, ("data.", "data", "paths.data_dir")),
             *plain["overrides"].get("data", [])]  # fmt: skip
@@ -92,6 +103,10 @@ def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -
         grid = [(int(b), max(1, round(int(e) * scale))) for b in r["batch_sizes"]
                 for e in r["epochs"]]  # fmt: skip
     o = plain["overrides"]
+    common = list(o.get("common", []))
+    if plain.get("device", "cpu") != "cpu":  # every point on the device: its trainer config
+        common = [c for c in common if override_key(c) != "trainer"]
+        common.append(f"trainer={plain['device']}")
     return StudySettings(
         kind=str(plain["kind"]), encoders=dict(plain["encoders"]), weights=weights,
         methods=list(plain["methods"]), arms=list(plain["arms"]),
@@ -100,7 +115,7 @@ def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -
         pretrain_epochs=max(1, round(int(plain["pretrain"]["epochs"]) * scale)),
         pretrain_batch_size=int(plain["pretrain"]["batch_size"]),
         pretrain_seed=int(plain["pretrain"].get("seed", 77)),
-        common=list(o.get("common", [])), data=data, pretrain=list(o.get("pretrain", [])),
+        common=common, data=data, pretrain=list(o.get("pretrain", [])),
         cass=list(o.get("cass", [])),
         dino=list(o.get("dino", [])), finetune=list(o.get("finetune", [])), grid=grid,
         weights_sources=sources, logger=plain.get("logger"),
@@ -235,7 +250,8 @@ def run_stage(
     worker directly (one process group), so the study only waits for it."""
     ids = ",".join(p.id for p in points)
     command = [sys.executable, "-m", "cass_lightning.apps.study_points", "-m",
-               f"study_dir={quote(study_dir)}", f"point={ids}", *launcher]  # fmt: skip
+               f"study_dir={quote(study_dir)}", f"point={ids}",
+               f"parent='{parent_record(os.getpid())}'", *launcher]  # fmt: skip
     if data_check is not None:
         command.append(f"data_check={quote(data_check)}")
     worker = subprocess.Popen(command)
@@ -323,9 +339,61 @@ def study(cfg: DictConfig, task_overrides: list[str], launcher: list[str]) -> in
     points = build_plan(settings, study_dir)
     statuses = statuses_of(points, study_dir)
     print(plan_table(points, statuses))
+    refuse_unsafe(points, CONFIG_DIR)
     if cfg.study.plan_only:
         return 0
     check_configs(points, statuses, study_dir)  # before anything is written
+    with _claimed(study_dir):
+        refuse_orphans(points, study_dir)
+        return _run(cfg, settings, points, statuses, study_dir, launcher)
+
+
+@contextlib.contextmanager
+def _claimed(study_dir: Path) -> Any:
+    """Hold the study folder's lock (the run-folder lock: pid, start time, host) while the
+    study runs: two ``cass-study`` on one folder would run the same points into one folder."""
+    try:
+        with claim_run_folder(study_dir):
+            yield
+    except RunFolderBusy:
+        holder = read_lock(study_dir / LOCK_FILE)
+        who = (
+            f"process {holder.get('pid')} on {holder.get('host')}, started {holder.get('started')}"
+            if holder
+            else "a process whose lock cannot be read"
+        )
+        raise RunFolderBusy(
+            f"the study {study_dir} is in use by another cass-study ({who}); nothing was "
+            "written. Wait for it to end; if no study is running there (e.g. it was killed on "
+            f"another machine), delete {study_dir / LOCK_FILE}."
+        ) from None
+
+
+def refuse_orphans(points: list[Point], study_dir: Path) -> None:
+    """Refuse to run beside a worker of an earlier ``cass-study`` that is still running a point
+    on this machine (its ``cass-study`` was killed, the worker was not): named by process."""
+    from cass_lightning.apps.common import holder_alive
+    from cass_lightning.apps.study_plan import STARTED_FILE
+    from cass_lightning.io import read_json
+
+    for point in points:
+        started = point.folder(study_dir) / STARTED_FILE
+        if not started.is_file():
+            continue
+        record = read_json(started, "point start record")
+        if isinstance(record, dict) and holder_alive(record) is True:
+            raise RunFolderBusy(
+                f"point {point.id} of {study_dir} is still being run by process "
+                f"{record.get('pid')} (a worker of an earlier cass-study, started "
+                f"{record.get('started')}); nothing was written. Wait for it to stop or stop it "
+                f"(kill {record.get('pid')}), then run the same command again."
+            )
+
+
+def _run(cfg: DictConfig, settings: StudySettings, points: list[Point],
+         statuses: dict[str, str], study_dir: Path, launcher: list[str]) -> int:  # fmt: skip
+    """Run what is not done, report, and say how long it took (the study folder is held)."""
+    statuses = statuses_of(points, study_dir)  # again, now that no other study can run here
     write_plan(study_dir, settings, points, statuses)
     data_check = None
     if any(s != "done" for s in statuses.values()):

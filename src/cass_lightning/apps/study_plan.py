@@ -32,6 +32,9 @@ STATUSES = ("done", "pending", "partial", "running", "interrupted", "failed", "b
 #: Methods of the paper's table, and the pretraining each needs.
 METHODS = ("cass", "dino", "imagenet", "random")
 ARMS = ("cnn", "vit")
+#: Fine-tuning modes: ClassifierModule's MODES (kept here so the planner does not import torch;
+#: a test keeps the two equal).
+MODES = ("finetune", "linear")
 
 
 @dataclass(frozen=True)
@@ -359,3 +362,71 @@ def read_plan(study_dir: Path) -> list[Point]:
     plan = read_json(study_dir / PLAN_FILE, "study plan")
     fields = Point.__dataclass_fields__
     return [Point(**{k: v for k, v in p.items() if k in fields}) for p in plan["points"]]
+
+
+# ----------------------------------------------------------------------------- trust
+class PlanRefused(ValueError):
+    """A ``plan.json`` point the worker will not run; the message names the point and why."""
+
+
+def refuse_unsafe(points: list[Point], config_dir: Path) -> None:
+    """Raise :class:`PlanRefused` for the first point holding an override that is not a plain
+    setting: no ``+``/``~``, no ``hydra.*``, no ``${``, no ``_target_``. Each distinct override
+    is parsed once (the points share most of theirs)."""
+    from cass_lightning.apps.overrides import refused_overrides
+
+    distinct = list(dict.fromkeys(o for p in points for o in p.overrides))
+    reasons = dict(refused_overrides(distinct, config_dir, set()))
+    for point in points:
+        refused = [(o, reasons[o]) for o in point.overrides if o in reasons]
+        if refused:
+            listed = "; ".join(f"{o!r} {why}" for o, why in refused)
+            raise PlanRefused(
+                f"study point {point.id}: {listed}. A study's points take plain settings only "
+                "(no +/~, hydra.*, ${...} or _target_); nothing was run"
+            )
+
+
+def verified_plan(study_dir: Path, config_dir: Path) -> list[Point]:
+    """The points of ``plan.json``, each checked against its settings before a worker runs it:
+    the plan's settings are planned again here, and every point must be one of those points
+    with the same app, overrides, dependency and digest (recomputed), and hold plain settings
+    only. ``plan.json`` is a file anyone with write access to the study can edit (and a SLURM
+    job reads it when it starts): a point added or changed there is refused by name."""
+    plan = read_json(study_dir / PLAN_FILE, "study plan")
+    if not isinstance(plan, dict) or not isinstance(plan.get("points"), list):
+        raise PlanRefused(f"{study_dir / PLAN_FILE} is not a study plan (no list of points)")
+    try:
+        raw = dict(plan["settings"])
+        raw["grid"] = [tuple(g) for g in raw.get("grid", [])]
+        settings = StudySettings(**raw)
+        expected = {p.id: p for p in build_plan(settings, study_dir)}
+    except Exception as err:  # a damaged or edited settings block
+        raise PlanRefused(
+            f"{study_dir / PLAN_FILE}: its settings cannot be planned again ({err}); run "
+            "cass-study again to rewrite the plan"
+        ) from None
+    fields = Point.__dataclass_fields__
+    points = []
+    for entry in plan["points"]:
+        try:
+            point = Point(**{k: v for k, v in entry.items() if k in fields})
+        except TypeError as err:
+            raise PlanRefused(f"{study_dir / PLAN_FILE}: a point is malformed ({err})") from None
+        want = expected.get(point.id)
+        needs = expected.get(point.needs) if point.needs else None
+        digest = digest_of(point.app, list(point.overrides), needs.digest if needs else None)
+        if (
+            want is None
+            or digest != point.digest
+            or not point.id.endswith(digest[:8])
+            or (point.app, point.overrides, point.needs) != (want.app, want.overrides, want.needs)
+        ):
+            raise PlanRefused(
+                f"study point {point.id} in {study_dir / PLAN_FILE} does not match the study's "
+                "settings (its overrides, app or digest were changed after planning); it was "
+                "not run. Run cass-study again to rewrite the plan from its settings."
+            )
+        points.append(want)
+    refuse_unsafe(points, config_dir)
+    return points

@@ -12,11 +12,17 @@ the app's task. A point that raises is recorded in its ``failed.json`` and the n
 a pretraining point interrupted earlier resumes from its ``last.ckpt``; an interrupted
 fine-tuning attempt is moved aside (never deleted) and the point starts again; a fine-tuning
 point whose pretraining did not finish is skipped.
+
+``plan.json`` is never run as written: the worker plans the study again from the settings
+recorded in it and runs only points that match (:func:`~.study_plan.verified_plan`). It stops
+when the ``cass-study`` that started it has ended (``parent=``: SIGTERM from Linux when the
+parent dies, and a check before every point), so a killed study leaves no worker behind.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 import traceback
@@ -32,14 +38,15 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from cass_lightning.apps.common import CONFIG_DIR, this_process
+from cass_lightning.apps.common import CONFIG_DIR, holder_alive, start_ticks, this_process
 from cass_lightning.apps.console import RunStopped
 from cass_lightning.apps.study_plan import (
     FAILED_FILE,
     STARTED_FILE,
+    PlanRefused,
     Point,
     point_status,
-    read_plan,
+    verified_plan,
 )
 from cass_lightning.io import atomic_write_json, first_free, read_json, utc_timestamp
 
@@ -62,8 +69,7 @@ def prepare_folder(point: Point, study_dir: Path) -> list[str]:
         status == "failed" and point.app == "pretrain"
         and (folder / "checkpoints" / "last.ckpt").is_file()
     ):  # fmt: skip
-        if (folder / FAILED_FILE).is_file():
-            _set_aside_file(folder / FAILED_FILE)
+        set_aside_failure(folder)
         return [f"resume={folder}"]
     if status in ("interrupted", "failed"):
         moved = _set_aside(folder, status)
@@ -71,8 +77,19 @@ def prepare_folder(point: Point, study_dir: Path) -> list[str]:
     return []
 
 
-def _set_aside_file(path: Path) -> None:
-    os.rename(path, first_free(lambda n: path.with_name(f"{path.stem}-{n}{path.suffix}")))
+ATTEMPTS_DIR = "attempts"
+
+
+def set_aside_failure(folder: Path) -> Path | None:
+    """Move the point's ``failed.json`` (an earlier attempt's) into ``attempts/failed-<n>.json``:
+    a finished point never shows a stale failure beside its result, and nothing is deleted."""
+    failed = folder / FAILED_FILE
+    if not failed.is_file():
+        return None
+    (folder / ATTEMPTS_DIR).mkdir(exist_ok=True)
+    target = first_free(lambda n: folder / ATTEMPTS_DIR / f"failed-{n}.json")
+    os.rename(failed, target)
+    return target
 
 
 def compose_point(point: Point, folder: Path, extra: list[str]) -> DictConfig:
@@ -137,6 +154,7 @@ def run_point(point: Point, study_dir: Path) -> bool:
     point's ``failed.json`` (never raised), so the stage goes on with the next point."""
     folder = point.folder(study_dir)
     if point_status(point, study_dir) == "done":
+        set_aside_failure(folder)
         return True
     extra = prepare_folder(point, study_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -148,6 +166,7 @@ def run_point(point: Point, study_dir: Path) -> bool:
         HydraConfig.instance().set_config(cfg)
         result = _task(point.app)(cfg)
         ok = True
+        set_aside_failure(folder)  # e.g. written by a worker that died in an earlier attempt
     except RunStopped:  # SIGINT/SIGTERM: last.ckpt is saved; the study stops here
         raise
     except Exception as err:  # recorded for the user and the report; the stage goes on
@@ -185,11 +204,71 @@ def progress_line(
     return line
 
 
+def parent_record(pid: int) -> str:
+    """``<pid>-<start ticks>`` of the ``cass-study`` process: the worker's ``parent=``."""
+    return f"{pid}-{start_ticks(pid)}"
+
+
+def parent_alive(record: str | None) -> bool:
+    """Whether the ``cass-study`` recorded as ``<pid>-<start ticks>`` still runs (``True`` when
+    there is no record, or it cannot be told: a job on another machine)."""
+    if not record:
+        return True
+    pid, _, ticks = str(record).partition("-")
+    try:
+        holder = {"pid": int(pid), "host": socket.gethostname(),
+                  "start_ticks": None if ticks in ("", "None") else int(ticks)}  # fmt: skip
+    except ValueError:
+        return True
+    return holder_alive(holder) is not False
+
+
+def die_with_parent(record: str | None) -> None:
+    """Ask Linux to send this worker SIGTERM when its ``cass-study`` ends (``kill -9`` of the
+    study included): the running point then saves its ``last.ckpt`` and stops. Elsewhere (or
+    when the parent has already gone) :func:`parent_alive` is checked before every point."""
+    if not record or sys.platform != "linux":
+        return
+    pid = str(record).partition("-")[0]
+    if pid != str(os.getppid()):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
+_PLANS: dict[str, list[Point]] = {}
+
+
+def _plan(study_dir: Path) -> list[Point]:
+    """The verified plan, read once per worker (every job of a local multirun shares it)."""
+    key = str(study_dir)
+    if key not in _PLANS:
+        try:
+            _PLANS[key] = verified_plan(study_dir, CONFIG_DIR)
+        except PlanRefused as err:
+            raise SystemExit(f"cass-study: {err}") from None
+    return _PLANS[key]
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="study_points")
 def main(cfg: DictConfig) -> bool:
     """One job: one point of the study at ``cfg.study_dir``."""
     study_dir = Path(str(cfg.study_dir))
-    points = read_plan(study_dir)
+    parent = cfg.get("parent")
+    if not _CHECKED and not _PLANS:
+        die_with_parent(parent)
+    if not parent_alive(parent):
+        raise SystemExit(
+            f"cass-study: the cass-study that started this worker (process "
+            f"{str(parent).partition('-')[0]}) has ended; stopping before point {cfg.point}. "
+            "Run the same cass-study command again to continue."
+        )
+    points = _plan(study_dir)
     by_id = {p.id: p for p in points}
     point = by_id.get(str(cfg.point))
     if point is None:

@@ -1,0 +1,91 @@
+"""The study's settings (``study.*``) checked before anything runs: a bad value is one named line
+(exit 1) before the study writes a file, not an empty plan, a silently changed length or a
+failure of every point after hours of pretraining."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from cass_lightning.apps.study_plan import ARMS, METHODS, MODES
+
+#: Where every point runs (``study.device``): the trainer config each point is given.
+DEVICES = ("cpu", "gpu")
+
+
+class StudySettingsError(ValueError):
+    """A ``study.*`` setting the study cannot run with; the message names the key and value."""
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _list(plain: dict[str, Any], key: str) -> list[Any]:
+    value = plain.get(key)
+    if not isinstance(value, list | tuple) or not value:
+        raise StudySettingsError(
+            f"study.{key}={value!r}: give a non-empty list (e.g. study.{key}=[...]); with none "
+            "the study would have nothing to run or report"
+        )
+    repeated = sorted({str(v) for v in value if list(value).count(v) > 1})
+    if repeated:
+        raise StudySettingsError(f"study.{key}={list(value)}: {', '.join(repeated)} listed twice")
+    return list(value)
+
+
+def _choices(plain: dict[str, Any], key: str, allowed: Sequence[str]) -> None:
+    for value in _list(plain, key):
+        if value not in allowed:
+            raise StudySettingsError(f"study.{key}: {value!r} is not one of {', '.join(allowed)}")
+
+
+def _positive_int(value: Any, key: str) -> None:
+    if not _is_int(value) or value < 1:
+        raise StudySettingsError(f"{key}={value!r}: give a whole number of at least 1")
+
+
+def check_study_settings(plain: dict[str, Any]) -> None:
+    """Raise :class:`StudySettingsError` naming the first bad ``study.*`` value in ``plain`` (the
+    resolved ``study`` config): methods, arms and modes among the known ones, label fractions
+    in (0, 1], seeds whole numbers, ``epoch_scale`` a positive number, pretraining epochs and
+    batch size and the robustness grid positive whole numbers, ``device`` cpu or gpu. Lists must
+    be non-empty and without repeats (a repeat would make two points of one id)."""
+    _choices(plain, "methods", METHODS)
+    _choices(plain, "arms", ARMS)
+    _choices(plain, "modes", MODES)
+    for fraction in _list(plain, "fractions"):
+        if not _is_number(fraction) or not 0 < fraction <= 1:
+            raise StudySettingsError(
+                f"study.fractions: {fraction!r} is not a label fraction in (0, 1] "
+                "(1.0 = all labels)"
+            )
+    for seed in _list(plain, "seeds"):
+        if not _is_int(seed):
+            raise StudySettingsError(f"study.seeds: {seed!r} is not a whole number")
+    scale = plain.get("epoch_scale", 1.0)
+    if not _is_number(scale) or scale <= 0:
+        raise StudySettingsError(
+            f"study.epoch_scale={scale!r}: give a positive number (it multiplies every "
+            "pretraining length, e.g. 0.1)"
+        )
+    pretrain = plain.get("pretrain") or {}
+    _positive_int(pretrain.get("epochs"), "study.pretrain.epochs")
+    _positive_int(pretrain.get("batch_size"), "study.pretrain.batch_size")
+    if plain.get("robustness"):
+        for key in ("batch_sizes", "epochs"):
+            values = plain["robustness"].get(key)
+            if not isinstance(values, list | tuple) or not values:
+                raise StudySettingsError(
+                    f"study.robustness.{key}={values!r}: give a non-empty list"
+                )
+            for value in values:
+                _positive_int(value, f"study.robustness.{key}")
+    device = plain.get("device", "cpu")
+    if device not in DEVICES:
+        raise StudySettingsError(f"study.device={device!r}: give one of {', '.join(DEVICES)}")
