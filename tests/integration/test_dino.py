@@ -51,7 +51,7 @@ def _trainer(**kwargs) -> L.Trainer:
 
 def _fit(model: DINOModule, steps: int) -> L.Trainer:
     loader = DataLoader([[_views(), torch.zeros(4)] for _ in range(steps)], batch_size=None)
-    trainer = _trainer(max_steps=steps)
+    trainer = _trainer(max_steps=steps, log_every_n_steps=1)  # lr and schedules: on logging steps
     trainer.fit(model, loader)
     return trainer
 
