@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from cass_lightning import CASSModule
+from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.views import default_local_size
 from cass_lightning.modules.classifier import ClassifierModule
 from cass_lightning.modules.dino import DINOModule
@@ -68,3 +69,17 @@ def test_training_steps_read_back_at_most_once_per_logging_interval(build):
     if not isinstance(model, ClassifierModule):  # its epoch end computes the epoch's metrics
         assert counter.count() <= STEPS // EVERY + 2, counter.calls
     assert np.isfinite(float(trainer.callback_metrics["train/loss_epoch"]))
+
+
+@pytest.mark.parametrize("rich", [True, False], ids=["rich", "tqdm"])
+def test_the_apps_progress_bars_read_the_loss_back_on_logging_steps_only(rich):
+    model, loader = _cass()
+    counter, bar = HostSyncCounter(), progress_bar(rich=rich)
+    trainer = make_trainer(max_steps=STEPS, log_every_n_steps=EVERY, enable_progress_bar=True,
+                           callbacks=[CountSyncsDuringTraining(counter), bar])  # fmt: skip
+    count_host_syncs(trainer, model, loader)
+    steps = [call for call in counter.calls if call[1] == "steps"]
+    assert len(steps) <= 2 * (STEPS // EVERY), steps  # the guard's read and the bar's
+    assert any("progress.py" in where for _, _, where in steps)
+    shown = bar.get_metrics(trainer, model)
+    assert shown["train/loss_epoch"] == pytest.approx(float(trainer.callback_metrics["train/loss"]))

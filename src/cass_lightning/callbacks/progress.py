@@ -25,7 +25,7 @@ class _LossAtLoggingSteps:
     """Mixin for a Lightning progress bar: :data:`SHOWN` read back at the logging steps."""
 
     _read_now = True
-    _shown: dict[str, float] | None = None
+    _shown: dict[str, float] = {}  # noqa: RUF012 (replaced, never changed in place)
 
     def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
         self._read_now = logs_at_step_end(trainer)
@@ -36,7 +36,7 @@ class _LossAtLoggingSteps:
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         items = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
-        if self._read_now or self._shown is None:
+        if self._read_now:
             found = {k: trainer.callback_metrics.get(k) for k in SHOWN}
             found = {k: v for k, v in found.items() if isinstance(v, Tensor) and v.numel() == 1}
             self._shown = {}
