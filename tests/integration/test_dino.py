@@ -126,7 +126,7 @@ def test_non_finite_loss_stops_training():
     model = DINOModule(arm="cnn", **TINY_DINO)
     views = [v.fill_(float("nan")) for v in _views()]
     loader = DataLoader([[views, torch.zeros(4)]], batch_size=None)
-    with pytest.raises(FloatingPointError, match="non-finite DINO loss .* at global step 0"):
+    with pytest.raises(FloatingPointError, match=r"non-finite DINO loss .* at global step 0"):
         _trainer(max_steps=1).fit(model, loader)
 
 

@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_finetune import TINY_APP, compose_cfg
 from torch.utils.data import DataLoader, TensorDataset
 
 from app_helpers import run_app
@@ -24,7 +25,6 @@ from cass_lightning.modules.classifier import ClassifierModule
 from cass_lightning.modules.dino import DINOModule
 from cass_lightning.modules.finite import FiniteLossGuard
 from run_helpers import make_trainer
-from test_finetune import TINY_APP, compose_cfg
 
 STEPS, BAD_STEP, EVERY = 12, 7, 5
 TINY_DINO = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32,
@@ -151,7 +151,7 @@ def test_finetuning_refuses_non_finite_weights_and_stops_on_a_diverging_lr(tmp_p
     assert not (tmp_path / "nan" / RESULTS_FILE).exists()
     overrides = [*TINY_APP, "weights=random", "model.timm_name=resnet10t", "model.img_size=32",
                  "model.optimizer.lr=1e9"]  # fmt: skip
-    with pytest.raises(FloatingPointError, match="non-finite fine-tuning loss.*optimizer.lr"):
+    with pytest.raises(FloatingPointError, match=r"non-finite fine-tuning loss.*optimizer\.lr"):
         finetune(compose_cfg(tmp_path, overrides, run="lr"))
     assert not (tmp_path / "lr" / RESULTS_FILE).exists()
 

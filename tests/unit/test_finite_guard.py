@@ -69,7 +69,7 @@ def test_finite_losses_pass_and_a_guard_without_arms_names_none():
 def test_check_raises_at_once():
     guard = FiniteLossGuard("DINO", ADVICE)
     guard.check(torch.tensor(2.0), 0)
-    with pytest.raises(FloatingPointError, match="non-finite DINO loss .* at global step 1;"):
+    with pytest.raises(FloatingPointError, match=r"non-finite DINO loss .* at global step 1;"):
         guard.check(torch.tensor(float("nan")), 1)
 
 
