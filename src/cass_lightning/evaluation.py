@@ -109,6 +109,32 @@ class LinearProbe(nn.Module):
         accuracy = (logits.argmax(dim=1) == labels[keep]).float().mean()
         return float(loss.detach()), float(accuracy)
 
+    def step_on_device(self, features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`step` without reading anything back to the host (for every training step of
+        a run): the loss is averaged over the labelled rows with a mask rather than selected
+        with one (a selection's size is a read-back), and where there are none the head and
+        the optimiser's moments are put back. Returns ``(summed loss, correct, labelled rows)``
+        as device tensors."""
+        keep = labels >= 0
+        count = keep.sum()
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            logits = self.head(features.detach().float())
+            per_row = F.cross_entropy(logits, labels.clamp(min=0).long(), reduction="none")
+            summed = (per_row * keep).sum()
+            loss = summed / count.clamp(min=1)
+        tensors = [*self.head.parameters()]
+        tensors += [t for s in self.optimizer.state.values() for t in s.values()
+                    if isinstance(t, Tensor) and t.device == features.device]  # fmt: skip
+        before = [t.detach().clone() for t in tensors]
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            for t, old in zip(tensors, before, strict=True):
+                t.copy_(torch.where(count > 0, t, old))
+        correct = ((logits.argmax(dim=1) == labels) & keep).sum()
+        return summed.detach(), correct, count
+
     @torch.no_grad()
     def predict(self, features: Tensor) -> Tensor:
         with torch.autocast(device_type=features.device.type, enabled=False):

@@ -99,7 +99,7 @@ def test_bad_batches_are_named(tiny_kwargs):
 def test_logs_collapse_signals_and_lr_per_arm(tiny_kwargs):
     model = CASSModule(**tiny_kwargs, optimizer={"cnn_lr": 2e-4, "vit_lr": 5e-4},
                        scheduler={"name": "none"})  # fmt: skip
-    trainer = make_trainer(max_steps=2)
+    trainer = make_trainer(max_steps=2, log_every_n_steps=2)  # lr: logged on logging steps only
     trainer.fit(model, DataLoader(images(8), batch_size=4))
     metrics = trainer.callback_metrics
     for key in ("train/loss", "train/cosine", "train/cnn_std", "train/vit_std",

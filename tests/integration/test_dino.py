@@ -51,7 +51,7 @@ def _trainer(**kwargs) -> L.Trainer:
 
 def _fit(model: DINOModule, steps: int) -> L.Trainer:
     loader = DataLoader([[_views(), torch.zeros(4)] for _ in range(steps)], batch_size=None)
-    trainer = _trainer(max_steps=steps)
+    trainer = _trainer(max_steps=steps, log_every_n_steps=1)  # lr and schedules: on logging steps
     trainer.fit(model, loader)
     return trainer
 
@@ -125,8 +125,9 @@ def test_single_tensor_batch_names_the_fix():
 def test_non_finite_loss_stops_training():
     model = DINOModule(arm="cnn", **TINY_DINO)
     views = [v.fill_(float("nan")) for v in _views()]
-    with pytest.raises(FloatingPointError, match="non-finite DINO loss"):
-        model.training_step([views, torch.zeros(4)], 0)
+    loader = DataLoader([[views, torch.zeros(4)]], batch_size=None)
+    with pytest.raises(FloatingPointError, match=r"non-finite DINO loss .* at global step 0"):
+        _trainer(max_steps=1).fit(model, loader)
 
 
 def test_app_runs_dino_tiny_and_exports_a_loadable_arm(tmp_path):

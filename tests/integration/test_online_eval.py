@@ -53,6 +53,31 @@ def test_probe_learns_separable_features_and_ignores_hidden_labels():
     assert np.isnan(loss) and np.isnan(accuracy) and torch.equal(before, probe.head.weight)
 
 
+def test_the_device_step_equals_the_step_and_reads_nothing_back():
+    from sync_counter import HostSyncCounter
+
+    features, labels = clusters(6, 3)
+    labels[::2] = -1  # half the rows hidden
+    probe = LinearProbe(16, 3, lr=0.05)
+    twin = LinearProbe(16, 3, lr=0.05)
+    twin.load_state_dict(probe.state_dict())
+    for _ in range(3):
+        loss, accuracy = probe.step(features, labels)
+        with HostSyncCounter(active=True) as counter:
+            summed, correct, count = twin.step_on_device(features, labels)
+        assert counter.calls == []
+        assert int(count) == 9 and float(summed) / 9 == pytest.approx(loss, rel=1e-6)
+        assert float(correct) / 9 == pytest.approx(accuracy)
+        torch.testing.assert_close(twin.head.weight, probe.head.weight)
+    before = [
+        t.clone() for t in (twin.head.weight, *twin.optimizer.state[twin.head.weight].values())
+    ]
+    summed, correct, count = twin.step_on_device(features, torch.full_like(labels, -1))
+    assert (float(summed), int(correct), int(count)) == (0.0, 0, 0)
+    after = (twin.head.weight, *twin.optimizer.state[twin.head.weight].values())
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
 def test_hook_features_equal_timm_pooled_features():
     model = CASSModule(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32, head_dim=8)
     model.eval()

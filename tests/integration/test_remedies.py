@@ -173,7 +173,7 @@ def test_layer_decay_groups_in_the_optimizer(tiny_kwargs):
     lr, decay = 2e-3, 0.5
     model = CASSModule(**tiny_kwargs, optimizer={"lr": lr}, scheduler={"name": "none"},
                        remedies=dict(layer_decay=decay, predictor="symmetric"))  # fmt: skip
-    trainer = make_trainer(max_steps=1)
+    trainer = make_trainer(max_steps=1, log_every_n_steps=1)  # lr: on logging steps
     trainer.fit(model, DataLoader(images(4), batch_size=4))
     groups = {g["name"]: g for g in trainer.optimizers[0].param_groups}
     # resnet10t: stem, layer1..4, fc -> depths 5..0; ViT: embeddings, 12 blocks, head -> 13..0

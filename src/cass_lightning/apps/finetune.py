@@ -56,6 +56,7 @@ from cass_lightning.apps.console import (
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
 from cass_lightning.callbacks import LoopTimer, atomic_checkpoint_plugin
+from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
 from cass_lightning.io import atomic_write_json, file_sha256
@@ -209,7 +210,8 @@ def _finetune(
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         precision=precision,
-        callbacks=[best, early, timer],
+        callbacks=[best, early, timer]  # the bar reads the loss back at the logging steps
+        + ([progress_bar(rich=False)] if cfg.trainer.get("enable_progress_bar", True) else []),
         logger=loggers or False,
         plugins=[atomic_checkpoint_plugin()],  # atomic saves; "best" reloaded weights_only
         _convert_="all",

@@ -24,7 +24,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -57,6 +57,7 @@ from cass_lightning.callbacks import (
     LoopTimer,
     atomic_checkpoint_plugin,
 )
+from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.export import weights_init
 from cass_lightning.runtime import (
     apply_speed_switches,
@@ -180,8 +181,8 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     callbacks = instantiate_group(cfg.get("callbacks"))
     timer = LoopTimer()
     callbacks.append(timer)
-    if cfg.get("rich_progress_bar", False) and cfg.trainer.get("enable_progress_bar", True):
-        callbacks.append(RichProgressBar())
+    if cfg.trainer.get("enable_progress_bar", True):  # the loss read back at the logging steps
+        callbacks.append(progress_bar(rich=bool(cfg.get("rich_progress_bar", False))))
     run.record()  # run_info.json; a resumed run's old metrics.csv becomes metrics.part<N>.csv
     save_run_config(folder, cfg)  # .hydra/*.yaml, written now that the folder is this run's
     logger_cfg = run.logger_cfg(cfg.get("logger"))  # wandb keeps the run's id when resuming

@@ -8,6 +8,8 @@ A run may be killed at any moment (``kill -9``, a pre-empted node, a full disk).
 * A kill loses little work. :class:`LastCheckpoint` rewrites ``last.ckpt`` every
   ``every_n_train_steps`` optimizer steps as well as at every epoch end, and never with
   non-finite weights, so a run that stops on a non-finite loss keeps its last good state.
+  (The modules' non-finite guard, :mod:`cass_lightning.modules.finite`, also refuses every
+  checkpoint once a loss was non-finite: the run stops there with ``FloatingPointError``.)
   When Lightning stops a run on SIGTERM (its loops raise ``SIGTERMException`` at the end of a
   batch), it also writes ``last.ckpt`` there, so a pre-empted run resumes where it stopped.
 
@@ -154,7 +156,11 @@ class LastCheckpoint(ModelCheckpoint):
             if self._last_global_step_saved == trainer.global_step and self.last_model_path:
                 self.saved_on_stop = True  # this step's state is saved already
                 return
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            try:
+                self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+            except FloatingPointError as err:  # the guard refused: a loss since was non-finite
+                rank_zero_warn(f"Not refreshing last.ckpt at the stop: {err}")
+                return
             self.saved_on_stop = self._last_global_step_saved == trainer.global_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

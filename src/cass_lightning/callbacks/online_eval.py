@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
+from torch import Tensor
 
 from cass_lightning.batches import batch_labels
 from cass_lightning.evaluation import LinearProbe, extract_features, knn_accuracy
@@ -18,7 +19,9 @@ class OnlineEvaluation(L.Callback):
 
     - Online linear probe per arm: a linear layer on the detached pooled features of each
       training batch, trained with its own Adam on the labelled rows only (the datamodule marks
-      the others -1), evaluated on the validation batches (``probe/<arm>_val_acc``).
+      the others -1), evaluated on the validation batches (``probe/<arm>_val_acc``). Its
+      training loss and accuracy are summed on the device and read back once per epoch
+      (``probe/<arm>_train_loss``, ``_train_acc``, over the epoch's labelled rows).
     - Weighted kNN per arm every ``every_n_epochs`` (and at the last epoch): the labelled
       training images (eval transform) are the bank, the validation split the queries, features
       in fp32 (``knn/<arm>_val_acc``).
@@ -41,6 +44,7 @@ class OnlineEvaluation(L.Callback):
         self.probes: dict[str, Any] = {}
         self._correct: dict[str, int] = {}
         self._seen = 0
+        self._train: dict[str, Tensor] = {}  # per arm: summed loss, correct, labelled rows
         self.enabled = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -74,13 +78,27 @@ class OnlineEvaluation(L.Callback):
         labels = batch_labels(batch).to(pl_module.device)
         for arm, probe in self.probes.items():
             probe.to(pl_module.device)
-            loss, accuracy = probe.step(pl_module.pooled[arm], labels)
-            if not math.isnan(loss):
-                pl_module.log_dict(
-                    {f"probe/{arm}_train_loss": loss, f"probe/{arm}_train_acc": accuracy},
-                    on_step=False,
-                    on_epoch=True,
-                )
+            # Summed on the device: read back once, at the epoch's end.
+            totals = torch.stack(probe.step_on_device(pl_module.pooled[arm], labels)).float()
+            previous = self._train.get(arm)
+            self._train[arm] = totals if previous is None else previous + totals
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._train = {}
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The probes' training loss and accuracy over the epoch's labelled rows."""
+        if not self._train:
+            return
+        arms = list(self._train)
+        values = torch.stack([self._train[arm] for arm in arms]).tolist()
+        metrics = {}
+        for arm, (loss, correct, count) in zip(arms, values, strict=True):
+            if count > 0:
+                metrics[f"probe/{arm}_train_loss"] = loss / count
+                metrics[f"probe/{arm}_train_acc"] = correct / count
+        if metrics:
+            pl_module.log_dict(metrics, on_step=False, on_epoch=True)
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._correct = dict.fromkeys(self.probes, 0)

@@ -27,7 +27,7 @@ from cass_lightning.evaluation import KeepPooled
 from cass_lightning.export import ExportedArm
 from cass_lightning.losses import DEFAULT_EPS, cosine_similarity, normalized_std
 from cass_lightning.modules.ema import EMATargets
-from cass_lightning.modules.finite import FiniteLossGuard
+from cass_lightning.modules.finite import FiniteLossGuard, GuardsFiniteLoss, logs_this_step
 from cass_lightning.modules.legacy import UpgradesOldCheckpoints, upgrade_cass_hparams
 from cass_lightning.modules.objective import CASSObjective, Remedies
 from cass_lightning.modules.optim import (
@@ -47,7 +47,7 @@ PAPER_OPTIMIZER: dict[str, Any] = {
 PAPER_SCHEDULER: dict[str, Any] = {"name": "cyclic_cosine", "t_max": 16, "eta_min": 1e-6}
 
 
-class CASSModule(UpgradesOldCheckpoints, L.LightningModule):
+class CASSModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
     """Cross Architectural Self-Supervision: ``loss = mean(2 - 2 cos(cnn(x), vit(x)))``.
 
     Args:
@@ -206,10 +206,11 @@ class CASSModule(UpgradesOldCheckpoints, L.LightningModule):
             step=self.global_step, training=stage == "train",
         )  # fmt: skip
         loss, z_cnn, z_vit = terms["loss"], cnn[0], vit[0]
-        if stage == "train":
-            self.finite.check(loss, self.global_step, {"cnn": z_cnn, "vit": z_vit})
+        if stage == "train":  # on the device: read at the logging interval (GuardsFiniteLoss)
+            self.finite.record(loss, self.global_step, {"cnn": z_cnn, "vit": z_vit})
         batch_size, on_step, eps = views[0].shape[0], stage == "train", self.hparams.loss_eps
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
+        # Not in Lightning's progress bar while training: it reads those back every batch.
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=not on_step,
                  batch_size=batch_size)  # fmt: skip
         stats = {
             f"{stage}/cosine": cosine_similarity(z_cnn, z_vit, eps),
@@ -227,8 +228,9 @@ class CASSModule(UpgradesOldCheckpoints, L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, "train")
-        self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
-                      on_epoch=False)  # fmt: skip
+        if logs_this_step(self.trainer):  # Python numbers: a copy to the device each
+            self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
+                          on_epoch=False)  # fmt: skip
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -246,8 +248,10 @@ class CASSModule(UpgradesOldCheckpoints, L.LightningModule):
         # checkpoint saved after its update): the first update comes after the next step.
         self._ema_updated_at = self.global_step
         self.train(True)
+        super().on_train_start()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_end(outputs, batch, batch_idx)  # reads the guard when due
         # Once per optimiser step (gradient accumulation runs several batches per step).
         if self.ema is not None and self.global_step != self._ema_updated_at:
             self._ema_updated_at = self.global_step

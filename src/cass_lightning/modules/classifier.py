@@ -31,6 +31,12 @@ from cass_lightning.encoders import create_timm_model, record_of
 from cass_lightning.export import arm_meta, load_backbone, read_meta
 from cass_lightning.losses import sigmoid_focal_loss
 from cass_lightning.modules.cass import CASSModule
+from cass_lightning.modules.finite import (
+    FiniteLossGuard,
+    GuardsFiniteLoss,
+    logs_this_step,
+    non_finite_tensors,
+)
 from cass_lightning.modules.legacy import stored_hparams
 from cass_lightning.modules.metrics import (
     METRIC_NAMES,
@@ -179,7 +185,7 @@ def _checkpoint_arm(path: Path, arm: str) -> nn.Module:
     return getattr(cass, arm)
 
 
-class ClassifierModule(L.LightningModule):
+class ClassifierModule(GuardsFiniteLoss, L.LightningModule):
     """A timm backbone with a fresh linear head, trained with the paper's downstream recipe.
 
     Args:
@@ -253,17 +259,31 @@ class ClassifierModule(L.LightningModule):
                              f"not {arm}/{init}/{weights}")  # fmt: skip
         self.source = source
         self.backbone = build_backbone(source, num_classes)
+        bad = non_finite_tensors(self.backbone)
+        if bad:
+            raise ValueError(
+                f"the {init} weights {source.weights or source.timm_name} hold non-finite values "
+                f"(NaN or inf) in {len(bad)} tensor(s), e.g. {bad[0]}; fine-tuning them would "
+                "train on a non-finite loss"
+            )
         self.hparams["timm_name"], self.hparams["img_size"] = source.timm_name, source.img_size
         weight = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float)
         self.register_buffer("class_weight", weight, persistent=False)
         if mode == "linear":
             self.backbone.requires_grad_(False)
             self.head.requires_grad_(True)
-        self.train_metrics = build_metrics(multi_label, num_classes)
+        # Updated every training step: no per-batch checks that read values back to the host.
+        self.train_metrics = build_metrics(multi_label, num_classes, validate=False)
         self.val_metrics = build_metrics(multi_label, num_classes)
         self.test_metrics = build_metrics(multi_label, num_classes)
         self.test_per_class = PerClassBreakdown(multi_label, num_classes)
         self.test_breakdown: dict[str, Any] | None = None
+        self.finite = FiniteLossGuard(
+            "fine-tuning",
+            "Lower model.optimizer.lr, check that the starting weights are finite, or use "
+            "32-true precision",
+            kept="no results were written",
+        )
         self.train()  # Lightning keeps the modes it finds: a linear probe starts frozen-eval
 
     @property
@@ -310,7 +330,10 @@ class ClassifierModule(L.LightningModule):
         logits = self(images)
         loss = self.compute_loss(logits, targets)
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
+        if on_step:  # on the device: read at the logging interval (GuardsFiniteLoss)
+            self.finite.record(loss, self.global_step)
+        # Not in Lightning's progress bar while training: it reads those back every batch.
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=not on_step,
                  batch_size=images.shape[0])  # fmt: skip
         getattr(self, f"{stage}_metrics").update(logits, targets)
         if stage == "test":
@@ -326,8 +349,9 @@ class ClassifierModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self._step(batch, "train")
-        lrs = group_learning_rates(self.trainer.optimizers[0])
-        self.log_dict(lrs, on_step=True, on_epoch=False)
+        if logs_this_step(self.trainer):  # Python numbers: a copy to the device each
+            self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
+                          on_epoch=False)  # fmt: skip
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -342,6 +366,7 @@ class ClassifierModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_metrics("train")
+        super().on_train_epoch_end()  # reads the non-finite guard
 
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val")

@@ -36,7 +36,7 @@ from cass_lightning.checks import check_choice, check_int, check_keys, check_pos
 from cass_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from cass_lightning.encoders import build_encoder, encoder_spec
 from cass_lightning.export import ExportedArm, export_backbones
-from cass_lightning.modules.finite import FiniteLossGuard
+from cass_lightning.modules.finite import FiniteLossGuard, GuardsFiniteLoss, logs_this_step
 from cass_lightning.modules.legacy import UpgradesOldCheckpoints, upgrade_dino_hparams
 from cass_lightning.modules.optim import (
     arm_param_groups,
@@ -71,7 +71,7 @@ def _settings(name: str, given: dict[str, Any] | None, defaults: dict[str, Any])
     return {**defaults, **(given or {})}
 
 
-class DINOModule(UpgradesOldCheckpoints, L.LightningModule):
+class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
     """DINO self-distillation on one backbone (``arm``), the CASS paper's baseline.
 
     Args:
@@ -276,13 +276,16 @@ class DINOModule(UpgradesOldCheckpoints, L.LightningModule):
         teacher_out = [self.forward_teacher(v) for v in views[:n_global]]
         student_out = [self(v) for v in views]
         loss = self.criterion(teacher_out, student_out, epoch=self.current_epoch)
-        self.finite.check(loss, self.global_step)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=views[0].shape[0])  # fmt: skip
-        self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
-                      on_epoch=False)  # fmt: skip
-        self.log("train/teacher_momentum", self.teacher_momentum(), on_step=True, on_epoch=False)
-        self.log(f"wd/{self.hparams.arm}", self.weight_decay_now(), on_step=True, on_epoch=False)
+        self.finite.record(loss, self.global_step)  # read at the logging interval
+        # Not in Lightning's progress bar: it reads those back every batch.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=views[0].shape[0])
+        if logs_this_step(self.trainer):  # Python numbers: a copy to the device each
+            self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
+                          on_epoch=False)  # fmt: skip
+            self.log("train/teacher_momentum", self.teacher_momentum(), on_step=True,
+                     on_epoch=False)  # fmt: skip
+            self.log(f"wd/{self.hparams.arm}", self.weight_decay_now(), on_step=True,
+                     on_epoch=False)  # fmt: skip
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -88,9 +88,11 @@ class BalancedAccuracy(Metric):
         self.add_state("support", default=torch.zeros(num_classes), dist_reduce_fx="sum")
 
     def update(self, probs: Tensor, target: Tensor) -> None:
-        hits = target[probs.argmax(dim=-1) == target]
-        self.correct += torch.bincount(hits, minlength=self.num_classes).to(self.correct)
-        self.support += torch.bincount(target, minlength=self.num_classes).to(self.support)
+        # index_add_ rather than a boolean mask and bincount: both read sizes back to the host.
+        target = target.long()
+        hits = (probs.argmax(dim=-1) == target).to(self.correct)
+        self.correct.index_add_(0, target, hits)
+        self.support.index_add_(0, target, torch.ones_like(hits))
 
     def compute(self) -> Tensor:
         present = self.support > 0
@@ -98,34 +100,37 @@ class BalancedAccuracy(Metric):
 
 
 class ClassificationMetrics(nn.Module):
-    """Every metric of one task; ``update`` takes logits and the batch's targets as given."""
+    """Every metric of one task; ``update`` takes logits and the batch's targets as given.
 
-    def __init__(self, task: str, num_classes: int) -> None:
+    ``validate=False`` skips torchmetrics' checks of each batch's targets (they read values back
+    to the host): for the training metrics, updated every step on targets the data module made.
+    Updates never read back otherwise: thresholded metrics get 0/1 predictions (torchmetrics
+    would test float inputs for being probabilities), so only ``compute`` waits for the device.
+    """
+
+    def __init__(self, task: str, num_classes: int, validate: bool = True) -> None:
         super().__init__()
         check_choice("metrics task", task, TASKS)
         if num_classes < 2:
             raise ValueError(f"metrics need at least 2 classes, got {num_classes}")
         self.task, self.num_classes = task, num_classes
-        c = num_classes
+        c, v = num_classes, {"validate_args": validate}
         # name -> (metric, which inputs it reads; see _inputs)
         specs: dict[str, tuple[Metric, str]]
         if task == "multiclass":
             specs = {
-                "acc": (MulticlassAccuracy(c, average="micro"), "softmax"),
-                "f1_macro": (MulticlassF1Score(c, average="macro"), "softmax"),
+                "acc": (MulticlassAccuracy(c, average="micro", **v), "softmax"),
+                "f1_macro": (MulticlassF1Score(c, average="macro", **v), "softmax"),
                 "balanced_acc": (BalancedAccuracy(c), "softmax"),
                 "auroc": (PresentClassAUROC(), "softmax_onehot"),
-                "f1_micro": (
-                    MultilabelF1Score(c, average="micro", threshold=0.5),
-                    "sigmoid_onehot",
-                ),
+                "f1_micro": (MultilabelF1Score(c, average="micro", **v), "above_half_onehot"),
             }
         else:
             specs = {
-                "f1_macro": (MultilabelF1Score(c, average="macro", threshold=0.5), "sigmoid"),
-                "f1_micro": (MultilabelF1Score(c, average="micro", threshold=0.5), "sigmoid"),
+                "f1_macro": (MultilabelF1Score(c, average="macro", **v), "above_half"),
+                "f1_micro": (MultilabelF1Score(c, average="micro", **v), "above_half"),
                 "auroc": (PresentClassAUROC(), "sigmoid"),
-                "exact_match": (MultilabelExactMatch(c, threshold=0.5), "sigmoid"),
+                "exact_match": (MultilabelExactMatch(c, **v), "above_half"),
             }
         self.metrics = nn.ModuleDict({name: metric for name, (metric, _) in specs.items()})
         self.inputs = {name: kind for name, (_, kind) in specs.items()}
@@ -133,15 +138,18 @@ class ClassificationMetrics(nn.Module):
 
     def _inputs(self, logits: Tensor, targets: Tensor) -> dict[str, tuple[Tensor, Tensor]]:
         logits = logits.detach().float()
+        sigmoid = torch.sigmoid(logits)
+        above_half = (sigmoid > 0.5).long()  # what the metrics' threshold of 0.5 gives
         if self.task == "multilabel":
-            return {"sigmoid": (torch.sigmoid(logits), targets.detach().long())}
+            labels = targets.detach().long()
+            return {"sigmoid": (sigmoid, labels), "above_half": (above_half, labels)}
         labels = targets.detach().long()
         onehot = F.one_hot(labels, self.num_classes)
         probs = logits.softmax(dim=-1)
         return {
             "softmax": (probs, labels),
             "softmax_onehot": (probs, onehot),
-            "sigmoid_onehot": (torch.sigmoid(logits), onehot),
+            "above_half_onehot": (above_half, onehot),
         }
 
     def update(self, logits: Tensor, targets: Tensor) -> None:
@@ -162,9 +170,13 @@ class ClassificationMetrics(nn.Module):
         self._updated = False
 
 
-def build_metrics(multi_label: bool, num_classes: int) -> ClassificationMetrics:
-    """The metrics for a dataset: ``multilabel`` for multi-hot targets, else ``multiclass``."""
-    return ClassificationMetrics("multilabel" if multi_label else "multiclass", num_classes)
+def build_metrics(
+    multi_label: bool, num_classes: int, validate: bool = True
+) -> ClassificationMetrics:
+    """The metrics for a dataset: ``multilabel`` for multi-hot targets, else ``multiclass``
+    (``validate``: see :class:`ClassificationMetrics`)."""
+    task = "multilabel" if multi_label else "multiclass"
+    return ClassificationMetrics(task, num_classes, validate)
 
 
 def f1_and_support(
