@@ -51,7 +51,8 @@ from cass_lightning.apps.console import (
     reported_errors,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.callbacks import LoopTimer, atomic_checkpoint_plugin
+from cass_lightning.apps.pretrain import apply_speed, speed_settings, uses_cuda
+from cass_lightning.callbacks import DataWait, LoopTimer, atomic_checkpoint_plugin
 from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
 from cass_lightning.io import atomic_write_json, file_sha256
@@ -81,9 +82,12 @@ def resolve_weights(weights: Any, weights_file: str | None) -> tuple[str, str | 
     return "export", text
 
 
-def build_data(cfg: DictConfig, source: ArmSource) -> MedicalDataModule:
+def build_data(
+    cfg: DictConfig, source: ArmSource, loader: dict[str, bool] | None = None
+) -> MedicalDataModule:
     """The datamodule, fed as the weights need: their input size and, for pretrained weights,
-    the normalisation they were trained with. Its training loader is the labelled subset."""
+    the normalisation they were trained with. Its training loader is the labelled subset.
+    ``loader``: the resolved ``pin_memory`` / ``persistent_workers`` (speed settings)."""
     follow: dict[str, Any] = {"train_subset": "labelled"}
     if source.img_size is not None:
         follow["img_size"] = source.img_size
@@ -93,7 +97,7 @@ def build_data(cfg: DictConfig, source: ArmSource) -> MedicalDataModule:
     if changed and rank_zero_only.rank == 0:
         print(f"data follows the {source.init} weights: " +
               ", ".join(f"{k}={v}" for k, v in changed.items()))  # fmt: skip
-    return instantiate(cfg.data, **follow, _convert_="all")
+    return instantiate(cfg.data, **follow, **(loader or {}), _convert_="all")
 
 
 def build_model(cfg: DictConfig, source: ArmSource, dm: MedicalDataModule) -> ClassifierModule:
@@ -159,10 +163,16 @@ def _finetune(
         print_config_tree(cfg)
     seed_everything(cfg.get("seed"))
 
-    dm = build_data(cfg, source)
+    accelerator = cfg.trainer.get("accelerator")
+    precision = resolve_precision(cfg.trainer.get("precision"), accelerator)
+    on_cuda = uses_cuda(accelerator)
+    speed = speed_settings(cfg, precision, on_cuda)
+    loader = {k: speed[k] for k in ("pin_memory", "persistent_workers")}
+    dm = build_data(cfg, source, loader)
     dm.prepare_data()
     dm.setup("fit")
     model = build_model(cfg, source, dm)
+    apply_speed(speed, model, on_cuda)
     stopping = cfg.early_stopping
     if stopping.mode != model.monitor_mode:
         raise ValueError(
@@ -183,17 +193,16 @@ def _finetune(
     )
     save_run_config(folder, cfg)  # .hydra/*.yaml, written now that the folder is this run's
     loggers = build_loggers(cfg.get("logger"), **logger_context(cfg))
-    accelerator = cfg.trainer.get("accelerator")
-    precision = resolve_precision(cfg.trainer.get("precision"), accelerator)
     on_gpu = accelerator in ("gpu", "cuda", "mps") or (
         accelerator in (None, "auto") and torch.cuda.is_available()
     )
     warn_slow_bf16(precision, on_cpu=not on_gpu)
-    timer = LoopTimer()
+    timer, waits = LoopTimer(), DataWait()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         precision=precision,
-        callbacks=[best, early, timer],
+        benchmark=speed["cudnn_benchmark"] if on_cuda else None,
+        callbacks=[best, early, timer, waits],
         logger=loggers or False,
         plugins=[atomic_checkpoint_plugin()],  # atomic saves; "best" reloaded weights_only
         _convert_="all",
@@ -244,6 +253,8 @@ def _finetune(
         "epochs_run": int(trainer.current_epoch),
         "stopped_early": bool(early.stopped_epoch),
         "loop_seconds": timer.seconds,
+        "data_wait_share": waits.share,
+        "speed": speed,
         # classes, per_class, confusion (of the test pass above) and the labelled subset's seed
         **model.per_class_results(dm.classes, dm.hparams.label_seed),
     }

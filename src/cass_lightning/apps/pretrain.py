@@ -51,18 +51,24 @@ from cass_lightning.apps.console import (
 from cass_lightning.apps.loggers import build_loggers, logger_context
 from cass_lightning.apps.resume import LAST_CHECKPOINT, RunStart, plan_start, resumable
 from cass_lightning.callbacks import (
+    DataWait,
     ExportBackbones,
     ImagesPerSecond,
     LastCheckpoint,
     LoopTimer,
     atomic_checkpoint_plugin,
 )
+from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import weights_init
+from cass_lightning.modules.optim import set_fused_optimizer
 from cass_lightning.runtime import (
+    apply_speed_globals,
     apply_speed_switches,
     check_multirun_strategy,
     lr_scale_factor,
     resolve_precision,
+    resolve_speed,
+    speed_request,
     strategy_for_idle_parameters,
     world_size,
 )
@@ -126,6 +132,33 @@ def launch_settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
+def speed_settings(cfg: DictConfig, precision: str, on_cuda: bool) -> dict[str, bool]:
+    """The ``speed`` block (and the loader options ``data.pin_memory`` /
+    ``data.persistent_workers``) resolved for this machine: booleans in effect, printed once.
+    Shared by cass-pretrain and cass-finetune, so CASS, DINO and fine-tuning get one rule."""
+    workers = resolve_workers(int(cfg.data.get("num_workers", 0)))
+    asked = speed_request(cfg.get("speed"), cfg.get("data"))
+    settings = resolve_speed(asked, on_cuda=on_cuda, num_workers=workers, precision=precision)
+    if rank_zero_only.rank == 0:
+        on = [k for k, v in settings.items() if v]
+        print(f"speed settings on: {', '.join(on) if on else 'none'}")
+    return settings
+
+
+def apply_speed(settings: dict[str, bool], model: L.LightningModule, on_cuda: bool) -> None:
+    """Put ``settings`` in effect: process-wide switches, the model's layout and compilation,
+    and the optimiser it will build."""
+    apply_speed_globals(settings, on_cuda)
+    compile_arms = {"cnn": settings["compile_cnn"], "vit": settings["compile_vit"]}
+    apply_speed_switches(model, settings["channels_last"], compile_arms)
+    set_fused_optimizer(model, settings["fused_optimizer"])
+
+
+def uses_cuda(accelerator: Any) -> bool:
+    """Whether a trainer with ``accelerator`` runs on CUDA here."""
+    return accelerator in ("gpu", "cuda", None, "auto") and torch.cuda.is_available()
+
+
 def resume_command(folder: Path) -> str:
     """The exact command that continues the run in ``folder``."""
     return f"cass-pretrain resume={shlex.quote(str(folder))}"
@@ -171,18 +204,22 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     seed_everything(cfg.get("seed"))
 
     launch = launch_settings(cfg)
-    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    on_cuda = uses_cuda(cfg.trainer.get("accelerator"))
+    speed = speed_settings(cfg, launch["precision"], on_cuda)
+    datamodule: L.LightningDataModule = instantiate(
+        cfg.data, pin_memory=speed["pin_memory"],
+        persistent_workers=speed["persistent_workers"], _convert_="all",
+    )  # fmt: skip
     model: L.LightningModule = instantiate(
         cfg.model, batch_lr_factor=launch["batch_lr_factor"], _convert_="all"
     )
-    speed = cfg.get("speed") or {}
-    apply_speed_switches(model, bool(speed.get("channels_last")), bool(speed.get("compile")))
+    apply_speed(speed, model, on_cuda)
     callbacks = instantiate_group(cfg.get("callbacks"))
-    timer = LoopTimer()
-    callbacks.append(timer)
+    timer, waits = LoopTimer(), DataWait()
+    callbacks += [timer, waits]
     if cfg.get("rich_progress_bar", False) and cfg.trainer.get("enable_progress_bar", True):
         callbacks.append(RichProgressBar())
-    run.record()  # run_info.json; a resumed run's old metrics.csv becomes metrics.part<N>.csv
+    run.record(speed)  # run_info.json; a resumed run's old metrics.csv becomes metrics.part<N>.csv
     save_run_config(folder, cfg)  # .hydra/*.yaml, written now that the folder is this run's
     logger_cfg = run.logger_cfg(cfg.get("logger"))  # wandb keeps the run's id when resuming
     loggers = build_loggers(logger_cfg, **logger_context(cfg))  # CSV + offline-safe wandb
@@ -191,6 +228,7 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         precision=launch["precision"],
         strategy=launch["strategy"],
         sync_batchnorm=launch["sync_batchnorm"],
+        benchmark=speed["cudnn_benchmark"] if on_cuda else None,
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[atomic_checkpoint_plugin()],  # a kill during a save leaves the old file whole
@@ -198,17 +236,28 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     )
     for logger in trainer.loggers:
         logger.log_hyperparams(
-            {"seed": cfg.get("seed"), "data": dict(datamodule.hparams), "launch": launch}
-        )
+            {"seed": cfg.get("seed"), "data": dict(datamodule.hparams), "launch": launch,
+             "speed": speed}
+        )  # fmt: skip
 
     start = time.perf_counter()
     stop.trainer = trainer
+
+    def finish(outcome: str) -> dict[str, Any]:  # this start's cost into run_info.json
+        seconds = time.perf_counter() - start
+        return run.finish(outcome, seconds, waits.loop_seconds, waits.steps, waits.images)
+
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
     except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
+        finish("stopped")
         raise RunStopped(stop.received or signal.SIGTERM,
                          _stopped_message(stop, trainer, callbacks)) from None  # fmt: skip
+    except BaseException:
+        finish("failed")
+        raise
     elapsed = time.perf_counter() - start
+    costs = finish("finished")
 
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # best, and last
     exporter = next((c for c in callbacks if isinstance(c, ExportBackbones)), None)
@@ -216,12 +265,17 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     result: dict[str, Any] = {
         "method": getattr(model, "method_name", type(model).__name__),
         "run_dir": str(folder),
-        "fit_seconds": elapsed,
+        # wall time, steps, images and images/s: totals over every start of the run
+        # (``attempts``); ``cost_comparable`` is false when a start recorded no end
+        **costs,
+        "this_start_fit_seconds": elapsed,
         "loop_seconds": timer.seconds,
         "epochs": int(trainer.current_epoch),
-        "steps": int(trainer.global_step),
+        "global_step": int(trainer.global_step),
         "batch_size": int(cfg.data.batch_size),
-        "images_per_s": throughput.mean_images_per_s() if throughput else None,
+        "data_wait_share": waits.share,
+        "speed": speed,
+        "this_start_images_per_s": throughput.mean_images_per_s() if throughput else None,
         "peak_memory_gib": throughput.peak_memory_gib if throughput else None,
         "memory_kind": throughput.memory_kind if throughput else None,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -234,7 +288,9 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
                         else None,
     }  # fmt: skip
     report_run(
-        f"{result['method']} pretraining finished in {elapsed:.0f} s",
+        f"{result['method']} pretraining finished in {elapsed:.0f} s"
+        + (f" ({len(costs['attempts'])} starts, {costs['fit_seconds']:.0f} s in all)"
+           if len(costs["attempts"]) > 1 else ""),
         {"run folder": result["run_dir"], "last checkpoint": result["last_checkpoint"],
          "best checkpoint": result["best_checkpoint"], "exported arms": result["export_dir"]},
         result["metrics"],
