@@ -53,6 +53,8 @@ class DataWait(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.start_step = self.end_step = int(trainer.global_step)
+        # A run resumed mid-epoch continues that epoch without a new epoch start.
+        self._epoch_start = self._last_end = time.perf_counter()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = self._last_end = time.perf_counter()
@@ -96,7 +98,7 @@ class DataWait(L.Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
         # A stopped epoch still counts: its waits and loop time so far go into the totals.
-        if self._last_end is not None and self._epoch_start:
+        if self._last_end is not None:
             self.wait_seconds += self._epoch_wait
             self.loop_seconds += max(self._last_end - self._epoch_start, 0.0)
             self._epoch_wait = 0.0
