@@ -204,6 +204,17 @@ def apply_speed_globals(settings: dict[str, bool], on_cuda: bool) -> None:
     torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
 
 
+def apply_speed_settings(settings: dict[str, bool], model: nn.Module, on_cuda: bool) -> None:
+    """Put resolved ``settings`` (:func:`resolve_speed`) in effect for ``model``: process-wide
+    switches, the CNN arm's layout, compilation per arm, and the optimiser the module builds."""
+    from cass_lightning.modules.optim import set_fused_optimizer
+
+    apply_speed_globals(settings, on_cuda)
+    arms = {"cnn": settings["compile_cnn"], "vit": settings["compile_vit"]}
+    apply_speed_switches(model, settings["channels_last"], arms)
+    set_fused_optimizer(model, settings["fused_optimizer"])
+
+
 def _is_vit(module: nn.Module) -> bool:
     """A timm vision transformer (patch embedding), as opposed to a CNN."""
     return hasattr(module, "patch_embed")

@@ -51,13 +51,13 @@ from cass_lightning.apps.console import (
     reported_errors,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.apps.pretrain import apply_speed, speed_settings, uses_cuda
+from cass_lightning.apps.pretrain import speed_settings, uses_cuda
 from cass_lightning.callbacks import DataWait, LoopTimer, atomic_checkpoint_plugin
 from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
 from cass_lightning.io import atomic_write_json, file_sha256
 from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
-from cass_lightning.runtime import resolve_precision
+from cass_lightning.runtime import apply_speed_settings, resolve_precision
 
 RESULTS_FILE = "results.json"
 LOG_FILE = "finetune.log"
@@ -172,7 +172,7 @@ def _finetune(
     dm.prepare_data()
     dm.setup("fit")
     model = build_model(cfg, source, dm)
-    apply_speed(speed, model, on_cuda)
+    apply_speed_settings(speed, model, on_cuda)
     stopping = cfg.early_stopping
     if stopping.mode != model.monitor_mode:
         raise ValueError(

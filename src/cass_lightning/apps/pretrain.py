@@ -60,10 +60,8 @@ from cass_lightning.callbacks import (
 )
 from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import weights_init
-from cass_lightning.modules.optim import set_fused_optimizer
 from cass_lightning.runtime import (
-    apply_speed_globals,
-    apply_speed_switches,
+    apply_speed_settings,
     check_multirun_strategy,
     lr_scale_factor,
     resolve_precision,
@@ -145,15 +143,6 @@ def speed_settings(cfg: DictConfig, precision: str, on_cuda: bool) -> dict[str, 
     return settings
 
 
-def apply_speed(settings: dict[str, bool], model: L.LightningModule, on_cuda: bool) -> None:
-    """Put ``settings`` in effect: process-wide switches, the model's layout and compilation,
-    and the optimiser it will build."""
-    apply_speed_globals(settings, on_cuda)
-    compile_arms = {"cnn": settings["compile_cnn"], "vit": settings["compile_vit"]}
-    apply_speed_switches(model, settings["channels_last"], compile_arms)
-    set_fused_optimizer(model, settings["fused_optimizer"])
-
-
 def uses_cuda(accelerator: Any) -> bool:
     """Whether a trainer with ``accelerator`` runs on CUDA here."""
     return accelerator in ("gpu", "cuda", None, "auto") and torch.cuda.is_available()
@@ -213,7 +202,7 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     model: L.LightningModule = instantiate(
         cfg.model, batch_lr_factor=launch["batch_lr_factor"], _convert_="all"
     )
-    apply_speed(speed, model, on_cuda)
+    apply_speed_settings(speed, model, on_cuda)
     callbacks = instantiate_group(cfg.get("callbacks"))
     timer, waits = LoopTimer(), DataWait()
     callbacks += [timer, waits]
