@@ -24,9 +24,8 @@ import gc
 import logging
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import timm
@@ -48,8 +47,7 @@ SEED = 0
 SETTINGS = ("off", "shipped", "best")
 
 
-@dataclass(frozen=True)
-class Case:
+class Case(NamedTuple):
     precision: str
     batch: int
     settings: str
