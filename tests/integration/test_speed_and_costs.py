@@ -119,3 +119,10 @@ def test_data_wait_counts_steps_images_and_logs_its_share(tiny_kwargs):
     assert waits.share is not None and 0 <= waits.share < 1
     assert "perf/data_wait_share" in trainer.callback_metrics
     assert "perf/data_wait_s" in trainer.callback_metrics
+
+
+def test_a_bad_speed_value_is_refused_before_the_run_claims_its_folder(tmp_path):
+    cfg = compose_app(tmp_path, [*TINY_RUN, "speed.tf32=fast"])
+    with pytest.raises(ValueError, match=r"speed\.tf32 must be true, false or auto; got .fast."):
+        pretrain_app.pretrain(cfg)
+    assert not (tmp_path / "run").exists()

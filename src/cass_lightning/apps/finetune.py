@@ -51,7 +51,7 @@ from cass_lightning.apps.console import (
     reported_errors,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.apps.pretrain import speed_settings, uses_cuda
+from cass_lightning.apps.pretrain import check_speed, speed_settings, uses_cuda
 from cass_lightning.callbacks import DataWait, LoopTimer, atomic_checkpoint_plugin
 from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
@@ -140,6 +140,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     folder = run_dir(cfg)
     refuse_to_overwrite(folder, KEPT)
     check_run_settings(cfg)
+    check_speed(cfg)
     init, weights = resolve_weights(cfg.get("weights"), cfg.model.get("weights_file"))
     model_cfg = cfg.model
     # Read the weights' description once; a bad path fails here, before any data is built.

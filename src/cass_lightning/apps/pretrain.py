@@ -143,6 +143,11 @@ def speed_settings(cfg: DictConfig, precision: str, on_cuda: bool) -> dict[str, 
     return settings
 
 
+def check_speed(cfg: DictConfig) -> None:
+    """Refuse a bad ``speed`` value or key by name before the run claims its folder."""
+    resolve_speed(speed_request(cfg.get("speed"), cfg.get("data")), on_cuda=False, num_workers=0)
+
+
 def uses_cuda(accelerator: Any) -> bool:
     """Whether a trainer with ``accelerator`` runs on CUDA here."""
     return accelerator in ("gpu", "cuda", None, "auto") and torch.cuda.is_available()
@@ -165,6 +170,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     if not run.resuming:
         refuse_to_overwrite(folder, KEPT, hint)
     check_run_settings(cfg)  # all of the above only read: a refusal leaves no trace
+    check_speed(cfg)
     with hold_run_folder(folder, LOG_FILE, KEPT, hint, fresh=not run.resuming) as stop:
         try:
             return _pretrain(cfg, folder, run, stop)
