@@ -12,6 +12,7 @@ exits 1 with one named line (see :mod:`.console`).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import time
@@ -134,7 +135,7 @@ def speed_settings(cfg: DictConfig, precision: str, on_cuda: bool) -> dict[str, 
     """The ``speed`` block (and the loader options ``data.pin_memory`` /
     ``data.persistent_workers``) resolved for this machine: booleans in effect, printed once.
     Shared by cass-pretrain and cass-finetune, so CASS, DINO and fine-tuning get one rule."""
-    workers = resolve_workers(int(cfg.data.get("num_workers", 0)))
+    workers = resolve_workers(cfg.data.get("num_workers", 0))
     asked = speed_request(cfg.get("speed"), cfg.get("data"))
     settings = resolve_speed(asked, on_cuda=on_cuda, num_workers=workers, precision=precision)
     if rank_zero_only.rank == 0:
@@ -245,11 +246,13 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
     except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
-        finish("stopped")
+        with contextlib.suppress(OSError):  # a full disk must not hide the stop
+            finish("stopped")
         raise RunStopped(stop.received or signal.SIGTERM,
                          _stopped_message(stop, trainer, callbacks)) from None  # fmt: skip
     except BaseException:
-        finish("failed")
+        with contextlib.suppress(OSError):  # nor the error that ended the fit
+            finish("failed")
         raise
     elapsed = time.perf_counter() - start
     costs = finish("finished")
