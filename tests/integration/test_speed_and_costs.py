@@ -126,3 +126,11 @@ def test_a_bad_speed_value_is_refused_before_the_run_claims_its_folder(tmp_path)
     with pytest.raises(ValueError, match=r"speed\.tf32 must be true, false or auto; got .fast."):
         pretrain_app.pretrain(cfg)
     assert not (tmp_path / "run").exists()
+
+
+def test_dino_and_cass_references_get_the_same_speed_settings(tmp_path):
+    """The CASS/DINO time ratio is fair only with equal settings; both keep exact fp32."""
+    cass = compose_app(tmp_path, ["experiment=paper_reference"])
+    dino = compose_app(tmp_path, ["experiment=dino_reference"])
+    assert cass.speed == dino.speed and cass.speed.tf32 is False
+    assert compose_app(tmp_path, []).speed.tf32 == "auto"
