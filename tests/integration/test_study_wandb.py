@@ -68,7 +68,8 @@ def test_a_study_logged_to_wandb_is_one_group_of_runs_and_a_report_run(tmp_path)
     runs = _runs(study)
     assert set(runs) == {"pretrain", "finetune", "report"}
     # one run per point: a fine-tuning run's test phase resumes its run id in a second folder
-    ids_by_folder = {f.name.rsplit("-", 1)[1] for f in (study / "wandb").glob("offline-run-*")}
+    # (offline-run-<date>_<time>-<run id>, with "-<n>" added when that name was taken already)
+    ids_by_folder = {f.name.split("-")[3] for f in (study / "wandb").glob("offline-run-*")}
     assert ids_by_folder == {found["run"].run_id for found in runs.values()}
     for job_type, found in runs.items():
         run = found["run"]
