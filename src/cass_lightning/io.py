@@ -192,7 +192,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+_UNSAFE_GLOBAL = re.compile(
+    r"Unsupported global: GLOBAL (\S+)|unsupported GLOBAL (\S+) whose module \S+ is blocked"
+)
 _WEIGHTS_ONLY_REASON = re.compile(
     r"WeightsUnpickler error:\s*(.*?)(?:\s*Please use|\s*Check the|$)", re.S
 )
@@ -205,7 +207,8 @@ def _why_unreadable(err: BaseException) -> str:
     found = _UNSAFE_GLOBAL.search(text)
     if found:
         return (
-            f"it holds a Python object ({found.group(1)}) that only a code-running load could "
+            f"it holds a Python object ({found.group(1) or found.group(2)}) that only a "
+            "code-running load could "
             "rebuild; loading it that way would run whatever code the file holds"
         )
     if isinstance(err, EOFError) or "central directory" in text or "zip archive" in text:
@@ -218,6 +221,10 @@ def _why_unreadable(err: BaseException) -> str:
     if found and found.group(1).strip():
         reason = " ".join(found.group(1).split())[:200]
         return f"it holds objects a weights-only load refuses ({reason})"
+    if "weights only load failed" in text.lower() or "weights_only" in text:
+        # torch's own wording changes between versions; never pass on its advice to retry
+        # with a code-running load
+        return "it holds objects a weights-only load refuses"
     first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
     return f"torch could not read it ({first[:200]})"
 
