@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
-from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torchvision import transforms as T
+
+from cass_lightning.norms import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _check_size(img_size: int) -> None:
