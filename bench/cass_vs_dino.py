@@ -38,6 +38,7 @@ import torch
 from cass_lightning import CASSModule
 from cass_lightning.data import SyntheticDataModule
 from cass_lightning.modules.dino import DINOModule
+from cass_lightning.runtime import apply_speed_settings, resolve_speed, speed_request
 
 SEED = 0
 CLASSES = 6  # of the synthetic set
@@ -111,6 +112,11 @@ def build_model(job: str, args: argparse.Namespace) -> L.LightningModule:
 
 def time_job(job: str, args: argparse.Namespace, device: torch.device, root: Path) -> float:
     """Median seconds per timed epoch of one method."""
+    on_cuda = device.type == "cuda"
+    # The same speed settings for every method, so the time ratio stays fair.
+    asked = {"off": {k: False for k in speed_request({})}, "shipped": speed_request({}),
+             "best": speed_request({"compile": True})}[args.speed]  # fmt: skip
+    speed = resolve_speed(asked, on_cuda, args.num_workers, args.precision)
     data = SyntheticDataModule(
         root,
         images_per_class=max(1, args.images // CLASSES),
@@ -121,8 +127,12 @@ def time_job(job: str, args: argparse.Namespace, device: torch.device, root: Pat
         num_workers=args.num_workers,
         check_images="none",
         train_views="paper" if job == "CASS" else "dino",
+        pin_memory=speed["pin_memory"],
+        persistent_workers=speed["persistent_workers"],
     )
     timer = EpochTimer()
+    model = build_model(job, args)
+    apply_speed_settings(speed, model, on_cuda)
     trainer = L.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu",
         devices=1,
@@ -135,8 +145,9 @@ def time_job(job: str, args: argparse.Namespace, device: torch.device, root: Pat
         enable_progress_bar=False,
         enable_model_summary=False,
         callbacks=[timer],
+        benchmark=speed["cudnn_benchmark"] if on_cuda else None,
     )
-    trainer.fit(build_model(job, args), datamodule=data)
+    trainer.fit(model, datamodule=data)
     return statistics.median(timer.seconds[args.warmup_epochs :])
 
 
@@ -154,6 +165,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup-epochs", type=int, default=1, help="untimed epochs first")
     p.add_argument("--precision", default="32-true", help="Lightning precision (DINO: fp32)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--speed", choices=("off", "shipped", "best"), default="shipped",
+                   help="speed settings for every method: none, the defaults resolved for the "
+                   "device, or the defaults plus torch.compile of every arm")  # fmt: skip
     p.add_argument("--data-dir", type=Path, default=None, help="synthetic images (default: tmp)")
     p.add_argument("--jobs", nargs="+", choices=("CASS", "DINO-ViT", "DINO-CNN"),
                    default=["CASS", "DINO-ViT", "DINO-CNN"])  # fmt: skip
@@ -180,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{device_description(device)} | {args.cnn} + {args.vit} | {args.img_size} px | "
         f"{args.images // CLASSES * CLASSES} images, batch {args.batch_size} | "
         f"{args.warmup_epochs} warmup + {args.epochs} timed epoch(s) | {args.precision} | "
+        f"speed settings {args.speed} | "
         f"DINO: 2 global + 6 local crops, head {args.dino_head_dim}",
         flush=True,
     )

@@ -1,41 +1,77 @@
 #!/usr/bin/env bash
-# GPU check, under 8 minutes on one GPU: the gpu-marked tests, then one epoch of the paper's
-# setting (ResNet-50 + ViT-B/16, 384 px, batch 16) on the synthetic data in 32-true, 16-mixed
-# and bf16-mixed with images/s and peak GPU memory, then CASS vs DINO time per epoch.
-#   bash bench/gpu_check.sh            (from the repository root, after `make setup`)
+# The one device script: about 8 minutes on one GPU (the parts' limits add up to 470 s). Prints
+# a markdown report and writes it (with every part's log) into the folder given as the first
+# argument:  bash bench/gpu_check.sh <out folder>        (from the repository root)
+# Parts, each under its own time limit, each failing soft (a part that fails says why and the
+# rest still runs): the gpu-marked tests; the training step, plain loop vs CASSModule, at bf16
+# and fp32 (+TF32), batch 64 and 256, 224 px, ResNet-50 + ViT-B/16 (pretrained=False), with the
+# settings as shipped and at their best (compile), and at 384 px batch 16 (the in-memory rate
+# of the paper's setting); paper_reference through the app for a bounded number of steps at
+# bf16 and fp32, and at bf16 with data.augment_on=device (images/s, peak memory, data-wait
+# share); CASS vs DINO-CNN and DINO-ViT with the same settings; the smoke study on the GPU with
+# its overhead. It installs nothing and needs no network.
+# PY picks the interpreter (default: .venv/bin/python, else python3); TIME_SCALE (default 1)
+# multiplies every part's time limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PY=${PY:-.venv/bin/python}
-export WANDB_MODE=disabled
-OUT=${OUT:-$(mktemp -d)}
-echo "== device"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
-
-echo "== gpu tests"
-"$PY" -m pytest -q -m gpu tests/gpu
-
-echo "== paper_reference, one epoch (600 synthetic images), batch 16, 384 px"
-for precision in 32-true 16-mixed bf16-mixed; do
-  run="$OUT/paper_$precision"
-  "$PY" -m cass_lightning.apps.pretrain experiment=paper_reference model.pretrained=false \
-    trainer=gpu trainer.precision=$precision trainer.max_epochs=1 data.num_workers=8 \
-    paths.data_dir="$OUT/data" hydra.run.dir="$run" print_config=false \
-    trainer.enable_progress_bar=false callbacks.export_backbones=null > "$run.log" 2>&1 \
-    || { echo "$precision: FAILED (see $run.log)"; tail -5 "$run.log"; continue; }
-  "$PY" - "$run" "$precision" <<'PY'
-import csv, sys
-rows = list(csv.DictReader(open(f"{sys.argv[1]}/csv/metrics.csv")))
-last = {k: v for r in rows for k, v in r.items() if v not in ("", None)}
-mem = last.get("perf/gpu_mem_peak_gib", "n/a")
-print(f"{sys.argv[2]:>10}: {float(last['perf/images_per_s']):7.1f} images/s, "
-      f"epoch {float(last['perf/epoch_s']):6.1f} s, peak memory {mem} GiB")
-PY
-done
-
-echo "== CASS vs DINO time per epoch"
-if [ -f bench/cass_vs_dino.py ]; then
-  "$PY" bench/cass_vs_dino.py --device cuda
-else
-  echo "bench/cass_vs_dino.py is not in this checkout yet (the DINO baseline comes with the evaluation work)"
+OUT=${1:?usage: bash bench/gpu_check.sh <out folder>}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+if [ -z "${PY:-}" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
+export WANDB_MODE=disabled PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
+SCALE=${TIME_SCALE:-1}
+REPORT="$OUT/gpu_check.md"
+: > "$REPORT"
+say() { printf '%s\n' "$@" | tee -a "$REPORT"; }
+
+# part <name> <seconds> <command...>: run it under timeout, its output to <name>.log; the
+# markdown it prints (lines starting with | or `) goes into the report; a failure says why.
+part() {
+  local name=$1 limit=$(( $2 * SCALE )) start=$SECONDS rc
+  shift 2
+  say "" "## $name" ""
+  timeout --kill-after=10 "$limit" "$@" > "$OUT/$name.log" 2>&1
+  rc=$?
+  grep -E '^(\||`|Training step|CASS /|  [A-Za-z-]+ +[0-9.]+ s/epoch|study time|[0-9]+ (passed|failed|skipped|errors?)\b)' \
+    "$OUT/$name.log" | tee -a "$REPORT"
+  if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+    say "" "**$name: stopped at its time limit ($limit s)**; the last lines of $name.log:"
+    tail -3 "$OUT/$name.log" | sed 's/^/    /' | tee -a "$REPORT"
+  elif [ $rc -ne 0 ]; then
+    say "" "**$name: failed (exit $rc)**; the last lines of $name.log:"
+    tail -5 "$OUT/$name.log" | sed 's/^/    /' | tee -a "$REPORT"
+  fi
+  say "" "($name: $(( SECONDS - start )) s)"
+}
+
+say "# GPU check $(date -u +%Y-%m-%dT%H:%MZ)"
+say ""
+if command -v nvidia-smi > /dev/null; then
+  say "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | head -1)"
+else
+  say "(no nvidia-smi on this machine)"
+fi
+say "$("$PY" -c 'import torch, lightning; print("torch", torch.__version__, "cuda", torch.version.cuda, "lightning", lightning.__version__)' 2>&1 | tail -1)"
+
+part gpu_tests 40 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/gpu
+
+part training_step 160 "$PY" bench/gpu_step.py --device cuda --steps 30 --warmup 8 \
+  --configs bf16-mixed:64:shipped 32-true:64:shipped bf16-mixed:256:shipped \
+            bf16-mixed:256:best bf16-mixed:16:shipped:384
+
+part paper_reference_app 100 "$PY" bench/gpu_app.py --device cuda --steps 60 \
+  --precisions bf16-mixed 32-true bf16-mixed:device --work "$OUT/app" --timeout 32
+
+part cass_vs_dino 60 "$PY" bench/cass_vs_dino.py --device cuda --speed shipped \
+  --precision bf16-mixed --images 600
+
+# The study switch (study.device=gpu) comes with the study's GPU work; if this checkout has no
+# such key the part fails soft, naming it. One seed (half the fine-tuning points) to fit the
+# time; the overhead line is the study's own.
+part study_smoke_gpu 110 "$PY" -m cass_lightning.apps.study study=smoke study.device=gpu \
+  "study.seeds=[0]" \
+  "study.dir=$OUT/study" "paths.data_dir=$OUT/study_data"
+
+say "" "Report: $REPORT"

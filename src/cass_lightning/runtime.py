@@ -92,20 +92,157 @@ def strategy_for_idle_parameters(strategy: Any, idle: bool) -> Any:
     return strategy
 
 
-def apply_speed_switches(model: nn.Module, channels_last: bool, compile: bool) -> None:
-    """NHWC memory layout for every 4-D weight (convolutions run faster on recent GPUs) and
-    ``torch.compile`` of every timm model inside ``model``, in place.
+#: The speed settings a run resolves and records (summary.json, run_info.json). ``auto`` picks
+#: the value the rules below give for the machine; ``true``/``false`` are taken as asked, except
+#: that CUDA-only switches are off (and recorded off) on a run without CUDA.
+SPEED_KEYS = (
+    "tf32",
+    "fused_optimizer",
+    "channels_last",
+    "cudnn_benchmark",
+    "compile_cnn",
+    "compile_vit",
+    "pin_memory",
+    "persistent_workers",
+)
+#: Switches that only exist on CUDA: asked for on another device they are not in effect.
+CUDA_ONLY = ("tf32", "fused_optimizer", "cudnn_benchmark", "pin_memory")
 
-    In place: ``nn.Module.compile`` keeps the state-dict keys, so checkpoints and exports stay
-    plain timm. Compilation costs its time on the first steps (docs/runs.md).
+
+def _choice(key: str, value: Any) -> bool | None:
+    """``True``/``False`` as asked, ``None`` for ``auto`` (or null); anything else is refused."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"speed.{key} must be true, false or auto; got {value!r}")
+
+
+def compile_arms(value: Any) -> dict[str, Any]:
+    """``speed.compile`` as ``{"cnn": .., "vit": ..}``: a per-arm mapping, a list of arms, or one
+    value for both (``true``/``false``/``auto``; a bare bool is the older one-switch form)."""
+    if isinstance(value, dict) or hasattr(value, "items"):
+        unknown = sorted(set(value) - {"cnn", "vit"})
+        if unknown:
+            raise ValueError(f"speed.compile has unknown arm(s) {unknown}; use cnn and/or vit")
+        return {"cnn": value.get("cnn", "auto"), "vit": value.get("vit", "auto")}
+    if isinstance(value, list | tuple) or (
+        hasattr(value, "__iter__") and not isinstance(value, str | bytes)
+    ):
+        arms = [str(arm) for arm in value]
+        unknown = sorted(set(arms) - {"cnn", "vit"})
+        if unknown:
+            raise ValueError(f"speed.compile lists unknown arm(s) {unknown}; use cnn and/or vit")
+        return {"cnn": "cnn" in arms, "vit": "vit" in arms}
+    return {"cnn": value, "vit": value}
+
+
+def resolve_speed(
+    asked: dict[str, Any], on_cuda: bool, num_workers: int, precision: str = "32-true"
+) -> dict[str, bool]:
+    """The speed settings in effect, as booleans, from what was asked (``auto`` or a bool).
+
+    ``auto`` rules (each one tested with given inputs):
+
+    - ``tf32``, ``fused_optimizer``, ``cudnn_benchmark``, ``pin_memory``, ``channels_last``: on
+      with CUDA, off elsewhere (on CPU none of them was measured faster, and the first four do
+      nothing there). TF32 rounds fp32 matmul inputs to a 10-bit mantissa; bf16/fp16 autocast
+      runs its matmuls in lower precision anyway.
+    - ``compile_cnn`` / ``compile_vit``: off; the default awaits GPU measurements with the
+      compile time included (``bench/gpu_check.sh``).
+    - ``persistent_workers``: on when the loaders have workers (it keeps them between epochs).
+
+    A CUDA-only switch asked ``true`` on a run without CUDA is off: it is not in effect there.
+    ``precision`` is only checked here (``64-true`` turns TF32 off: fp64 has no TF32 path).
     """
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    if compile:
-        for module in [
-            m for m in model.modules() if callable(getattr(m, "forward_features", None))
-        ]:
+    unknown = sorted(set(asked) - set(SPEED_KEYS))
+    if unknown:
+        raise ValueError(f"unknown speed setting(s) {unknown}; known: {', '.join(SPEED_KEYS)}")
+    chosen = {key: _choice(key, asked.get(key, "auto")) for key in SPEED_KEYS}
+    auto = {
+        "tf32": on_cuda and not str(precision).startswith("64"),
+        "fused_optimizer": on_cuda,
+        "channels_last": on_cuda,
+        "cudnn_benchmark": on_cuda,
+        "compile_cnn": False,
+        "compile_vit": False,
+        "pin_memory": on_cuda,
+        "persistent_workers": num_workers > 0,
+    }
+    resolved = {key: auto[key] if chosen[key] is None else bool(chosen[key]) for key in SPEED_KEYS}
+    for key in CUDA_ONLY:
+        resolved[key] = resolved[key] and on_cuda
+    resolved["persistent_workers"] = resolved["persistent_workers"] and num_workers > 0
+    return resolved
+
+
+def speed_request(speed: Any, data: Any = None) -> dict[str, Any]:
+    """The flat ``{key: auto|bool}`` of :data:`SPEED_KEYS` from the app's ``speed`` block (with
+    ``compile`` per arm) and the loader options ``data.pin_memory`` / ``data.persistent_workers``
+    (``null``: auto)."""
+    speed = dict(speed or {})
+    arms = compile_arms(speed.pop("compile", "auto"))
+    asked = {**speed, "compile_cnn": arms["cnn"], "compile_vit": arms["vit"]}
+    data = data or {}
+    for key in ("pin_memory", "persistent_workers"):
+        if key not in asked and data.get(key) is not None:
+            asked[key] = data.get(key)
+    return asked
+
+
+def apply_speed_globals(settings: dict[str, bool], on_cuda: bool) -> None:
+    """Process-wide switches: TF32 for fp32 matmuls and convolutions, cuDNN's autotuner.
+
+    Set both ways on CUDA, so a run with ``tf32`` off gets exact fp32 even after one that had it
+    on in the same process (the study's worker), and even though cuDNN allows TF32 by default.
+    """
+    if not on_cuda:
+        return
+    torch.set_float32_matmul_precision("high" if settings["tf32"] else "highest")
+    torch.backends.cuda.matmul.allow_tf32 = settings["tf32"]
+    torch.backends.cudnn.allow_tf32 = settings["tf32"]
+    torch.backends.cudnn.benchmark = settings["cudnn_benchmark"]
+
+
+def apply_speed_settings(settings: dict[str, bool], model: nn.Module, on_cuda: bool) -> None:
+    """Put resolved ``settings`` (:func:`resolve_speed`) in effect for ``model``: process-wide
+    switches, the CNN arm's layout, compilation per arm, and the optimiser the module builds."""
+    from cass_lightning.modules.optim import set_fused_optimizer
+
+    apply_speed_globals(settings, on_cuda)
+    arms = {"cnn": settings["compile_cnn"], "vit": settings["compile_vit"]}
+    apply_speed_switches(model, settings["channels_last"], arms)
+    set_fused_optimizer(model, settings["fused_optimizer"])
+
+
+def _is_vit(module: nn.Module) -> bool:
+    """A timm vision transformer (patch embedding), as opposed to a CNN."""
+    return hasattr(module, "patch_embed")
+
+
+def apply_speed_switches(
+    model: nn.Module, channels_last: bool, compile: bool | dict[str, bool] | list[str]
+) -> list[str]:
+    """NHWC memory layout for the CNN arms' 4-D weights (convolutions run faster on recent GPUs;
+    the ViT is left as it is) and ``torch.compile`` of the timm models inside ``model``, in
+    place; returns what was done, e.g. ``["channels_last:cnn", "compile:vit"]``.
+
+    ``compile``: ``True`` for every arm, or per arm (``{"cnn": True, "vit": False}`` or a list
+    of arms). In place: ``nn.Module.compile`` keeps the state-dict keys, so checkpoints and
+    exports stay plain timm. Compilation costs its time on the first steps (docs/runs.md).
+    """
+    arms = compile_arms(compile)
+    done: list[str] = []
+    models = [m for m in model.modules() if callable(getattr(m, "forward_features", None))]
+    for module in models:
+        arm = "vit" if _is_vit(module) else "cnn"
+        if channels_last and arm == "cnn":
+            module.to(memory_format=torch.channels_last)
+            done.append("channels_last:cnn")
+        if arms[arm] is True:
             module.compile()
+            done.append(f"compile:{arm}")
+    return done
 
 
 #: CPU flags (``/proc/cpuinfo``) of native bf16 arithmetic: AVX512-BF16 and AMX on x86, the

@@ -55,14 +55,15 @@ from cass_lightning.apps.console import (
     reported_errors,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.callbacks import LoopTimer, atomic_checkpoint_plugin
+from cass_lightning.apps.pretrain import check_speed, speed_settings, uses_cuda
+from cass_lightning.callbacks import DataWait, LoopTimer, atomic_checkpoint_plugin
 from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
 from cass_lightning.io import atomic_write_json, file_sha256
 from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
 from cass_lightning.report.identity import settings_digest, weights_hashes
-from cass_lightning.runtime import resolve_precision
+from cass_lightning.runtime import apply_speed_settings, resolve_precision
 
 RESULTS_FILE = "results.json"
 LOG_FILE = "finetune.log"
@@ -87,9 +88,12 @@ def resolve_weights(weights: Any, weights_file: str | None) -> tuple[str, str | 
     return "export", text
 
 
-def build_data(cfg: DictConfig, source: ArmSource) -> MedicalDataModule:
+def build_data(
+    cfg: DictConfig, source: ArmSource, loader: dict[str, bool] | None = None
+) -> MedicalDataModule:
     """The datamodule, fed as the weights need: their input size and, for pretrained weights,
-    the normalisation they were trained with. Its training loader is the labelled subset."""
+    the normalisation they were trained with. Its training loader is the labelled subset.
+    ``loader``: the resolved ``pin_memory`` / ``persistent_workers`` (speed settings)."""
     follow: dict[str, Any] = {"train_subset": "labelled"}
     if source.img_size is not None:
         follow["img_size"] = source.img_size
@@ -99,7 +103,7 @@ def build_data(cfg: DictConfig, source: ArmSource) -> MedicalDataModule:
     if changed and rank_zero_only.rank == 0:
         print(f"data follows the {source.init} weights: " +
               ", ".join(f"{k}={v}" for k, v in changed.items()))  # fmt: skip
-    return instantiate(cfg.data, **follow, _convert_="all")
+    return instantiate(cfg.data, **follow, **(loader or {}), _convert_="all")
 
 
 def build_model(cfg: DictConfig, source: ArmSource, dm: MedicalDataModule) -> ClassifierModule:
@@ -152,6 +156,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     folder = run_dir(cfg)
     refuse_to_overwrite(folder, KEPT)
     check_run_settings(cfg)
+    check_speed(cfg)
     init, weights = resolve_weights(cfg.get("weights"), cfg.model.get("weights_file"))
     model_cfg = cfg.model
     # Read the weights' description once; a bad path fails here, before any data is built.
@@ -176,10 +181,16 @@ def _finetune(
     run_id = uuid.uuid4().hex  # at the start: every copy of this run's folder carries it
     seed_everything(cfg.get("seed"))
 
-    dm = build_data(cfg, source)
+    accelerator = cfg.trainer.get("accelerator")
+    precision = resolve_precision(cfg.trainer.get("precision"), accelerator)
+    on_cuda = uses_cuda(accelerator)
+    speed = speed_settings(cfg, precision, on_cuda)
+    loader = {k: speed[k] for k in ("pin_memory", "persistent_workers")}
+    dm = build_data(cfg, source, loader)
     dm.prepare_data()
     dm.setup("fit")
     model = build_model(cfg, source, dm)
+    apply_speed_settings(speed, model, on_cuda)
     stopping = cfg.early_stopping
     if stopping.mode != model.monitor_mode:
         raise ValueError(
@@ -200,17 +211,16 @@ def _finetune(
     )
     save_run_config(folder, cfg)  # .hydra/*.yaml, written now that the folder is this run's
     loggers = build_loggers(cfg.get("logger"), **logger_context(cfg))
-    accelerator = cfg.trainer.get("accelerator")
-    precision = resolve_precision(cfg.trainer.get("precision"), accelerator)
     on_gpu = accelerator in ("gpu", "cuda", "mps") or (
         accelerator in (None, "auto") and torch.cuda.is_available()
     )
     warn_slow_bf16(precision, on_cpu=not on_gpu)
-    timer = LoopTimer()
+    timer, waits = LoopTimer(), DataWait()
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         precision=precision,
-        callbacks=[best, early, timer]  # the bar reads the loss back at the logging steps
+        benchmark=speed["cudnn_benchmark"] if on_cuda else None,
+        callbacks=[best, early, timer, waits]  # the bar reads the loss back at the logging steps
         + ([progress_bar(rich=False)] if cfg.trainer.get("enable_progress_bar", True) else []),
         logger=loggers or False,
         plugins=[atomic_checkpoint_plugin()],  # atomic saves; "best" reloaded weights_only
@@ -263,6 +273,8 @@ def _finetune(
         "epochs_run": int(trainer.current_epoch),
         "stopped_early": bool(early.stopped_epoch),
         "loop_seconds": timer.seconds,
+        "data_wait_share": waits.share,
+        "speed": speed,
         # classes, per_class, confusion (of the test pass above) and the labelled subset's seed
         **model.per_class_results(dm.classes, dm.hparams.label_seed),
         "data_fingerprint": dm.fingerprint,

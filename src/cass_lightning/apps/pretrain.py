@@ -12,6 +12,7 @@ exits 1 with one named line (see :mod:`.console`).
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import signal
 import time
@@ -51,6 +52,7 @@ from cass_lightning.apps.console import (
 from cass_lightning.apps.loggers import build_loggers, logger_context
 from cass_lightning.apps.resume import LAST_CHECKPOINT, RunStart, plan_start, resumable
 from cass_lightning.callbacks import (
+    DataWait,
     ExportBackbones,
     ImagesPerSecond,
     LastCheckpoint,
@@ -58,12 +60,15 @@ from cass_lightning.callbacks import (
     atomic_checkpoint_plugin,
 )
 from cass_lightning.callbacks.progress import progress_bar
+from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import weights_init
 from cass_lightning.runtime import (
-    apply_speed_switches,
+    apply_speed_settings,
     check_multirun_strategy,
     lr_scale_factor,
     resolve_precision,
+    resolve_speed,
+    speed_request,
     strategy_for_idle_parameters,
     world_size,
 )
@@ -127,6 +132,29 @@ def launch_settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
+def speed_settings(cfg: DictConfig, precision: str, on_cuda: bool) -> dict[str, bool]:
+    """The ``speed`` block (and the loader options ``data.pin_memory`` /
+    ``data.persistent_workers``) resolved for this machine: booleans in effect, printed once.
+    Shared by cass-pretrain and cass-finetune, so CASS, DINO and fine-tuning get one rule."""
+    workers = resolve_workers(cfg.data.get("num_workers", 0))
+    asked = speed_request(cfg.get("speed"), cfg.get("data"))
+    settings = resolve_speed(asked, on_cuda=on_cuda, num_workers=workers, precision=precision)
+    if rank_zero_only.rank == 0:
+        on = [k for k, v in settings.items() if v]
+        print(f"speed settings on: {', '.join(on) if on else 'none'}")
+    return settings
+
+
+def check_speed(cfg: DictConfig) -> None:
+    """Refuse a bad ``speed`` value or key by name before the run claims its folder."""
+    resolve_speed(speed_request(cfg.get("speed"), cfg.get("data")), on_cuda=False, num_workers=0)
+
+
+def uses_cuda(accelerator: Any) -> bool:
+    """Whether a trainer with ``accelerator`` runs on CUDA here."""
+    return accelerator in ("gpu", "cuda", None, "auto") and torch.cuda.is_available()
+
+
 def resume_command(folder: Path) -> str:
     """The exact command that continues the run in ``folder``."""
     return f"cass-pretrain resume={shlex.quote(str(folder))}"
@@ -144,6 +172,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     if not run.resuming:
         refuse_to_overwrite(folder, KEPT, hint)
     check_run_settings(cfg)  # all of the above only read: a refusal leaves no trace
+    check_speed(cfg)
     with hold_run_folder(folder, LOG_FILE, KEPT, hint, fresh=not run.resuming) as stop:
         try:
             return _pretrain(cfg, folder, run, stop)
@@ -172,18 +201,22 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     seed_everything(cfg.get("seed"))
 
     launch = launch_settings(cfg)
-    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    on_cuda = uses_cuda(cfg.trainer.get("accelerator"))
+    speed = speed_settings(cfg, launch["precision"], on_cuda)
+    datamodule: L.LightningDataModule = instantiate(
+        cfg.data, pin_memory=speed["pin_memory"],
+        persistent_workers=speed["persistent_workers"], _convert_="all",
+    )  # fmt: skip
     model: L.LightningModule = instantiate(
         cfg.model, batch_lr_factor=launch["batch_lr_factor"], _convert_="all"
     )
-    speed = cfg.get("speed") or {}
-    apply_speed_switches(model, bool(speed.get("channels_last")), bool(speed.get("compile")))
+    apply_speed_settings(speed, model, on_cuda)
     callbacks = instantiate_group(cfg.get("callbacks"))
-    timer = LoopTimer()
-    callbacks.append(timer)
+    timer, waits = LoopTimer(), DataWait()
+    callbacks += [timer, waits]
     if cfg.trainer.get("enable_progress_bar", True):  # the loss read back at the logging steps
         callbacks.append(progress_bar(rich=bool(cfg.get("rich_progress_bar", False))))
-    run.record()  # run_info.json; a resumed run's old metrics.csv becomes metrics.part<N>.csv
+    run.record(speed)  # run_info.json; a resumed run's old metrics.csv becomes metrics.part<N>.csv
     save_run_config(folder, cfg)  # .hydra/*.yaml, written now that the folder is this run's
     logger_cfg = run.logger_cfg(cfg.get("logger"))  # wandb keeps the run's id when resuming
     loggers = build_loggers(logger_cfg, **logger_context(cfg))  # CSV + offline-safe wandb
@@ -192,6 +225,7 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         precision=launch["precision"],
         strategy=launch["strategy"],
         sync_batchnorm=launch["sync_batchnorm"],
+        benchmark=speed["cudnn_benchmark"] if on_cuda else None,
         callbacks=callbacks,
         logger=loggers or False,
         plugins=[atomic_checkpoint_plugin()],  # a kill during a save leaves the old file whole
@@ -199,17 +233,30 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     )
     for logger in trainer.loggers:
         logger.log_hyperparams(
-            {"seed": cfg.get("seed"), "data": dict(datamodule.hparams), "launch": launch}
-        )
+            {"seed": cfg.get("seed"), "data": dict(datamodule.hparams), "launch": launch,
+             "speed": speed}
+        )  # fmt: skip
 
     start = time.perf_counter()
     stop.trainer = trainer
+
+    def finish(outcome: str) -> dict[str, Any]:  # this start's cost into run_info.json
+        seconds = time.perf_counter() - start
+        return run.finish(outcome, seconds, waits.loop_seconds, waits.steps, waits.images)
+
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
     except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
+        with contextlib.suppress(OSError):  # a full disk must not hide the stop
+            finish("stopped")
         raise RunStopped(stop.received or signal.SIGTERM,
                          _stopped_message(stop, trainer, callbacks)) from None  # fmt: skip
+    except BaseException:
+        with contextlib.suppress(OSError):  # nor the error that ended the fit
+            finish("failed")
+        raise
     elapsed = time.perf_counter() - start
+    costs = finish("finished")
 
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # best, and last
     exporter = next((c for c in callbacks if isinstance(c, ExportBackbones)), None)
@@ -217,12 +264,17 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     result: dict[str, Any] = {
         "method": getattr(model, "method_name", type(model).__name__),
         "run_dir": str(folder),
-        "fit_seconds": elapsed,
+        # wall time, steps, images and images/s: totals over every start of the run
+        # (``attempts``); ``cost_comparable`` is false when a start recorded no end
+        **costs,
+        "this_start_fit_seconds": elapsed,
         "loop_seconds": timer.seconds,
         "epochs": int(trainer.current_epoch),
-        "steps": int(trainer.global_step),
+        "global_step": int(trainer.global_step),
         "batch_size": int(cfg.data.batch_size),
-        "images_per_s": throughput.mean_images_per_s() if throughput else None,
+        "data_wait_share": waits.share,
+        "speed": speed,
+        "this_start_images_per_s": throughput.mean_images_per_s() if throughput else None,
         "peak_memory_gib": throughput.peak_memory_gib if throughput else None,
         "memory_kind": throughput.memory_kind if throughput else None,
         "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
@@ -235,7 +287,9 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
                         else None,
     }  # fmt: skip
     report_run(
-        f"{result['method']} pretraining finished in {elapsed:.0f} s",
+        f"{result['method']} pretraining finished in {elapsed:.0f} s"
+        + (f" ({len(costs['attempts'])} starts, {costs['fit_seconds']:.0f} s in all)"
+           if len(costs["attempts"]) > 1 else ""),
         {"run folder": result["run_dir"], "last checkpoint": result["last_checkpoint"],
          "best checkpoint": result["best_checkpoint"], "exported arms": result["export_dir"]},
         result["metrics"],

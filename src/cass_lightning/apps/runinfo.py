@@ -80,14 +80,15 @@ class RunStart:
                     entry["resume"] = "allow"
         return OmegaConf.create(plain)
 
-    def record(self) -> None:
+    def record(self, speed: dict[str, bool] | None = None) -> None:
         """Keep what earlier starts wrote and note this start in ``run_info.json`` (rank 0).
 
         Call once the run has claimed its folder, before its config is saved and its loggers
         are built: Lightning's CSVLogger deletes an existing ``metrics.csv`` as soon as it
         writes anything (hyperparameters included). A resumed run's ``.hydra/*.yaml`` go to
         ``.hydra/part<N>/``, its ``metrics.csv`` files to ``metrics.part<N>.csv``, and the hidden
-        temporary files of saves a kill interrupted are removed.
+        temporary files of saves a kill interrupted are removed. ``speed``: the speed settings in
+        effect for this start (a resumed run may land on another machine).
         """
         if rank_zero_only.rank != 0:
             return
@@ -108,12 +109,68 @@ class RunStart:
                 "overrides": _task_overrides(),
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
+                **({"speed": dict(speed)} if speed is not None else {}),
             }
         )
         self.folder.mkdir(parents=True, exist_ok=True)
         atomic_write_json(self.folder / RUN_INFO, info)
         if self.resuming:
             print(f"Resuming {self.folder} (run id {self.run_id}) from {self.ckpt_path}")
+
+    def finish(
+        self, outcome: str, seconds: float, train_seconds: float, steps: int, images: int
+    ) -> dict[str, Any]:
+        """Complete this start's entry in ``run_info.json`` with what it cost (rank 0) and return
+        the run's costs over every start (:func:`attempt_costs`).
+
+        ``outcome``: ``finished``, ``stopped`` (a signal) or ``failed``; ``seconds`` the fit's
+        wall time, ``train_seconds`` the training loop's, ``steps`` the optimiser steps and
+        ``images`` the training images of this start. A start killed with SIGKILL never gets
+        here, so its entry keeps no ``ended``: the run's total cost is then unknown.
+        """
+        info = read_run_info(self.folder)
+        starts = info.get("starts") or []
+        if rank_zero_only.rank == 0 and starts:
+            starts[-1].update(
+                ended=utc_timestamp(), outcome=outcome, seconds=float(seconds),
+                train_seconds=float(train_seconds), steps=int(steps), images=int(images),
+            )  # fmt: skip
+            atomic_write_json(self.folder / RUN_INFO, info)
+        return attempt_costs(starts)
+
+
+#: What a start records when it ends; a start without them was killed (or predates them).
+ATTEMPT_KEYS = ("started", "ended", "outcome", "seconds", "train_seconds", "steps", "images")
+
+
+def attempt_costs(starts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's cost over every start: ``attempts`` (each start's record), the totals
+    ``fit_seconds``, ``train_seconds``, ``steps``, ``images`` and ``images_per_s``, and
+    ``cost_comparable`` with, when false, ``cost_note`` saying why (a start that recorded no
+    end: killed with SIGKILL, or made by a version that did not record costs)."""
+    attempts = [{k: start.get(k) for k in ATTEMPT_KEYS} for start in starts]
+    unknown = [i + 1 for i, a in enumerate(attempts) if a["ended"] is None or a["seconds"] is None]
+    totals: dict[str, Any] = {
+        key: sum(a[key] or 0 for a in attempts)
+        for key in ("seconds", "train_seconds", "steps", "images")
+    }
+    speed = totals["images"] / totals["train_seconds"] if totals["train_seconds"] > 0 else None
+    result: dict[str, Any] = {
+        "attempts": attempts,
+        "fit_seconds": float(totals["seconds"]),
+        "train_seconds": float(totals["train_seconds"]),
+        "steps": int(totals["steps"]),
+        "images": int(totals["images"]),
+        "images_per_s": speed,
+        "cost_comparable": not unknown,
+    }
+    if unknown:
+        result["cost_note"] = (
+            f"start(s) {', '.join(map(str, unknown))} of {len(attempts)} recorded no end "
+            "(killed with SIGKILL, or from an older version): the totals miss their time, steps "
+            "and images"
+        )
+    return result
 
 
 def _is_wandb(target: Any) -> bool:

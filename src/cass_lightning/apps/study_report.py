@@ -49,7 +49,7 @@ def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> di
             summary = read_json(folder / SUMMARY_FILE, "pretraining summary")
             costs.append({**{k: summary.get(k) for k in (
                 "fit_seconds", "images_per_s", "peak_memory_gib", "memory_kind", "epochs",
-                "batch_size", "steps")}, "method": p.method, "arm": p.arm,
+                "batch_size", "steps", "cost_comparable")}, "method": p.method, "arm": p.arm,
                 "dataset": summary.get("dataset", "")})  # fmt: skip
         else:
             try:

@@ -3,6 +3,7 @@
 - :mod:`.export`: the trained arms as plain timm weights when a fit completes.
 - :mod:`.checkpoint`: atomic checkpoint writes and a ``last.ckpt`` kept fresh within epochs.
 - :mod:`.monitors`: training throughput and CASS's collapse signals.
+- :mod:`.datawait`: how long each training step waits for its batch (the loader's share).
 - :mod:`.online_eval`: a linear probe and kNN per arm during pretraining.
 - :mod:`.media`: grids of augmented samples, ViT attention and CNN Grad-CAM maps.
 """
@@ -12,6 +13,7 @@ from cass_lightning.callbacks.checkpoint import (
     LastCheckpoint,
     atomic_checkpoint_plugin,
 )
+from cass_lightning.callbacks.datawait import DataWait
 from cass_lightning.callbacks.export import ExportBackbones
 from cass_lightning.callbacks.media import LogAttentionMaps, LogAugmentedSamples, image_grid
 from cass_lightning.callbacks.monitors import CollapseMonitor, ImagesPerSecond, LoopTimer
@@ -20,6 +22,7 @@ from cass_lightning.callbacks.online_eval import OnlineEvaluation
 __all__ = [
     "AtomicCheckpointIO",
     "CollapseMonitor",
+    "DataWait",
     "ExportBackbones",
     "ImagesPerSecond",
     "LastCheckpoint",

@@ -49,10 +49,13 @@ from cass_lightning.data.splits import (
     label_subset,
 )
 from cass_lightning.data.transforms import (
+    AUGMENT_PLACES,
     IMAGENET_MEAN,
     IMAGENET_STD,
+    DeviceAugment,
     eval_transform,
     paper_train_transform,
+    uint8_resize_transform,
 )
 from cass_lightning.data.validate import (
     CHECK_LEVELS,
@@ -125,6 +128,10 @@ class MedicalDataModule(L.LightningDataModule):
             fine-tuning needs.
         train_subset: what ``train_dataloader`` serves: ``all`` training images (pretraining)
             or the ``labelled`` subset (fine-tuning, with the paper's single augmented view).
+        augment_on: where the paper's training augmentation runs: ``loader`` (the workers, on
+            PIL images) or ``device`` (the training loaders yield resized uint8 images, from
+            the decoded cache where one is set, and :meth:`on_after_batch_transfer` augments and
+            normalises them on the device, each image with its own random draws).
     """
 
     def __init__(
@@ -154,6 +161,7 @@ class MedicalDataModule(L.LightningDataModule):
         drop_last: bool = True,
         train_views: str = "paper",
         train_subset: str = "all",
+        augment_on: str = "loader",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -166,6 +174,13 @@ class MedicalDataModule(L.LightningDataModule):
         check_choice("class_weight", class_weight, CLASS_WEIGHT_KINDS)
         check_choice("train_views", train_views, TRAIN_VIEWS)
         check_choice("train_subset", train_subset, TRAIN_SUBSETS)
+        check_choice("augment_on", augment_on, AUGMENT_PLACES)
+        if augment_on == "device" and train_views != "paper":
+            raise ValueError(
+                f"data.augment_on=device runs the paper's single-view augmentation on the device; "
+                f"train_views={train_views} (DINO's crops or two views) is augmented in the "
+                "loader: use data.augment_on=loader"
+            )
         if not 0.0 < label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
         self.layout = layout
@@ -178,6 +193,10 @@ class MedicalDataModule(L.LightningDataModule):
         self.cache_size = cache_size_for(img_size, cache_size) if cache_dir else None
         # Fail on a bad size now rather than on the first batch.
         self.train_transform = paper_train_transform(img_size, self.mean, self.std)
+        self.device_augment: DeviceAugment | None = None
+        if augment_on == "device":  # the loader resizes to uint8; the augmentation runs on
+            self.train_transform = uint8_resize_transform(img_size)  # the device (below)
+            self.device_augment = DeviceAugment(self.mean, self.std)
         self.eval_transform = eval_transform(img_size, self.mean, self.std)
         self.pretrain_transform: Any = self.train_transform
         if train_views == "dino":
@@ -330,6 +349,18 @@ class MedicalDataModule(L.LightningDataModule):
             )
         return self.batch_size // world
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """With ``augment_on=device``: the paper's augmentation and normalisation of a training
+        batch's uint8 images, on the device it was copied to (evaluation batches arrive
+        normalised from the loader and pass unchanged)."""
+        if self.device_augment is None:
+            return batch
+        if isinstance(batch, list | tuple) and batch and _is_uint8(batch[0]):
+            return type(batch)([self.device_augment(batch[0]), *batch[1:]])
+        if _is_uint8(batch):
+            return self.device_augment(batch)
+        return batch
+
     # ------------------------------------------------------------------ loaders
     def dataset(
         self, indices: np.ndarray, train: bool, transform: Any = None, hide_unlabelled: bool = False
@@ -414,3 +445,7 @@ class MedicalDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader | list:
         indices = self.split_indices("test")
         return self._loader(indices, False, "the test split") if len(indices) else []
+
+
+def _is_uint8(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8

@@ -82,6 +82,21 @@ def arm_param_groups(
     return groups
 
 
+def fusable(groups: list[dict[str, Any]]) -> bool:
+    """Whether torch's fused Adam can take ``groups``: every parameter on CUDA, floating point."""
+    params = [p for group in groups for p in group["params"]]
+    return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
+
+
+def set_fused_optimizer(module: Any, fused: bool) -> None:
+    """Ask ``module`` (a CASS, DINO or classifier module) for a fused optimiser when it builds
+    one: its ``optimizer_cfg`` reaches :func:`build_optimizer`. Not a hyperparameter, so
+    checkpoints and resumes do not depend on it."""
+    cfg = getattr(module, "optimizer_cfg", None)
+    if isinstance(cfg, dict):
+        cfg["fused"] = bool(fused)
+
+
 def build_optimizer(
     groups: list[dict[str, Any]],
     name: str = "adam",
@@ -89,14 +104,21 @@ def build_optimizer(
     betas: tuple[float, float] | list[float] = (0.9, 0.999),
     eps: float = 1e-8,
     momentum: float = 0.9,
+    fused: bool = False,
     **unused: Any,
 ) -> Optimizer:
-    """Instantiate the optimiser over prepared groups (each group carries its own lr and decay)."""
+    """Instantiate the optimiser over prepared groups (each group carries its own lr and decay).
+
+    ``fused``: Adam/AdamW's fused CUDA kernel (one launch for all parameters instead of a few per
+    tensor), used only when every parameter is a CUDA floating-point tensor; elsewhere (CPU,
+    SGD) the default implementation, so a fused setting never changes where a run can go.
+    """
     check_choice("optimizer.name", name, OPTIMIZERS)
+    extra = {"fused": True} if fused and fusable(groups) else {}
     if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps)
+        return torch.optim.Adam(groups, lr=lr, betas=tuple(betas), eps=eps, **extra)
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), eps=eps, **extra)
     return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 

@@ -5,7 +5,11 @@ A cost entry is what ``cass-study`` measured for one pretraining run::
     {"method": "cass"|"dino", "arm": "both"|"cnn"|"vit", "fit_seconds": float,
      "images_per_s": float|None, "peak_memory_gib": float|None,
      "memory_kind": "gpu"|"cpu_rss"|"cpu_rss_process", "epochs": int, "batch_size": int,
-     "steps": int, "dataset": str}
+     "steps": int, "dataset": str, "cost_comparable": bool (absent: true)}
+
+A run whose cost is not known in full (``cost_comparable: false`` in its summary: a start of it
+was killed without recording its end) gets a row of its own marked "interrupted: cost not
+comparable" and is left out of every time ratio.
 
 CASS trains both arms in one run; DINO trains one arm per run, so CASS is compared with DINO-CNN
 plus DINO-ViT (what it replaces) and with each alone. Runs are compared only on the same dataset
@@ -22,6 +26,14 @@ from cass_lightning.report.collect import ARMS
 from cass_lightning.report.table import ARM_NAMES, method_name, methods_order, order
 
 COST_REQUIRED = ("method", "arm", "fit_seconds", "epochs", "batch_size", "dataset")
+NOT_COMPARABLE = "interrupted: cost not comparable"
+
+
+def comparable(cost: dict[str, Any]) -> bool:
+    """Whether the entry's wall time covers the whole run (``cost_comparable`` absent: yes)."""
+    return cost.get("cost_comparable") is not False
+
+
 MEMORY_KINDS = {"gpu": "GPU", "cpu_rss": "CPU RSS", "cpu_rss_process": "CPU RSS of the process"}
 
 
@@ -31,7 +43,7 @@ def check_costs(costs: Sequence[dict[str, Any]]) -> None:
         absent = [k for k in COST_REQUIRED if cost.get(k) is None]
         if absent:
             raise ValueError(f"pretraining cost entry {i} ({cost}) lacks {', '.join(absent)}")
-        if float(cost["fit_seconds"]) <= 0:
+        if comparable(cost) and float(cost["fit_seconds"]) <= 0:
             raise ValueError(f"pretraining cost entry {i}: fit_seconds must be > 0, not "
                              f"{cost['fit_seconds']}")  # fmt: skip
 
@@ -63,16 +75,17 @@ def cost_rows(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, method, arm, epochs, batch size): means over repeated runs.
 
     ``fit_seconds``, ``images_per_s`` and ``steps`` are means, ``peak_memory_gib`` the maximum;
-    ``n`` counts the runs.
+    ``n`` counts the runs. Runs whose cost is not comparable are grouped apart
+    (``comparable: False``), never averaged with whole ones.
     """
     check_costs(costs)
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for cost in costs:
         key = (str(cost["dataset"]), str(cost["method"]), str(cost["arm"]), int(cost["epochs"]),
-               int(cost["batch_size"]))  # fmt: skip
+               int(cost["batch_size"]), comparable(cost))  # fmt: skip
         groups.setdefault(key, []).append(cost)
     rows = []
-    for (dataset, method, arm, epochs, batch), runs in groups.items():
+    for (dataset, method, arm, epochs, batch, whole), runs in groups.items():
         speeds = [float(r["images_per_s"]) for r in runs if r.get("images_per_s") is not None]
         memory = [float(r["peak_memory_gib"]) for r in runs if r.get("peak_memory_gib") is not None]
         steps = [int(r["steps"]) for r in runs if r.get("steps") is not None]
@@ -85,11 +98,12 @@ def cost_rows(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "memory_kind": "+".join(sorted({str(r.get("memory_kind")) for r in runs
                                             if r.get("peak_memory_gib") is not None})),
             "steps": round(statistics.fmean(steps)) if steps else None,
+            "comparable": whole,
         })  # fmt: skip
     arms = ("both", *ARMS)
     known = methods_order()
     rows.sort(key=lambda r: (r["dataset"], order(r["method"], known), order(r["arm"], arms),
-                             r["epochs"], r["batch_size"]))  # fmt: skip
+                             r["epochs"], r["batch_size"], not r["comparable"]))  # fmt: skip
     return rows
 
 
@@ -106,9 +120,10 @@ def ratios(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """CASS's wall time over DINO's, per CASS run setting (dataset, epochs, batch size).
 
     ``vs_both`` divides by DINO-CNN + DINO-ViT (only when both ran), ``vs_cnn`` and ``vs_vit``
-    by each alone; ``None`` where that DINO run is absent.
+    by each alone; ``None`` where that DINO run is absent. Runs whose cost is not comparable
+    take no part.
     """
-    rows = cost_rows(costs)
+    rows = [r for r in cost_rows(costs) if r["comparable"]]
     found = []
     for cass in (r for r in rows if r["method"] == "cass"):
         cnn, vit = _dino(rows, cass, "cnn"), _dino(rows, cass, "vit")
@@ -148,9 +163,10 @@ def cost_markdown(costs: Sequence[dict[str, Any]]) -> list[str]:
         memory = (f"{r['peak_memory_gib']:.2f} GiB "
                   f"({MEMORY_KINDS.get(r['memory_kind'], r['memory_kind'])})"
                   if r["peak_memory_gib"] is not None else "-")  # fmt: skip
+        wall = duration(r["fit_seconds"]) if r["comparable"] else NOT_COMPARABLE
         lines.append(
             f"| {r['dataset']} | {_name(r['method'], r['arm'])} | {r['epochs']} | "
-            f"{r['batch_size']} | {_or_dash(r['steps'])} | {duration(r['fit_seconds'])} | "
+            f"{r['batch_size']} | {_or_dash(r['steps'])} | {wall} | "
             f"{_or_dash(r['images_per_s'], '{:.1f}')} | {memory} | {r['n']} |"
         )
     found = ratios(costs)
