@@ -158,6 +158,6 @@ class PretrainingModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningMod
     def log_learning_rates(self) -> None:
         """Each group's learning rate, at Lightning's logging steps only (Python numbers: each
         one is a copy to the device)."""
-        if logs_this_step(self.trainer):
+        if self._trainer is not None and logs_this_step(self.trainer):
             self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
                           on_epoch=False)  # fmt: skip
