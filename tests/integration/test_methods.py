@@ -225,3 +225,22 @@ def test_byol_through_the_apps_pretrain_export_finetune(arm, tmp_path):
     ], config_name="finetune", output_dir=tmp_path / "ft")  # fmt: skip
     finetune(ft)
     assert [r["method"] for r in collect_results([tmp_path / "ft"])] == ["byol"]
+
+
+# ------------------------------------------------------------- the "best" checkpoint
+@pytest.mark.slow
+def test_best_checkpoint_follows_the_probe_or_is_absent_with_the_reason(tmp_path):
+    base = ["debug=tiny", "print_config=false", "rich_progress_bar=false", "trainer.max_epochs=2"]
+    result = pretrain(compose_app(tmp_path / "a", base, output_dir=tmp_path / "a" / "run"))
+    assert Path(result["best_checkpoint"]).is_file() and result["best_reason"] is None
+    best = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=False)
+    (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert state["monitor"] == "probe/cnn_val_acc"
+    off = [*base, "~callbacks.online_evaluation"]
+    result = pretrain(compose_app(tmp_path / "b", off, output_dir=tmp_path / "b" / "run"))
+    summary = json.loads((tmp_path / "b" / "run" / "summary.json").read_text())
+    assert summary["best_checkpoint"] is None
+    assert "no online evaluation" in summary["best_reason"]
+    assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == [
+        "last.ckpt"
+    ]

@@ -59,6 +59,7 @@ from cass_lightning.callbacks import (
     LoopTimer,
     atomic_checkpoint_plugin,
 )
+from cass_lightning.callbacks.best import choose_best
 from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import weights_init
@@ -212,6 +213,7 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     )
     apply_speed_settings(speed, model, on_cuda)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks, best_reason = choose_best(callbacks, model, datamodule)  # the method's monitor
     timer, waits = LoopTimer(), DataWait()
     callbacks += [timer, waits]
     if cfg.trainer.get("enable_progress_bar", True):  # the loss read back at the logging steps
@@ -282,6 +284,7 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
                                 None),
         "best_checkpoint": next((c.best_model_path for c in checkpoints if c.best_model_path),
                                 None),
+        "best_reason": best_reason,
         "export_dir": str(exporter.exported_to) if exporter and exporter.exported_to else None,
         "weights_init": weights_init(model.exportable()[0]) if hasattr(model, "exportable")
                         else None,
@@ -291,7 +294,8 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         + (f" ({len(costs['attempts'])} starts, {costs['fit_seconds']:.0f} s in all)"
            if len(costs["attempts"]) > 1 else ""),
         {"run folder": result["run_dir"], "last checkpoint": result["last_checkpoint"],
-         "best checkpoint": result["best_checkpoint"], "exported arms": result["export_dir"]},
+         "best checkpoint": result["best_checkpoint"] or f"none: {best_reason}",
+         "exported arms": result["export_dir"]},
         result["metrics"],
         shown=SHOWN_METRICS,
         summary_file=folder / SUMMARY_FILE,

@@ -69,7 +69,10 @@ class OnlineEvaluation(L.Callback):
         return tuple(a for a in self.arms if a in pl_module.trained_arms())
 
     def _why_off(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
-        dm = trainer.datamodule
+        return self.why_off(trainer.datamodule, pl_module)
+
+    def why_off(self, dm: Any, pl_module: L.LightningModule) -> str | None:
+        """Why this callback cannot run with ``dm`` and ``pl_module`` (``None``: it can)."""
         if dm is None or not hasattr(dm, "labelled_eval_dataloader"):
             return "it needs a MedicalDataModule (labelled images and a validation split)"
         if not callable(getattr(pl_module, "trained_arms", None)):

@@ -16,7 +16,7 @@ implements ``training_step`` and :meth:`exportable`'s arms. The base owns:
   wiring and the learning-rate logging;
 - the protocol the callbacks use instead of looking for attributes: :meth:`trained_arms`,
   :meth:`pooled_features`, :meth:`arm_backbone`, :meth:`data_views`,
-  :meth:`has_idle_parameters` and :attr:`monitor`.
+  :meth:`has_idle_parameters` and :meth:`best_monitor`.
 """
 
 from __future__ import annotations
@@ -49,9 +49,6 @@ class PretrainingModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningMod
     method: ClassVar[str] = ""
     #: The name in messages and the run summary.
     method_name: ClassVar[str] = ""
-    #: The metric the "best" checkpoint follows when no online evaluation runs (``None``: a
-    #: self-supervised loss says nothing about quality, so only ``last.ckpt`` is kept).
-    monitor: ClassVar[str | None] = None
 
     def record_method(self) -> None:
         """Put the method's name into the hyperparameters (checkpoints, ``hparams.yaml``).
@@ -108,6 +105,12 @@ class PretrainingModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningMod
         """What the training data must give: ``paper`` (one view), ``pair`` (two views of each
         image) or ``dino`` (multi-crop); see ``data.train_views``."""
         return "paper"
+
+    def best_monitor(self) -> str | None:
+        """The reading the "best" checkpoint follows (mode max) when the online evaluation runs:
+        the online probe's validation accuracy on the first trained arm. ``None``: none (only
+        ``last.ckpt`` is kept; a self-supervised loss is no quality measure)."""
+        return f"probe/{self.trained_arms()[0]}_val_acc"
 
     def has_idle_parameters(self) -> bool:
         """Whether some parameters get no gradient in a step (DDP then needs

@@ -40,6 +40,7 @@ def shown_methods(by_method: dict[str, Any]) -> tuple[str, ...]:
 
     return tuple(m for m in grid_methods() if m in by_method or get_method(m).always_shown)
 
+
 Grid = dict[str, dict[str, dict[tuple[int | None, int | None], dict[str, Any]]]]
 
 
