@@ -244,3 +244,16 @@ def test_best_checkpoint_follows_the_probe_or_is_absent_with_the_reason(tmp_path
     assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == [
         "last.ckpt"
     ]
+
+
+def test_pretrain_refuses_data_without_the_views_the_model_declares(tmp_path):
+    from cass_lightning.apps.pretrain import check_data_views
+
+    model = BYOLModule(arm="cnn", **TINY_ENCODERS, head={"hidden_dim": 8, "dim": 8,
+                                                         "predictor_hidden_dim": 8})  # fmt: skip
+    one_view = SyntheticDataModule(tmp_path, img_size=32, train_views="paper")
+    with pytest.raises(
+        ValueError, match=r"BYOL needs data\.train_views=pair, but the data gives paper"
+    ):
+        check_data_views(model, one_view)
+    check_data_views(model, SyntheticDataModule(tmp_path, img_size=32, train_views="pair"))

@@ -156,6 +156,18 @@ def uses_cuda(accelerator: Any) -> bool:
     return accelerator in ("gpu", "cuda", None, "auto") and torch.cuda.is_available()
 
 
+def check_data_views(model: Any, datamodule: Any) -> None:
+    """Refuse, before training, data whose views are not what the model declares it needs
+    (``PretrainingModule.data_views``: one view, a pair, DINO's crops)."""
+    needs = model.data_views() if callable(getattr(model, "data_views", None)) else None
+    gives = (getattr(datamodule, "hparams", None) or {}).get("train_views")
+    if needs is not None and gives is not None and needs != gives:
+        raise ValueError(
+            f"{getattr(model, 'method_name', type(model).__name__)} needs data.train_views="
+            f"{needs}, but the data gives {gives}; leave data.train_views to the model's config"
+        )
+
+
 def resume_command(folder: Path) -> str:
     """The exact command that continues the run in ``folder``."""
     return f"cass-pretrain resume={shlex.quote(str(folder))}"
@@ -212,6 +224,7 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         cfg.model, batch_lr_factor=launch["batch_lr_factor"], _convert_="all"
     )
     apply_speed_settings(speed, model, on_cuda)
+    check_data_views(model, datamodule)
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks, best_reason = choose_best(callbacks, model, datamodule)  # the method's monitor
     timer, waits = LoopTimer(), DataWait()
