@@ -257,3 +257,47 @@ def test_pretrain_refuses_data_without_the_views_the_model_declares(tmp_path):
     ):
         check_data_views(model, one_view)
     check_data_views(model, SyntheticDataModule(tmp_path, img_size=32, train_views="pair"))
+
+
+# ------------------------------------------------------ the report of three methods
+def _export(folder: Path, method: str | None) -> Path:
+    folder.mkdir(parents=True)
+    meta = {"format": "cass-lightning-export/1", **({"method": method} if method else {})}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def _result(folder: Path, weights: Path, arm: str, seed: int, value: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / RESULTS_FILE).write_text(json.dumps({
+        "arm": arm, "mode": "finetune", "init": "export", "weights": str(weights),
+        "dataset": "synthetic", "label_fraction": 1.0, "seed": seed, "test_split": "val",
+        "metrics": {"test/f1_macro": value, "test/loss": 1.0},
+    }))  # fmt: skip
+
+
+def test_a_report_of_cass_dino_and_byol_labels_and_compares_each(tmp_path):
+    from cass_lightning.report.costs import cost_rows
+    from cass_lightning.report.table import row_name
+    from cass_lightning.report.verdict import compared_methods, verdicts
+
+    exports = {m: _export(tmp_path / "exports" / str(m), m) for m in ("cass", "dino", "byol")}
+    exports["old-cass"] = _export(tmp_path / "exports" / "old", None)  # no method: legacy CASS
+    for name, base in [("cass", 0.7), ("dino", 0.5), ("byol", 0.6)]:
+        for seed in range(3):
+            _result(tmp_path / "runs" / name / str(seed), exports[name], "cnn", seed,
+                    base + 0.01 * seed)  # fmt: skip
+    _result(tmp_path / "runs" / "old" / "0", exports["old-cass"], "vit", 0, 0.4)
+    results = collect_results([tmp_path / "runs"])
+    labels = {Path(r["results_file"]).parent.parent.name: r["method"] for r in results}
+    assert labels == {"cass": "cass", "dino": "dino", "byol": "byol", "old": "cass"}
+    assert row_name("byol", "cnn") == "BYOL-CNN"
+    others = compared_methods({r["method"] for r in results})
+    assert others == ("dino", "byol", "imagenet") and compared_methods() == ("dino", "imagenet")
+    found = verdicts(results, lambda _: "f1_macro", others=others)
+    byol = [c for c in found if c.other == "byol" and c.arm == "cnn"]
+    assert len(byol) == 1 and byol[0].n == 3  # three seeds paired, CASS against BYOL
+    costs = [{"method": m, "arm": a, "fit_seconds": s, "epochs": 2, "batch_size": 8,
+              "dataset": "synthetic"}
+             for m, a, s in [("cass", "both", 10.0), ("byol", "cnn", 4.0)]]  # fmt: skip
+    assert [r["method"] for r in cost_rows(costs)] == ["cass", "byol"]
