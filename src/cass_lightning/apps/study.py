@@ -375,7 +375,7 @@ def _claimed(study_dir: Path) -> Any:
 def refuse_orphans(points: list[Point], study_dir: Path) -> None:
     """Refuse to run beside a worker of an earlier ``cass-study`` that is still running a point
     on this machine (its ``cass-study`` was killed, the worker was not): named by process."""
-    from cass_lightning.apps.common import holder_alive
+    from cass_lightning.apps.runfolder import holder_alive
     from cass_lightning.apps.study_plan import STARTED_FILE
     from cass_lightning.io import read_json
 

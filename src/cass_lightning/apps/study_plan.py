@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cass_lightning.apps.common import holder_alive
+from cass_lightning.apps.runfolder import holder_alive
 from cass_lightning.io import atomic_write_json, read_json
 from cass_lightning.modules.registry import BOTH, Method, method_names, pretraining_methods
 
