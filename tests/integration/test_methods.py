@@ -301,3 +301,22 @@ def test_a_report_of_cass_dino_and_byol_labels_and_compares_each(tmp_path):
               "dataset": "synthetic"}
              for m, a, s in [("cass", "both", 10.0), ("byol", "cnn", 4.0)]]  # fmt: skip
     assert [r["method"] for r in cost_rows(costs)] == ["cass", "byol"]
+
+
+def test_each_method_declares_its_arms_views_and_idle_parameters():
+    from cass_lightning.modules.cass import CASSModule
+
+    small = dict(**TINY_ENCODERS, head_dim=8, projector_hidden_dim=8)
+    cass = CASSModule(**small, remedies={"predictor": "alternate", "predictor_hidden_dim": 8,
+                                         "two_views": True})  # fmt: skip
+    assert (cass.trained_arms(), cass.data_views(), cass.has_idle_parameters()) == (
+        ("cnn", "vit"), "pair", True)  # fmt: skip
+    assert cass.best_monitor() == "probe/cnn_val_acc"
+    dino = DINOModule(arm="vit", **TINY_ENCODERS, head={"dim": 8, "hidden_dim": 8,
+                                                        "bottleneck_dim": 8})  # fmt: skip
+    assert (dino.trained_arms(), dino.data_views(), dino.has_idle_parameters()) == (
+        ("vit",), "dino", False)  # fmt: skip
+    assert dino.best_monitor() == "probe/vit_val_acc"
+    assert dino.arm_backbone("vit") is dino.student_backbone
+    with pytest.raises(KeyError, match="trains the vit arm, not cnn"):
+        dino.arm_backbone("cnn")

@@ -225,6 +225,9 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     )
     apply_speed_settings(speed, model, on_cuda)
     check_data_views(model, datamodule)
+    if callable(getattr(model, "has_idle_parameters", None)):  # the model's own declaration
+        idle = model.has_idle_parameters()
+        launch["strategy"] = strategy_for_idle_parameters(launch["strategy"], idle)
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks, best_reason = choose_best(callbacks, model, datamodule)  # the method's monitor
     timer, waits = LoopTimer(), DataWait()
