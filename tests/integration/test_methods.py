@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app_helpers import compose_app
+from cass_lightning.apps.export import export_checkpoint
 from cass_lightning.apps.finetune import RESULTS_FILE, finetune
 from cass_lightning.apps.pretrain import pretrain
 from cass_lightning.apps.report import main as report_main
@@ -217,6 +218,8 @@ def test_byol_through_the_apps_pretrain_export_finetune(arm, tmp_path):
     meta = read_meta(result["export_dir"])
     other = "vit" if arm == "cnn" else "cnn"
     assert meta["method"] == "byol" and arm in meta and other not in meta
+    again = export_checkpoint(result["last_checkpoint"], tmp_path / "export-last")  # cass-export
+    assert read_meta(again)["method"] == "byol" and other not in read_meta(again)
     ft = compose_app(tmp_path, [
         "data=synthetic", "data.images_per_class=3", "data.val_images_per_class=1",
         "data.image_size=32", "data.batch_size=6", "data.num_workers=0", "trainer.max_epochs=1",
