@@ -143,3 +143,18 @@ def test_linear_mode_doubles_the_fine_tuning_points(tmp_path, mode):
         [p for p in one if p.app == "finetune"]
     )
     assert any(p.id.endswith(f"-{mode}-" + p.digest[:8]) or f"-{mode}-" in p.id for p in both)
+
+
+def test_byol_is_opt_in_and_planned_per_arm_like_dino(tmp_path):
+    settings = replace(SETTINGS, methods=["cass", "byol", "random"], fractions=[1.0], seeds=[0],
+                       method_overrides={"byol": ["model.head.dim=64"]})  # fmt: skip
+    points = build_plan(settings, tmp_path)
+    pretraining = {(p.method, p.arm): p for p in points if p.app == "pretrain"}
+    assert list(pretraining) == [("cass", "both"), ("byol", "cnn"), ("byol", "vit")]
+    byol = pretraining[("byol", "vit")]
+    assert byol.overrides[:3] == ["model.head.dim=64", "model=byol", "model.arm=vit"]
+    assert byol.id.startswith("pretrain-byol-vit-")
+    tuned = [p for p in points if p.app == "finetune" and p.method == "byol"]
+    assert {p.arm for p in tuned} == {"cnn", "vit"}
+    assert all(p.needs == pretraining[("byol", p.arm)].id for p in tuned)
+    assert "byol" not in {p.method for p in build_plan(SETTINGS, tmp_path)}  # opt-in

@@ -1,17 +1,12 @@
-"""What every Hydra app shares: the config folder and its resolvers, the run folder (its atomic
-claim, its overwrite guard, its saved config), building objects from config, the config tree,
-and the run summary."""
+"""What every Hydra app shares: the config folder and its resolvers, the run folder's overwrite
+guard and saved config, building objects from config, the config tree, and the run summary.
+The run folder's lock and the process record are in :mod:`.runfolder`."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import secrets
-import socket
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +14,22 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.checks import check_int
-from cass_lightning.io import atomic_write_json, atomic_write_text, utc_timestamp
-
 # Lightning, torch and the launch rules are imported where they are used: the study's planner
 # and the report share this module and should start in a second, not load the training stack.
-
-
-def is_rank_zero() -> bool:
-    """Whether this process is rank 0 (always, outside distributed training)."""
-    from lightning.pytorch.utilities import rank_zero_only
-
-    return rank_zero_only.rank == 0
-
+# The run-folder lock and the process record live in .runfolder; imported here as well, where
+# they were first defined, so older imports keep working.
+from cass_lightning.apps.runfolder import (  # noqa: F401
+    LOCK_FILE,
+    RunFolderBusy,
+    claim_run_folder,
+    holder_alive,
+    is_rank_zero,
+    read_lock,
+    start_ticks,
+    this_process,
+)
+from cass_lightning.checks import check_int
+from cass_lightning.io import atomic_write_json, atomic_write_text
 
 #: conf/ at the repository root (the package is installed in editable mode from the checkout).
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
@@ -69,130 +67,6 @@ def refuse_to_overwrite(folder: Path, kept: Iterable[str], hint: str = "") -> No
             "overwrite it. Start a new run (the default run folder is time-stamped) or set "
             f"hydra.run.dir{hint}"
         )
-
-
-# ----------------------------------------------------------------------------- the folder claim
-#: The lock file a run holds in its folder from its start to its end (hidden: never a result).
-LOCK_FILE = ".run.lock"
-
-
-class RunFolderBusy(RuntimeError):
-    """Another live run holds the folder's lock; the message names it and what to do."""
-
-
-def start_ticks(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] == "Z" else int(fields[19])  # a zombie has ended
-
-
-def holder_alive(holder: dict[str, Any]) -> bool | None:
-    """Whether the lock's process still runs: ``None`` when it cannot be told (another host)."""
-    if holder.get("host") != socket.gethostname():
-        return None
-    pid = holder.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    ticks = start_ticks(pid)
-    if Path("/proc").is_dir() and ticks is None and Path(f"/proc/{pid}").exists():
-        return False  # a zombie: it has ended, only its exit status is left
-    recorded = holder.get("start_ticks")
-    return not (recorded is not None and ticks is not None and ticks != recorded)
-
-
-def read_lock(lock: Path) -> dict[str, Any] | None:
-    try:
-        holder = json.loads(lock.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return holder if isinstance(holder, dict) else None
-
-
-def this_process() -> dict[str, Any]:
-    """Who holds something (a lock, a study point): what :func:`holder_alive` reads back."""
-    return {
-        "pid": os.getpid(), "host": socket.gethostname(), "start_ticks": start_ticks(os.getpid()),
-        "started": utc_timestamp(),
-    }  # fmt: skip
-
-
-def _write_lock(lock: Path, token: str) -> None:
-    holder = {**this_process(), "command": " ".join(sys.argv), "token": token}
-    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # atomic: one run wins
-    try:
-        os.write(fd, (json.dumps(holder) + "\n").encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _busy(folder: Path, lock: Path, holder: dict[str, Any] | None) -> RunFolderBusy:
-    if holder is None:
-        who = "a run whose lock file cannot be read"
-    else:
-        who = (f"process {holder.get('pid')} on {holder.get('host')}, started "
-               f"{holder.get('started')} ({holder.get('command')})")  # fmt: skip
-    return RunFolderBusy(
-        f"{folder} is in use by another run: {who}. Two runs writing one folder would mix their "
-        "checkpoints, exports and metrics; nothing was written. Wait for that run to end or "
-        f"choose another folder (hydra.run.dir=...). If no run is using it (e.g. it was killed "
-        f"on another machine), delete {lock}."
-    )
-
-
-def _take_lock(folder: Path, lock: Path, token: str) -> None:
-    for _ in range(5):
-        try:
-            _write_lock(lock, token)
-            return
-        except FileExistsError:
-            holder = read_lock(lock)
-        if holder is None or holder_alive(holder) is not False:
-            raise _busy(folder, lock, holder)
-        print(
-            f"Note: {folder} was locked by process {holder.get('pid')} (started "
-            f"{holder.get('started')}), which has ended without releasing it; taking it over.",
-            file=sys.stderr,
-        )
-        stale = lock.with_name(f"{LOCK_FILE}.stale-{token}")
-        try:
-            os.rename(lock, stale)  # atomic: of two runs taking over, one renames it
-        except FileNotFoundError:
-            continue
-        stale.unlink(missing_ok=True)
-    raise _busy(folder, lock, read_lock(lock))
-
-
-@contextlib.contextmanager
-def claim_run_folder(folder: Path) -> Iterator[None]:
-    """Hold ``folder``'s lock file while inside (rank 0 only; other ranks run under it).
-
-    The lock is created with ``O_CREAT | O_EXCL``, so of two runs started into one folder
-    exactly one gets it; the other is refused at once (:class:`RunFolderBusy`). It holds pid,
-    host and start time: a lock left by a process that has ended on this machine (``kill -9``)
-    is taken over with a note. It is removed when the block ends, by success or failure.
-    """
-    if not is_rank_zero():
-        yield
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    lock, token = folder / LOCK_FILE, secrets.token_hex(8)
-    _take_lock(folder, lock, token)
-    try:
-        yield
-    finally:
-        holder = read_lock(lock)
-        if holder is not None and holder.get("token") == token:
-            lock.unlink(missing_ok=True)
 
 
 def save_run_config(folder: Path, cfg: DictConfig) -> None:

@@ -129,8 +129,8 @@ def console_log(path: Path, enabled: bool = True) -> Iterator[None]:
 def _refusal_types() -> tuple[type[BaseException], ...]:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from cass_lightning.apps.common import RunFolderBusy
     from cass_lightning.apps.resume import ResumeError
+    from cass_lightning.apps.runfolder import RunFolderBusy
     from cass_lightning.encoders import HubUnreachableError
 
     return (
@@ -300,7 +300,8 @@ def hold_run_folder(
     the console copied to ``<folder>/<log_name>``, the overwrite check again now that no other
     run can start here (not when resuming in place, ``fresh=False``), and the SIGINT/SIGTERM
     handlers, yielded (a :class:`StopSignals`) for the app to hand its trainer."""
-    from cass_lightning.apps.common import claim_run_folder, is_rank_zero, refuse_to_overwrite
+    from cass_lightning.apps.common import refuse_to_overwrite
+    from cass_lightning.apps.runfolder import claim_run_folder, is_rank_zero
 
     with claim_run_folder(folder), console_log(folder / log_name, is_rank_zero()):
         if fresh:

@@ -59,6 +59,7 @@ from cass_lightning.callbacks import (
     LoopTimer,
     atomic_checkpoint_plugin,
 )
+from cass_lightning.callbacks.best import choose_best
 from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import weights_init
@@ -155,6 +156,18 @@ def uses_cuda(accelerator: Any) -> bool:
     return accelerator in ("gpu", "cuda", None, "auto") and torch.cuda.is_available()
 
 
+def check_data_views(model: Any, datamodule: Any) -> None:
+    """Refuse, before training, data whose views are not what the model declares it needs
+    (``PretrainingModule.data_views``: one view, a pair, DINO's crops)."""
+    needs = model.data_views() if callable(getattr(model, "data_views", None)) else None
+    gives = (getattr(datamodule, "hparams", None) or {}).get("train_views")
+    if needs is not None and gives is not None and needs != gives:
+        raise ValueError(
+            f"{getattr(model, 'method_name', type(model).__name__)} needs data.train_views="
+            f"{needs}, but the data gives {gives}; leave data.train_views to the model's config"
+        )
+
+
 def resume_command(folder: Path) -> str:
     """The exact command that continues the run in ``folder``."""
     return f"cass-pretrain resume={shlex.quote(str(folder))}"
@@ -211,7 +224,12 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         cfg.model, batch_lr_factor=launch["batch_lr_factor"], _convert_="all"
     )
     apply_speed_settings(speed, model, on_cuda)
+    check_data_views(model, datamodule)
+    if callable(getattr(model, "has_idle_parameters", None)):  # the model's own declaration
+        idle = model.has_idle_parameters()
+        launch["strategy"] = strategy_for_idle_parameters(launch["strategy"], idle)
     callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks, best_reason = choose_best(callbacks, model, datamodule)  # the method's monitor
     timer, waits = LoopTimer(), DataWait()
     callbacks += [timer, waits]
     if cfg.trainer.get("enable_progress_bar", True):  # the loss read back at the logging steps
@@ -282,6 +300,7 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
                                 None),
         "best_checkpoint": next((c.best_model_path for c in checkpoints if c.best_model_path),
                                 None),
+        "best_reason": best_reason,
         "export_dir": str(exporter.exported_to) if exporter and exporter.exported_to else None,
         "weights_init": weights_init(model.exportable()[0]) if hasattr(model, "exportable")
                         else None,
@@ -291,7 +310,8 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         + (f" ({len(costs['attempts'])} starts, {costs['fit_seconds']:.0f} s in all)"
            if len(costs["attempts"]) > 1 else ""),
         {"run folder": result["run_dir"], "last checkpoint": result["last_checkpoint"],
-         "best checkpoint": result["best_checkpoint"], "exported arms": result["export_dir"]},
+         "best checkpoint": result["best_checkpoint"] or f"none: {best_reason}",
+         "exported arms": result["export_dir"]},
         result["metrics"],
         shown=SHOWN_METRICS,
         summary_file=folder / SUMMARY_FILE,

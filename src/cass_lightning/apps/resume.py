@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.apps.common import CONFIG_DIR, LOCK_FILE, holder_alive, read_lock
+from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.overrides import (
     override_key,
     override_value,
@@ -48,6 +48,7 @@ from cass_lightning.apps.overrides import (
     split_flags,
     unquote,
 )
+from cass_lightning.apps.runfolder import LOCK_FILE, holder_alive, read_lock
 from cass_lightning.apps.runinfo import (
     LAST_CHECKPOINT,
     RUN_INFO,

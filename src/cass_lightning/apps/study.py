@@ -65,6 +65,7 @@ from cass_lightning.apps.study_report import (
 )
 from cass_lightning.apps.study_settings import check_study_settings
 from cass_lightning.io import atomic_write_json, read_json
+from cass_lightning.modules.registry import pretraining_methods
 
 #: The worker was stopped from outside (Ctrl-C, SIGTERM): the study stops too.
 STOPPED = {130, 143, -signal.SIGINT, -signal.SIGTERM}
@@ -118,6 +119,8 @@ def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -
         common=common, data=data, pretrain=list(o.get("pretrain", [])),
         cass=list(o.get("cass", [])),
         dino=list(o.get("dino", [])), finetune=list(o.get("finetune", [])), grid=grid,
+        method_overrides={m.name: list(o.get(m.name, [])) for m in pretraining_methods()
+                          if m.name not in ("cass", "dino")},
         weights_sources=sources, logger=plain.get("logger"),
         wandb_project=str((plain.get("wandb") or {}).get("project") or "cass-study"),
     )  # fmt: skip
@@ -372,7 +375,7 @@ def _claimed(study_dir: Path) -> Any:
 def refuse_orphans(points: list[Point], study_dir: Path) -> None:
     """Refuse to run beside a worker of an earlier ``cass-study`` that is still running a point
     on this machine (its ``cass-study`` was killed, the worker was not): named by process."""
-    from cass_lightning.apps.common import holder_alive
+    from cass_lightning.apps.runfolder import holder_alive
     from cass_lightning.apps.study_plan import STARTED_FILE
     from cass_lightning.io import read_json
 

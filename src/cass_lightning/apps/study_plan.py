@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cass_lightning.apps.common import holder_alive
+from cass_lightning.apps.runfolder import holder_alive
 from cass_lightning.io import atomic_write_json, read_json
+from cass_lightning.modules.registry import BOTH, Method, method_names, pretraining_methods
 
 PLAN_FILE = "plan.json"
 POINTS_DIR = "points"
@@ -29,8 +30,9 @@ FAILED_FILE = "failed.json"
 RESULTS_FILE = "results.json"  # what cass-finetune writes
 SUMMARY_FILE = "summary.json"  # what cass-pretrain writes
 STATUSES = ("done", "pending", "partial", "running", "interrupted", "failed", "blocked")
-#: Methods of the paper's table, and the pretraining each needs.
-METHODS = ("cass", "dino", "imagenet", "random")
+#: The shipped methods a study can run (the registry, ``cass_lightning.modules.registry``, is
+#: the list; the study checks ``study.methods`` against it when it runs).
+METHODS = method_names()
 ARMS = ("cnn", "vit")
 #: Fine-tuning modes: ClassifierModule's MODES (kept here so the planner does not import torch;
 #: a test keeps the two equal).
@@ -58,6 +60,9 @@ class StudySettings:
     cass: list[str] = field(default_factory=list)
     dino: list[str] = field(default_factory=list)
     finetune: list[str] = field(default_factory=list)
+    #: ``study.overrides.<method>`` of the other pretraining methods (``cass`` and ``dino``
+    #: have their own fields above), e.g. ``{"byol": [...]}``.
+    method_overrides: dict[str, list[str]] = field(default_factory=dict)
     grid: list[tuple[int, int]] = field(default_factory=list)  # robustness: (batch, epochs)
     # Where each arm's ImageNet weights came from: the file, its SHA-256, the hub entry.
     weights_sources: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -72,7 +77,7 @@ class Point:
     id: str
     app: str  # pretrain | finetune
     stage: int  # 0: pretraining, 1: fine-tuning
-    method: str  # cass | dino | imagenet | random
+    method: str  # a registry name: cass | dino | byol | imagenet | random | ...
     arm: str  # cnn | vit | both
     overrides: list[str]
     digest: str
@@ -111,20 +116,36 @@ def _encoder_overrides(s: StudySettings) -> list[str]:
 
 
 def _pretraining(s: StudySettings, batch: int, epochs: int, suffix: str) -> dict[str, Point]:
-    """The CASS point and one DINO point per arm, at one batch size and length."""
+    """The pretraining points at one batch size and length: one per method that trains both
+    arms together (CASS), one per arm for a method that trains one (DINO, BYOL)."""
     run = [*s.common, *s.data, *s.pretrain, *_encoder_overrides(s), f"data.batch_size={batch}",
            f"trainer.max_epochs={epochs}", f"seed={s.pretrain_seed}"]  # fmt: skip
     info = {"batch_size": batch, "epochs": epochs, "seed": s.pretrain_seed}
     points = {}
-    if "cass" in s.methods:
-        points["cass"] = _point("pretrain", f"pretrain-cass{suffix}", 0, "cass", "both",
-                                [*s.cass, *run], **info)  # fmt: skip
-    if "dino" in s.methods:
-        for arm in s.arms:
-            overrides = [*s.dino, "model=dino", f"model.arm={arm}", *run]
-            points[f"dino-{arm}"] = _point("pretrain", f"pretrain-dino-{arm}{suffix}", 0, "dino",
-                                           arm, overrides, **info)  # fmt: skip
+    for m in _pretrained_methods(s):
+        own = method_overrides(s, m.name)
+        for arm in [BOTH] if m.arms == BOTH else s.arms:
+            key = _pretrain_key(m, arm)
+            points[key] = _point("pretrain", f"pretrain-{key}{suffix}", 0, m.name, arm,
+                                 [*own, *m.pretrain_overrides(arm), *run], **info)  # fmt: skip
     return points
+
+
+def _pretrained_methods(s: StudySettings) -> list[Method]:
+    """The pretraining methods the study runs, in the registry's order."""
+    return [m for m in pretraining_methods() if m.name in s.methods]
+
+
+def _pretrain_key(m: Method, arm: str) -> str:
+    """The key of a method's pretraining point: ``cass`` (both arms), ``dino-cnn``."""
+    return m.name if m.arms == BOTH else f"{m.name}-{arm}"
+
+
+def method_overrides(s: StudySettings, name: str) -> list[str]:
+    """``study.overrides.<name>``: the pretraining overrides of one method."""
+    if name in s.method_overrides:
+        return list(s.method_overrides[name])
+    return list(getattr(s, name, None) or [])
 
 
 def _finetuning(s: StudySettings, study_dir: Path, pretrained: dict[str, Point],
@@ -134,12 +155,11 @@ def _finetuning(s: StudySettings, study_dir: Path, pretrained: dict[str, Point],
     e = s.encoders
     for arm in s.arms:
         sources: list[tuple[str, list[str], Point | None]] = []
-        if "cass" in pretrained:
-            export = pretrained["cass"].folder(study_dir) / "export"
-            sources.append(("cass", [f"weights={export}"], pretrained["cass"]))
-        if f"dino-{arm}" in pretrained:
-            export = pretrained[f"dino-{arm}"].folder(study_dir) / "export"
-            sources.append(("dino", [f"weights={export}"], pretrained[f"dino-{arm}"]))
+        for m in _pretrained_methods(s):
+            key = _pretrain_key(m, arm)
+            if key in pretrained:
+                export = pretrained[key].folder(study_dir) / "export"
+                sources.append((m.name, [f"weights={export}"], pretrained[key]))
         baseline = [f"model.timm_name={e[arm]}", f"model.img_size={e['img_size']}"]
         if "imagenet" in s.methods and s.weights.get(arm) and not suffix:
             file = f"model.weights_file={s.weights[arm]}"

@@ -38,8 +38,9 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from cass_lightning.apps.common import CONFIG_DIR, holder_alive, start_ticks, this_process
+from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.console import RunStopped
+from cass_lightning.apps.runfolder import holder_alive, start_ticks, this_process
 from cass_lightning.apps.study_plan import (
     FAILED_FILE,
     STARTED_FILE,

@@ -201,7 +201,7 @@ def _artifact_name(text: str) -> str:
 def seconds_since_start() -> float:
     """Wall time since this process started (from /proc on Linux: the interpreter's start and
     imports count as overhead too), else since this module was imported."""
-    from cass_lightning.apps.common import start_ticks
+    from cass_lightning.apps.runfolder import start_ticks
 
     ticks = start_ticks(os.getpid())
     try:

@@ -8,7 +8,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from cass_lightning.apps.study_plan import ARMS, METHODS, MODES
+from cass_lightning.apps.study_plan import ARMS, MODES
+from cass_lightning.modules.registry import method_names
 
 #: Where every point runs (``study.device``): the trainer config each point is given.
 DEVICES = ("cpu", "gpu")
@@ -56,7 +57,7 @@ def check_study_settings(plain: dict[str, Any]) -> None:
     in (0, 1], seeds whole numbers, ``epoch_scale`` a positive number, pretraining epochs and
     batch size and the robustness grid positive whole numbers, ``device`` cpu or gpu. Lists must
     be non-empty and without repeats (a repeat would make two points of one id)."""
-    _choices(plain, "methods", METHODS)
+    _choices(plain, "methods", method_names())
     _choices(plain, "arms", ARMS)
     _choices(plain, "modes", MODES)
     for fraction in _list(plain, "fractions"):

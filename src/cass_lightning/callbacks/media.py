@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
@@ -176,9 +177,17 @@ class LogAttentionMaps(L.Callback):
         self.images: Tensor | None = None
         self.saved: list[Path] = []
         self._collected: list[Tensor] = []
+        self.enabled = True
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         require_gradcam()
+        arms = pl_module.trained_arms() if hasattr(pl_module, "trained_arms") else ()
+        if set(arms) != {"cnn", "vit"}:
+            self.enabled = False
+            rank_zero_only(print)(
+                f"attention maps off: they draw the ViT's and the CNN's side by side, and "
+                f"{type(pl_module).__name__} trains {', '.join(arms) or 'neither'}"
+            )
 
     def on_validation_batch_start(
         self,
@@ -188,7 +197,8 @@ class LogAttentionMaps(L.Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self.images is not None or dataloader_idx != 0 or not trainer.is_global_zero:
+        if (not self.enabled or self.images is not None or dataloader_idx != 0
+                or not trainer.is_global_zero):  # fmt: skip
             return
         have = sum(t.shape[0] for t in self._collected)
         # Validation runs under inference mode; a clone made outside it is an ordinary tensor
@@ -205,7 +215,7 @@ class LogAttentionMaps(L.Callback):
         self._collected = []
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+        if not self.enabled or trainer.sanity_checking or not trainer.is_global_zero:
             return
         if self.images is None and self._collected:  # a validation set smaller than asked for
             self._freeze_images()
@@ -220,7 +230,7 @@ class LogAttentionMaps(L.Callback):
         maps = []
         with torch.inference_mode(False), torch.autocast(pl_module.device.type, enabled=False):
             for arm, draw in (("vit", vit_attention_map), ("cnn", cnn_gradcam)):
-                model = getattr(pl_module, arm)
+                model = pl_module.arm_backbone(arm)
                 if next(model.parameters()).dtype != torch.float32:  # a true-half run
                     model = copy.deepcopy(model).float()
                 maps.append(draw(model, self.images.to(pl_module.device)))

@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 
 from cass_lightning.batches import batch_images
 
@@ -136,6 +136,15 @@ class CollapseMonitor(L.Callback):
         self.spread_threshold = spread_threshold
         self.stop = stop
         self.collapsed_at: int | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        arms = pl_module.trained_arms() if hasattr(pl_module, "trained_arms") else ()
+        if stage == "fit" and set(arms) != {"cnn", "vit"}:
+            rank_zero_only(print)(
+                f"collapse monitor off: it reads the cosine between the CNN and the ViT, and "
+                f"{type(pl_module).__name__} trains {', '.join(arms) or 'neither'} (the online "
+                "probe and kNN still measure the representation)"
+            )
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics

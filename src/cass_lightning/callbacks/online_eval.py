@@ -26,8 +26,11 @@ class OnlineEvaluation(L.Callback):
       training images (eval transform) are the bank, the validation split the queries, features
       in fp32 (``knn/<arm>_val_acc``).
 
-    Needs a datamodule with single-label classes and a validation split (a ``MedicalDataModule``);
-    otherwise it says so once and does nothing. Probes are diagnostics: not checkpointed.
+    Reads the model through the pretraining protocol (``modules.base.PretrainingModule``):
+    the arms it trains (``trained_arms``; ``arms`` narrows them), each arm's backbone and the
+    pooled features of its last forward pass, so it works for every method. Needs a datamodule
+    with single-label classes and a validation split (a ``MedicalDataModule``); otherwise it
+    says once why it is off and does nothing. Probes are diagnostics: not checkpointed.
     """
 
     def __init__(
@@ -48,27 +51,41 @@ class OnlineEvaluation(L.Callback):
         self.enabled = False
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dm = trainer.datamodule
-        usable = (
-            stage == "fit"
-            and dm is not None
-            and hasattr(dm, "labelled_eval_dataloader")
-            and hasattr(pl_module, "pooled")
-        )
-        if usable:
-            dm.setup(stage)
-            usable = not dm.multi_label and len(dm.split_indices("val")) > 0
-        if not usable:
-            rank_zero_only(print)(
-                "online evaluation off: it needs a single-label MedicalDataModule with a "
-                "validation split and a CASSModule"
-            )
+        if stage != "fit":
             return
+        why = self._why_off(trainer, pl_module)
+        if why is not None:
+            rank_zero_only(print)(f"online evaluation off: {why}")
+            return
+        dm = trainer.datamodule
         self.enabled = True
-        for arm in self.arms:
-            features = int(getattr(pl_module, arm).num_features)
+        for arm in self.arms_of(pl_module):
+            features = int(pl_module.arm_backbone(arm).num_features)
             probe = LinearProbe(features, dm.num_classes, lr=self.probe_lr)
             self.probes[arm] = probe.to(pl_module.device)
+
+    def arms_of(self, pl_module: L.LightningModule) -> tuple[str, ...]:
+        """The arms both asked for and trained by the model."""
+        return tuple(a for a in self.arms if a in pl_module.trained_arms())
+
+    def _why_off(self, trainer: L.Trainer, pl_module: L.LightningModule) -> str | None:
+        return self.why_off(trainer.datamodule, pl_module)
+
+    def why_off(self, dm: Any, pl_module: L.LightningModule) -> str | None:
+        """Why this callback cannot run with ``dm`` and ``pl_module`` (``None``: it can)."""
+        if dm is None or not hasattr(dm, "labelled_eval_dataloader"):
+            return "it needs a MedicalDataModule (labelled images and a validation split)"
+        if not callable(getattr(pl_module, "trained_arms", None)):
+            return (f"{type(pl_module).__name__} is not a PretrainingModule (no trained_arms, "
+                    "arm_backbone, pooled_features)")  # fmt: skip
+        if not self.arms_of(pl_module):
+            return f"the model trains {pl_module.trained_arms()}, none of arms={self.arms}"
+        dm.setup("fit")
+        if dm.multi_label:
+            return "the labels are multi-label; the probe and kNN need single-label classes"
+        if len(dm.split_indices("val")) == 0:
+            return "the data has no validation split"
+        return None
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
@@ -79,7 +96,10 @@ class OnlineEvaluation(L.Callback):
         for arm, probe in self.probes.items():
             probe.to(pl_module.device)
             # Summed on the device: read back once, at the epoch's end.
-            totals = torch.stack(probe.step_on_device(pl_module.pooled[arm], labels)).float()
+            features = pl_module.pooled_features(arm)
+            if features is None:
+                continue
+            totals = torch.stack(probe.step_on_device(features, labels)).float()
             previous = self._train.get(arm)
             self._train[arm] = totals if previous is None else previous + totals
 
@@ -117,7 +137,7 @@ class OnlineEvaluation(L.Callback):
             return
         labels = batch_labels(batch).to(pl_module.device)
         for arm, probe in self.probes.items():
-            predicted = probe.predict(pl_module.pooled[arm])
+            predicted = probe.predict(pl_module.pooled_features(arm))
             self._correct[arm] += int((predicted == labels).sum())
         self._seen += int(labels.shape[0])
 
@@ -134,7 +154,7 @@ class OnlineEvaluation(L.Callback):
         dm = trainer.datamodule
         results = {}
         for arm in self.probes:
-            backbone = getattr(pl_module, arm)
+            backbone = pl_module.arm_backbone(arm)
             bank, bank_labels = extract_features(
                 backbone, dm.labelled_eval_dataloader(), pl_module.device
             )

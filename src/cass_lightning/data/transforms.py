@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN as IMAGENET_MEAN
-from timm.data import IMAGENET_DEFAULT_STD as IMAGENET_STD
 from torch import Tensor, nn
 from torchvision import transforms as T
 from torchvision.transforms import v2
+
+from cass_lightning.norms import IMAGENET_MEAN, IMAGENET_STD
 
 #: Where the paper's training augmentation runs: in the loader workers (PIL, per image) or on
 #: the training device on uint8 batches (``DeviceAugment``), with the loader only resizing.

@@ -16,25 +16,20 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import lightning as L
 from torch import Tensor, nn
 
 from cass_lightning.batches import same_size_views
 from cass_lightning.checks import check_positive
-from cass_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cass_lightning.encoders import build_encoder, encoder_spec, freeze_stages, keep_frozen_in_eval
-from cass_lightning.evaluation import KeepPooled
+from cass_lightning.encoders import freeze_stages, keep_frozen_in_eval
 from cass_lightning.export import ExportedArm
 from cass_lightning.losses import DEFAULT_EPS, cosine_similarity, normalized_std
+from cass_lightning.modules.base import PretrainingModule
 from cass_lightning.modules.ema import EMATargets
-from cass_lightning.modules.finite import FiniteLossGuard, GuardsFiniteLoss, logs_this_step
-from cass_lightning.modules.legacy import UpgradesOldCheckpoints, upgrade_cass_hparams
+from cass_lightning.modules.finite import FiniteLossGuard
+from cass_lightning.modules.legacy import upgrade_cass_hparams
 from cass_lightning.modules.objective import CASSObjective, Remedies
-from cass_lightning.modules.optim import (
-    arm_param_groups,
-    group_learning_rates,
-    lightning_optimizers,
-)
+from cass_lightning.modules.optim import arm_param_groups
+from cass_lightning.norms import IMAGENET_MEAN, IMAGENET_STD
 
 ARMS = ("cnn", "vit")
 #: The paper's optimiser: Adam, lr 1e-3, no weight decay, on both arms. ``<arm>_lr`` and
@@ -47,7 +42,7 @@ PAPER_OPTIMIZER: dict[str, Any] = {
 PAPER_SCHEDULER: dict[str, Any] = {"name": "cyclic_cosine", "t_max": 16, "eta_min": 1e-6}
 
 
-class CASSModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
+class CASSModule(PretrainingModule):
     """Cross Architectural Self-Supervision: ``loss = mean(2 - 2 cos(cnn(x), vit(x)))``.
 
     Args:
@@ -71,6 +66,7 @@ class CASSModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
             or None is exactly the paper.
     """
 
+    method = "cass"
     method_name = "CASS"
 
     def __init__(
@@ -97,18 +93,14 @@ class CASSModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.record_method()
         self.remedies = Remedies.from_dict(remedies)
         self.optimizer_cfg = {**PAPER_OPTIMIZER, **(optimizer or {})}
         self.scheduler_cfg = {**PAPER_SCHEDULER, **(scheduler or {})}
         self.arm_hyperparameters()  # refuse a non-positive lr before anything is built
-        common = dict(head=head, head_dim=head_dim, pretrained=pretrained, in_chans=in_chans,
-                      projector_hidden_dim=projector_hidden_dim)  # fmt: skip
-        self.cnn, self.cnn_head = build_encoder(
-            cnn, weights_file=cnn_weights_file, **common, **(cnn_kwargs or {})
-        )
-        self.vit, self.vit_head = build_encoder(
-            vit, weights_file=vit_weights_file, img_size=img_size, **common, **(vit_kwargs or {})
-        )
+        common = dict(head=head, head_dim=head_dim, projector_hidden_dim=projector_hidden_dim)
+        self.cnn, self.cnn_head = self.build_arm("cnn", **common)
+        self.vit, self.vit_head = self.build_arm("vit", **common)
         if head == "features" and self.cnn.num_features != self.vit.num_features:
             raise ValueError(
                 f"head='features' compares pooled features directly, but {cnn} gives "
@@ -136,9 +128,8 @@ class CASSModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
         )
         # The pooled (pre-classifier) features of the last forward pass, detached, captured by a
         # hook on each classifier's input: online probes read them without a second pass.
-        self.pooled: dict[str, Tensor] = {}
         for arm, (backbone, _) in self.arms().items():
-            backbone.get_classifier().register_forward_hook(KeepPooled(self.pooled, arm))
+            self.keep_pooled(arm, backbone)
 
     @classmethod
     def _upgrade(cls, hp: dict[str, Any]) -> dict[str, Any]:
@@ -162,21 +153,29 @@ class CASSModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
         """Both arms' vectors for the same images: ``(z_cnn, z_vit)``."""
         return self.embed_cnn(images), self.embed_vit(images)
 
-    def specs(self) -> dict[str, Any]:
-        """How to rebuild each arm's backbone with plain timm."""
-        hp = self.hparams
-        return {
-            "cnn": encoder_spec(hp.cnn, self.cnn, None, hp.in_chans),
-            "vit": encoder_spec(hp.vit, self.vit, hp.img_size, hp.in_chans),
-        }
+    # ------------------------------------------------------- protocol and export
+    def trained_arms(self) -> tuple[str, ...]:
+        return ARMS
 
-    def exportable(self) -> tuple[dict[str, ExportedArm], dict[str, Any]]:
-        """Both arms with their heads, and what ``meta.json`` says about the export."""
-        hp, specs = self.hparams, self.specs()
-        arms = {arm: ExportedArm(specs[arm], *modules) for arm, modules in self.arms().items()}
-        meta = {"method": "cass", "head": hp.head, "head_dim": hp.head_dim,
-                "img_size": hp.img_size, "mean": list(hp.mean), "std": list(hp.std)}  # fmt: skip
-        return arms, meta
+    def arm_backbone(self, arm: str) -> nn.Module:
+        return self.arms()[arm][0]
+
+    def data_views(self) -> str:
+        return "pair" if self.remedies.two_views else "paper"
+
+    def has_idle_parameters(self) -> bool:
+        # The alternating predictor trains one arm's predictor per step.
+        return self.remedies.predictor == "alternate"
+
+    def export_arms(self) -> dict[str, ExportedArm]:
+        """Both arms with their heads."""
+        specs = self.specs()
+        return {arm: ExportedArm(specs[arm], *modules) for arm, modules in self.arms().items()}
+
+    def export_meta(self) -> dict[str, Any]:
+        hp = self.hparams
+        return {"head": hp.head, "head_dim": hp.head_dim, "img_size": hp.img_size,
+                "mean": list(hp.mean), "std": list(hp.std)}  # fmt: skip
 
     # ---------------------------------------------------------------- training
     def _views(self, batch: Any, stage: str) -> list[Tensor]:
@@ -228,9 +227,7 @@ class CASSModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         loss = self._shared_step(batch, "train")
-        if logs_this_step(self.trainer):  # Python numbers: a copy to the device each
-            self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
-                          on_epoch=False)  # fmt: skip
+        self.log_learning_rates()
         return loss
 
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -293,8 +290,3 @@ class CASSModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
             groups += arm_param_groups(arm, modules, layer_decay=self.remedies.layer_decay,
                                        **arms[arm])  # fmt: skip
         return groups
-
-    def configure_optimizers(self) -> Any:
-        return lightning_optimizers(
-            self.param_groups(), self.optimizer_cfg, self.scheduler_cfg, self.trainer
-        )

@@ -49,6 +49,7 @@ from cass_lightning.modules.optim import (
     group_learning_rates,
     lightning_optimizers,
 )
+from cass_lightning.modules.registry import get_method, recorded_method
 
 ARMS = ("cnn", "vit")
 INITS = ("export", "checkpoint", "imagenet", "random")
@@ -124,7 +125,7 @@ def read_arm_source(
         entry = arm_meta(folder, arm, meta)
         vit_size = (meta.get("vit") or {}).get("img_size")  # exports made before img_size
         trained_at = meta.get("img_size") or entry.get("img_size") or vit_size
-        name, chans, method = entry["timm_name"], entry["in_chans"], meta.get("method", "cass")
+        name, chans, method = entry["timm_name"], entry["in_chans"], recorded_method(meta)
         mean, std = meta.get("mean"), meta.get("std")
     else:
         path = _existing(weights, "CASS checkpoint", want_dir=False)
@@ -133,12 +134,13 @@ def read_arm_source(
             name, trained_at, chans = hp[arm], hp["img_size"], hp.get("in_chans", 3)
         except Exception as err:
             raise ValueError(f"{path} is not a readable CASS checkpoint: {err}") from err
-        if "global_crops" in hp:
+        method = recorded_method(hp)
+        if method != CASSModule.method:
             raise ValueError(
-                f"{path} is a DINO checkpoint; export it with cass-export and fine-tune the "
-                "export folder (weights=<export>)"
+                f"{path} is a {get_method(method).label} checkpoint; export it with cass-export "
+                "and fine-tune the export folder (weights=<export>)"
             )
-        mean, std, method, meta = hp.get("mean"), hp.get("std"), "cass", None
+        mean, std, meta = hp.get("mean"), hp.get("std"), None
     if timm_name is not None and timm_name != name:
         raise ValueError(
             f"timm_name={timm_name!r} but the {arm} arm in {weights} is {name!r}; leave "

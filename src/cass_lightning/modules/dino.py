@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from lightly.loss import DINOLoss
@@ -33,16 +32,12 @@ from torch import Tensor, nn
 
 from cass_lightning.batches import batch_images, batch_labels, multicrop_views
 from cass_lightning.checks import check_choice, check_int, check_keys, check_positive
-from cass_lightning.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from cass_lightning.encoders import build_encoder, encoder_spec
 from cass_lightning.export import ExportedArm, export_backbones
-from cass_lightning.modules.finite import FiniteLossGuard, GuardsFiniteLoss, logs_this_step
-from cass_lightning.modules.legacy import UpgradesOldCheckpoints, upgrade_dino_hparams
-from cass_lightning.modules.optim import (
-    arm_param_groups,
-    group_learning_rates,
-    lightning_optimizers,
-)
+from cass_lightning.modules.base import PretrainingModule
+from cass_lightning.modules.finite import FiniteLossGuard, logs_this_step
+from cass_lightning.modules.legacy import upgrade_dino_hparams
+from cass_lightning.modules.optim import arm_param_groups, lightning_optimizers
+from cass_lightning.norms import IMAGENET_MEAN, IMAGENET_STD
 
 DINO_ARMS = ("cnn", "vit")
 #: DINO's reference optimiser for ViTs: AdamW, lr 5e-4 per 256 images (the apps scale it by the
@@ -71,7 +66,7 @@ def _settings(name: str, given: dict[str, Any] | None, defaults: dict[str, Any])
     return {**defaults, **(given or {})}
 
 
-class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
+class DINOModule(PretrainingModule):
     """DINO self-distillation on one backbone (``arm``), the CASS paper's baseline.
 
     Args:
@@ -91,6 +86,7 @@ class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
             the apps set this factor from ``lr_scaling`` (``model=dino``: linear, base 256).
     """
 
+    method = "dino"
     method_name = "DINO"
 
     def __init__(
@@ -122,6 +118,7 @@ class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
         if not 0.0 <= d["momentum_start"] <= d["momentum_end"] <= 1.0:
             raise ValueError("need 0 <= momentum_start <= momentum_end <= 1")
         self.save_hyperparameters()
+        self.record_method()
         self.optimizer_cfg = o = {**DINO_OPTIMIZER, **(optimizer or {})}
         self.scheduler_cfg = {**DINO_SCHEDULER, **(scheduler or {})}
         check_positive("model.optimizer.lr", o["lr"])
@@ -138,6 +135,7 @@ class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
         self.teacher_backbone, self.teacher_head = self._build(student=False)
         self.teacher_backbone.load_state_dict(self.student_backbone.state_dict())
         self.teacher_head.load_state_dict(self.student_head.state_dict())
+        self.keep_pooled(arm, self.student_backbone)  # for the online probe
         deactivate_requires_grad(self.teacher_backbone)
         deactivate_requires_grad(self.teacher_head)
         self.criterion = DINOLoss(
@@ -168,16 +166,8 @@ class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
         if hp.arm == "vit":
             # Local crops are smaller than img_size: interpolate position embeddings and pad to
             # whole patches (no new parameters, so the export still loads into a plain ViT).
-            kwargs = {"img_size": hp.img_size, "dynamic_img_size": True, "dynamic_img_pad": True}
-        kwargs.update(hp[f"{hp.arm}_kwargs"] or {})
-        backbone, _ = build_encoder(
-            self.backbone_name,
-            head="features",
-            pretrained=hp.pretrained and student,
-            weights_file=hp[f"{hp.arm}_weights_file"] if student else None,
-            in_chans=hp.in_chans,
-            **kwargs,
-        )
+            kwargs = {"dynamic_img_size": True, "dynamic_img_pad": True}
+        backbone, _ = self.build_arm(hp.arm, student=student, **kwargs)
         head = DINOProjectionHead(
             input_dim=backbone.num_features,
             hidden_dim=h["hidden_dim"],
@@ -200,12 +190,17 @@ class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
         """The student backbone: the plain timm model that gets exported."""
         return self.student_backbone
 
-    def specs(self) -> dict[str, Any]:
-        """How to rebuild the trained arm with plain timm (one entry, keyed by ``arm``)."""
-        hp = self.hparams
-        img_size = hp.img_size if hp.arm == "vit" else None
-        return {hp.arm: encoder_spec(self.backbone_name, self.student_backbone, img_size,
-                                     hp.in_chans)}  # fmt: skip
+    # ------------------------------------------------------- protocol and export
+    def trained_arms(self) -> tuple[str, ...]:
+        return (self.hparams.arm,)
+
+    def arm_backbone(self, arm: str) -> nn.Module:
+        if arm != self.hparams.arm:
+            raise KeyError(f"this DINO run trains the {self.hparams.arm} arm, not {arm}")
+        return self.student_backbone
+
+    def data_views(self) -> str:
+        return "dino"
 
     def exportable(self, network: str = "student") -> tuple[dict[str, ExportedArm], dict]:
         """The trained arm (the student, or with ``network="teacher"`` the EMA teacher that
@@ -213,7 +208,7 @@ class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
         check_choice("network", network, ("student", "teacher"))
         hp, spec = self.hparams, self.specs()[self.hparams.arm]
         backbone = self.student_backbone if network == "student" else self.teacher_backbone
-        meta = {"method": "dino", "network": network, "head": "features",
+        meta = {"method": self.method, "network": network, "head": "features",
                 "head_dim": spec.num_features, "img_size": hp.img_size,
                 "mean": list(hp.mean), "std": list(hp.std)}  # fmt: skip
         return {hp.arm: ExportedArm(spec, backbone)}, meta
@@ -274,14 +269,17 @@ class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
         views = multicrop_views(batch)
         n_global = min(self.hparams.global_crops, len(views))
         teacher_out = [self.forward_teacher(v) for v in views[:n_global]]
-        student_out = [self(v) for v in views]
+        student_out = [self(views[0])]
+        first = self.pooled.get(self.hparams.arm)  # the online probe reads the first global crop
+        student_out += [self(v) for v in views[1:]]
+        if first is not None:
+            self.pooled[self.hparams.arm] = first
         loss = self.criterion(teacher_out, student_out, epoch=self.current_epoch)
         self.finite.record(loss, self.global_step)  # read at the logging interval
         # Not in Lightning's progress bar: it reads those back every batch.
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=views[0].shape[0])
+        self.log_learning_rates()
         if logs_this_step(self.trainer):  # Python numbers: a copy to the device each
-            self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
-                          on_epoch=False)  # fmt: skip
             self.log("train/teacher_momentum", self.teacher_momentum(), on_step=True,
                      on_epoch=False)  # fmt: skip
             self.log(f"wd/{self.hparams.arm}", self.weight_decay_now(), on_step=True,
@@ -325,11 +323,17 @@ class DINOModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
         update_momentum(self.student_head, self.teacher_head, m=momentum)
 
     # --------------------------------------------------------------- optimiser
-    def configure_optimizers(self) -> Any:
+    def param_groups(self) -> list[dict[str, Any]]:
         lr = float(self.optimizer_cfg["lr"]) * float(self.hparams.batch_lr_factor)
         wd = float(self.optimizer_cfg.get("weight_decay", 0.0))
-        groups = arm_param_groups(self.hparams.arm, [self.student_backbone, self.student_head],
-                                  lr=lr, weight_decay=wd)  # fmt: skip
+        return arm_param_groups(self.hparams.arm, [self.student_backbone, self.student_head],
+                                lr=lr, weight_decay=wd)  # fmt: skip
+
+    def configure_optimizers(self) -> Any:
+        lr = float(self.optimizer_cfg["lr"]) * float(self.hparams.batch_lr_factor)
         return lightning_optimizers(
-            groups, {**self.optimizer_cfg, "lr": lr}, self.scheduler_cfg, self.trainer
+            self.param_groups(),
+            {**self.optimizer_cfg, "lr": lr},
+            self.scheduler_cfg,
+            self.trainer,
         )

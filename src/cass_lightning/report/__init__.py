@@ -17,7 +17,8 @@ Two entry points:
 Inputs of :func:`write_study_report` (the contract with ``cass-study``):
 
 1. ``results``: one dict per fine-tuning run, as in ``results.json``: ``dataset``, ``method``
-   (``cass``, ``dino``, ``imagenet``, ``random``; see :func:`method_label`), ``arm`` (``cnn``,
+   (a name in ``cass_lightning.modules.registry``: ``cass``, ``dino``, ``byol``, ``imagenet``,
+   ``random``, ...; see :func:`method_label`), ``arm`` (``cnn``,
    ``vit``), ``mode``, ``label_fraction``, ``seed``, ``label_seed``, ``metrics``
    (``{"test/<name>": float | None}``), ``test_split``, ``num_classes``, ``multi_label``, and
    optionally ``classes`` (names), ``per_class`` (``{"f1": [float | None per class],

@@ -7,24 +7,29 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cass_lightning.modules.registry import get_method, method_names, recorded_method
 from cass_lightning.report.validate import load_result
 
 RESULTS_FILE = "results.json"  # what cass-finetune writes (apps/finetune.py)
 META_FILE = "meta.json"  # what an export holds (export.py)
-METHODS = ("cass", "dino", "imagenet", "random")  # table order: CASS first, then its baselines
+#: The shipped methods in table order (CASS first, then its baselines); the registry
+#: (``cass_lightning.modules.registry``) is the list, including methods registered later.
+METHODS = method_names()
 ARMS = ("cnn", "vit")
 
 
 def method_label(result: dict[str, Any], source: Path | None = None) -> str:
     """The pretraining method behind one run, from its ``init`` and, for exports, ``meta.json``.
 
-    An export says which method wrote it (DINO's exports carry ``"method": "dino"``; CASS's
-    exports predate that key, so a missing key means CASS). A ``.ckpt`` is always a CASS
-    checkpoint: ``cass-finetune`` reads no other kind.
+    An export's ``meta.json`` names the method that wrote it, one of the registry's; exports
+    written before every method recorded itself are read by the registry's legacy rule
+    (``registry.recorded_method``). A method the registry does not know is refused by name,
+    never reported as another. A ``.ckpt`` is always a CASS checkpoint: ``cass-finetune``
+    reads no other kind.
     """
     init = result.get("init")
     where = f" ({source})" if source else ""
-    if init in ("imagenet", "random"):
+    if init in method_names() and not get_method(str(init)).pretrains:
         return str(init)
     if init == "checkpoint":
         return "cass"
@@ -43,7 +48,10 @@ def method_label(result: dict[str, Any], source: Path | None = None) -> str:
         method = meta.get("method", "cass") if isinstance(meta, dict) else None
         if not isinstance(method, str):
             raise ValueError(f"{meta_path} names no method (the run{where})")
-        return "dino" if str(method).lower() == "dino" else "cass"
+        try:
+            return recorded_method(meta)
+        except ValueError as err:
+            raise ValueError(f"{meta_path}: {err} (the run{where})") from None
     raise ValueError(f"unknown init {init!r} in a results file{where}")
 
 

@@ -22,8 +22,8 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from cass_lightning.report.collect import ARMS, METHODS
-from cass_lightning.report.table import ARM_NAMES, METHOD_NAMES, order
+from cass_lightning.report.collect import ARMS
+from cass_lightning.report.table import ARM_NAMES, method_name, methods_order, order
 
 COST_REQUIRED = ("method", "arm", "fit_seconds", "epochs", "batch_size", "dataset")
 NOT_COMPARABLE = "interrupted: cost not comparable"
@@ -67,8 +67,8 @@ def times(ratio: float) -> str:
 
 def _name(method: str, arm: str) -> str:
     if arm == "both":
-        return f"{METHOD_NAMES.get(method, method)} (both arms)"
-    return f"{METHOD_NAMES.get(method, method)}-{ARM_NAMES.get(arm, arm)}"
+        return f"{method_name(method)} (both arms)"
+    return f"{method_name(method)}-{ARM_NAMES.get(arm, arm)}"
 
 
 def cost_rows(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -101,7 +101,8 @@ def cost_rows(costs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             "comparable": whole,
         })  # fmt: skip
     arms = ("both", *ARMS)
-    rows.sort(key=lambda r: (r["dataset"], order(r["method"], METHODS), order(r["arm"], arms),
+    known = methods_order()
+    rows.sort(key=lambda r: (r["dataset"], order(r["method"], known), order(r["arm"], arms),
                              r["epochs"], r["batch_size"], not r["comparable"]))  # fmt: skip
     return rows
 

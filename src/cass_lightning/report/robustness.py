@@ -15,22 +15,39 @@ from typing import Any
 from cass_lightning.report.collect import ARMS
 from cass_lightning.report.table import (
     ARM_NAMES,
-    METHOD_NAMES,
     cell,
     fraction_label,
+    method_name,
     metric_name,
     order,
 )
 
-GRID_METHODS = ("cass", "dino")
+
+def grid_methods() -> tuple[str, ...]:
+    """The pretraining methods the robustness grid repeats (the registry's ``in_grid``)."""
+    from cass_lightning.modules.registry import pretraining_methods
+
+    return tuple(m.name for m in pretraining_methods() if m.in_grid)
+
+
+#: The shipped grid methods (:func:`grid_methods` reads the registry live).
+GRID_METHODS = grid_methods()
+
+
+def shown_methods(by_method: dict[str, Any]) -> tuple[str, ...]:
+    """The grid's rows of one arm: the paper's methods (run or not) and any other present."""
+    from cass_lightning.modules.registry import get_method
+
+    return tuple(m for m in grid_methods() if m in by_method or get_method(m).always_shown)
+
 
 Grid = dict[str, dict[str, dict[tuple[int | None, int | None], dict[str, Any]]]]
 
 
 def is_grid_row(row: dict[str, Any]) -> bool:
-    """A CASS or DINO row pretrained at a point of the grid (not the study's main setting)."""
+    """A pretrained method's row at a point of the grid (not the study's main setting)."""
     point = (row.get("pretrain_batch_size"), row.get("pretrain_epochs"))
-    return row["method"] in GRID_METHODS and point != (None, None)
+    return row["method"] in grid_methods() and point != (None, None)
 
 
 def grids(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, float], Grid]:
@@ -39,7 +56,7 @@ def grids(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, float], Grid]:
 
     def key(r: dict[str, Any]) -> tuple[Any, ...]:
         return (r["dataset"], r["mode"], r["label_fraction"], order(r["arm"], ARMS),
-                order(r["method"], GRID_METHODS))  # fmt: skip
+                order(r["method"], grid_methods()))  # fmt: skip
 
     for row in sorted((r for r in rows if is_grid_row(r)), key=key):
         section = found.setdefault((row["dataset"], row["mode"], row["label_fraction"]), {})
@@ -83,10 +100,10 @@ def heatmaps(grid: Grid) -> list[tuple[str, list[tuple[str, list, list, list[lis
     for arm, by_method in grid.items():
         batches, epochs = axes(by_method)
         row = []
-        for method in GRID_METHODS:
+        for method in shown_methods(by_method):
             points = by_method.get(method, {})
             values = [[(points.get((b, e)) or {}).get("mean") for e in epochs] for b in batches]
-            row.append((f"{METHOD_NAMES[method]}-{ARM_NAMES.get(arm, arm)}", batches, epochs,
+            row.append((f"{method_name(method)}-{ARM_NAMES.get(arm, arm)}", batches, epochs,
                         values))  # fmt: skip
         panels.append((arm, row))
     return panels
@@ -115,18 +132,18 @@ def robustness_markdown(
             lines += ["", f"{ARM_NAMES.get(arm, arm)} arm:", "",
                       "| pretraining | " + " | ".join(map(_epochs, epochs)) + " |",
                       "|---|" + "---|" * len(epochs)]  # fmt: skip
-            for method in GRID_METHODS:
+            for method in shown_methods(by_method):
                 points = by_method.get(method, {})
                 for batch in batches:
                     cells = [cell(points.get((batch, e))) for e in epochs]
-                    name = f"{METHOD_NAMES[method]}, {_batch(batch)}"
+                    name = f"{method_name(method)}, {_batch(batch)}"
                     lines.append(f"| {name} | " + " | ".join(cells) + " |")
             spreads = []
-            for method in GRID_METHODS:
+            for method in shown_methods(by_method):
                 points = by_method.get(method, {})
                 value = spread(points)
                 shown = f"{value:.4f}" if value is not None else "-"
-                spreads.append(f"{METHOD_NAMES[method]} {shown} ({len(points)} points)")
+                spreads.append(f"{method_name(method)} {shown} ({len(points)} points)")
             lines += ["", "Spread of the means over the grid: " + ", ".join(spreads) + "."]
         if figure is not None:
             name = figure(dataset, mode, fraction)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cass_lightning.report.collect import ARMS, METHODS, missing_reason
+from cass_lightning.report.collect import ARMS, missing_reason
 from cass_lightning.report.costs import check_costs, cost_markdown
 from cass_lightning.report.identity import prepare, settings_of
 from cass_lightning.report.perclass import classes_of, confusion_total, per_class_f1
@@ -23,6 +23,7 @@ from cass_lightning.report.table import (
     aggregate,
     cell,
     fraction_label,
+    methods_order,
     metric_key,
     metric_name,
     order,
@@ -31,7 +32,13 @@ from cass_lightning.report.table import (
     sections,
 )
 from cass_lightning.report.validate import check_result
-from cass_lightning.report.verdict import BASELINES, VERDICT_FIELDS, Comparison, main_runs, verdicts
+from cass_lightning.report.verdict import (
+    VERDICT_FIELDS,
+    Comparison,
+    compared_methods,
+    main_runs,
+    verdicts,
+)
 from cass_lightning.report.writer import StagedFolder, refuse_existing, write_csv
 
 STUDY_FILE = "study.md"
@@ -40,7 +47,16 @@ VERDICTS_FILE = "verdicts.csv"
 FRACTIONS_FILE = "fractions.png"
 STUDY_CSV_FIELDS = (*CSV_FIELDS, "note")
 RESULT_KEYS = ("dataset", "method", "arm", "mode", "label_fraction", "seed", "metrics")
-PAPER_METHODS = ("cass", "dino", "imagenet")  # rows the study always shows, run or missing
+
+
+def paper_methods() -> tuple[str, ...]:
+    """Rows the study always shows, run or missing (the registry's ``always_shown``)."""
+    from cass_lightning.modules.registry import methods
+
+    return tuple(m.name for m in methods() if m.always_shown)
+
+
+PAPER_METHODS = paper_methods()  # the shipped ones: cass, dino, imagenet
 FIGURE_KINDS = {"per_class_f1": "per-class F1", "confusion": "confusion matrices"}
 
 
@@ -73,7 +89,9 @@ def layout(
     entry names."""
     named = [(str(r["method"]), str(r["arm"])) for r in results]
     named += [(str(m["method"]), str(m["arm"])) for m in missing]
-    methods = sorted({m for m, _ in named} | set(PAPER_METHODS), key=lambda m: order(m, METHODS))
+    methods = sorted(
+        {m for m, _ in named} | set(paper_methods()), key=lambda m: order(m, methods_order())
+    )
     arms = sorted({a for _, a in named}, key=lambda a: order(a, ARMS))
     return [(m, a) for m in methods for a in arms]
 
@@ -279,7 +297,8 @@ def write_study_report(
     def metric_for(dataset: str) -> str:
         return metric or default_metric(dataset)
 
-    comparisons = verdicts(results, metric_for, missing=missing, others=BASELINES)
+    present = {str(r["method"]) for r in results} | {str(m["method"]) for m in missing}
+    comparisons = verdicts(results, metric_for, missing=missing, others=compared_methods(present))
     main = [r for r in rows if r["pretrain_batch_size"] is None and r["pretrain_epochs"] is None
             and r["mean"] is not None]  # fmt: skip
     figures = _figures(results, order_rows)

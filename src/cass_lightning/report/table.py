@@ -7,7 +7,9 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from cass_lightning.report.collect import ARMS, METHODS
+from cass_lightning.modules.registry import labels
+from cass_lightning.modules.registry import method_label as _label
+from cass_lightning.report.collect import ARMS
 from cass_lightning.report.identity import data_of, prepare, settings_of
 
 CSV_FIELDS = (
@@ -17,14 +19,27 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
-METHOD_NAMES = {"cass": "CASS", "dino": "DINO", "imagenet": "ImageNet", "random": "Random"}
+#: Display labels of the shipped methods (the registry's; :func:`method_name` reads it live).
+METHOD_NAMES = labels()
 ARM_NAMES = {"cnn": "CNN", "vit": "ViT"}
 METRIC_NAMES = {"f1_macro": "macro-F1", "balanced_acc": "balanced accuracy"}
 
 
 def row_name(method: str, arm: str) -> str:
     """The paper's name for a row: ``CASS-CNN``, ``DINO-ViT``, ``ImageNet-CNN``, ..."""
-    return f"{METHOD_NAMES.get(method, method)}-{ARM_NAMES.get(arm, arm)}"
+    return f"{method_name(method)}-{ARM_NAMES.get(arm, arm)}"
+
+
+def method_name(method: str) -> str:
+    """``cass`` -> ``CASS``: the method's label in the registry (its name when unknown)."""
+    return _label(method)
+
+
+def methods_order() -> tuple[str, ...]:
+    """Every registered method in the table's order (methods registered after import too)."""
+    from cass_lightning.modules.registry import method_names
+
+    return method_names()
 
 
 def metric_name(metric: str) -> str:
@@ -144,7 +159,8 @@ def classes_evaluated(runs: Sequence[dict[str, Any]]) -> str | None:
 def row_order(row: dict[str, Any]) -> tuple[Any, ...]:
     """Sort key of aggregated rows: dataset, mode, the paper's method and arm order, the
     pretraining point (main runs first), label fraction."""
-    return (row["dataset"], row["mode"], order(row["method"], METHODS), order(row["arm"], ARMS),
+    return (row["dataset"], row["mode"], order(row["method"], methods_order()),
+            order(row["arm"], ARMS),
             _none_first(row.get("pretrain_batch_size")), _none_first(row.get("pretrain_epochs")),
             row["label_fraction"], str(row.get("settings") or ""))  # fmt: skip
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cass_lightning.report.collect import ARMS, missing_reason
 from cass_lightning.report.identity import settings_of
 from cass_lightning.report.table import (
-    METHOD_NAMES,
     fraction_label,
+    method_name,
     metric_key,
     metric_name,
     order,
@@ -34,7 +34,21 @@ T_975 = {
     18: 2.101, 19: 2.093, 20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060,
     26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042,
 }  # fmt: skip
-BASELINES = ("dino", "imagenet")  # what CASS is compared with, in the verdict's order
+
+
+def compared_methods(present: Iterable[str] = ()) -> tuple[str, ...]:
+    """What CASS is compared with, in the verdict's order: the registry's ``compared``
+    methods that the study always shows, and the others (opt-in ones such as BYOL) when
+    ``present`` names them."""
+    from cass_lightning.modules.registry import methods
+
+    shown = set(present)
+    return tuple(m.name for m in methods()
+                 if m.compared and (m.always_shown or m.name in shown))  # fmt: skip
+
+
+#: The shipped baselines CASS is always compared with (DINO, ImageNet).
+BASELINES = compared_methods()
 
 
 def t_quantile_975(df: int) -> float:
@@ -195,8 +209,8 @@ class Comparison:
                 f"{signed(self.pairs[0][1])} {what} from 1 paired seed: no interval, no verdict"
             )
         tail = {
-            "better": f"{METHOD_NAMES.get(self.method, self.method)} better",
-            "worse": f"{METHOD_NAMES.get(self.method, self.method)} worse",
+            "better": f"{method_name(self.method)} better",
+            "worse": f"{method_name(self.method)} worse",
             "unresolved": f"no difference resolved with {self.n} seeds",
         }[self.outcome]
         return head + (

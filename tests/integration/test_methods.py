@@ -1,0 +1,325 @@
+"""The method family: the registry, the method recorded in checkpoints and exports, the
+callbacks' protocol on every method, a toy method registered here end to end, and BYOL."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app_helpers import compose_app
+from cass_lightning.apps.export import export_checkpoint
+from cass_lightning.apps.finetune import RESULTS_FILE, finetune
+from cass_lightning.apps.pretrain import pretrain
+from cass_lightning.apps.report import main as report_main
+from cass_lightning.callbacks import OnlineEvaluation
+from cass_lightning.data import SyntheticDataModule
+from cass_lightning.export import load_backbone, read_meta
+from cass_lightning.modules import pretraining_module_for
+from cass_lightning.modules.base import PretrainingModule
+from cass_lightning.modules.byol import BYOLModule
+from cass_lightning.modules.dino import DINOModule
+from cass_lightning.modules.legacy import stored_hparams
+from cass_lightning.modules.optim import arm_param_groups
+from cass_lightning.modules.registry import (
+    ONE,
+    Method,
+    get_method,
+    method_names,
+    recorded_method,
+    register,
+    unregister,
+)
+from cass_lightning.report import collect_results
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+TINY_ENCODERS = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32)
+
+
+# ------------------------------------------------------------------------ the registry
+def test_registry_lists_every_method_and_refuses_unknown_names():
+    assert method_names()[:3] == ("cass", "dino", "byol")
+    assert method_names()[-2:] == ("imagenet", "random")
+    assert get_method("dino").exported_arms("vit") == ("vit",)
+    assert get_method("cass").exported_arms() == ("cnn", "vit")
+    assert not get_method("imagenet").pretrains
+    with pytest.raises(ValueError, match="unknown method 'simclr'"):
+        get_method("simclr")
+    with pytest.raises(ValueError, match="already registered"):
+        register(Method("cass", "CASS again"))
+
+
+def test_old_files_are_labelled_by_the_legacy_rule_and_new_ones_by_their_record():
+    assert recorded_method({"head": "logits"}) == "cass"  # an export from before the key
+    assert recorded_method({"global_crops": 2, "arm": "vit"}) == "dino"
+    assert recorded_method({"method": "BYOL", "global_crops": 2}) == "byol"  # recorded wins
+    with pytest.raises(ValueError, match="unknown method 'simclr'"):
+        recorded_method({"method": "simclr"})
+
+
+@pytest.mark.parametrize(
+    ("fixture", "method"), [("legacy_cass.ckpt", "cass"), ("legacy_dino.ckpt", "dino")]
+)
+def test_legacy_checkpoints_load_with_their_method_named(fixture, method):
+    path = FIXTURES / fixture
+    if not path.is_file():
+        pytest.skip(f"no {fixture}")
+    hp = stored_hparams(path)
+    assert "method" not in hp  # written before the method was recorded
+    module = pretraining_module_for(hp)
+    assert module.method == method
+    model = module.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+    assert model.hparams["method"] == method
+    assert model.exportable()[1]["method"] == method
+
+
+# --------------------------------------------------- the protocol, on DINO as on CASS
+@pytest.fixture
+def synthetic(tmp_path):
+    return SyntheticDataModule(tmp_path, images_per_class=6, val_images_per_class=2,
+                               image_size=16, img_size=32, batch_size=6,
+                               label_fraction=0.5)  # fmt: skip
+
+
+def test_online_probe_and_knn_readings_in_a_dino_run(tmp_path):
+    data = SyntheticDataModule(tmp_path / "d", images_per_class=6, val_images_per_class=2,
+                               image_size=16, img_size=32, batch_size=6, label_fraction=0.5,
+                               train_views="dino")  # fmt: skip
+    model = DINOModule(arm="cnn", **TINY_ENCODERS, head={"dim": 32, "hidden_dim": 32,
+                                                          "bottleneck_dim": 8})  # fmt: skip
+    online = OnlineEvaluation(every_n_epochs=1, k=5)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[online])  # fmt: skip
+    trainer.fit(model, datamodule=data)
+    metrics = trainer.callback_metrics
+    for key in ("probe/cnn_val_acc", "knn/cnn_val_acc", "probe/cnn_train_loss"):
+        assert key in metrics, key
+    assert "probe/vit_val_acc" not in metrics  # DINO trained only the CNN
+    assert 0.0 <= float(metrics["knn/cnn_val_acc"]) <= 1.0
+    assert model.hparams["method"] == "dino"
+
+
+# --------------------------------------------------- a toy method, registered only here
+class ToyModule(PretrainingModule):
+    """One CNN arm pushed to spread its pooled features over the batch (not a real method)."""
+
+    method = "toy"
+    method_name = "Toy"
+
+    def __init__(
+        self, arm: str = "cnn", cnn: str = "resnet10t", vit: str = "vit_tiny_patch16_224",
+        img_size: int = 32, in_chans: int = 3, pretrained: bool = False,
+        cnn_weights_file: str | None = None, vit_weights_file: str | None = None,
+        cnn_kwargs: dict | None = None, vit_kwargs: dict | None = None,
+        mean: tuple = (0.5, 0.5, 0.5), std: tuple = (0.5, 0.5, 0.5),
+        batch_lr_factor: float = 1.0,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self.save_hyperparameters()
+        self.record_method()
+        self.optimizer_cfg = {"name": "adam", "lr": 1e-3}
+        self.scheduler_cfg = {"name": "none"}
+        self.backbone, _ = self.build_arm(arm)
+        self.keep_pooled(arm, self.backbone)
+        from cass_lightning.modules.finite import FiniteLossGuard
+
+        self.finite = FiniteLossGuard("Toy", "none")
+
+    def trained_arms(self) -> tuple[str, ...]:
+        return (self.hparams.arm,)
+
+    def arm_backbone(self, arm: str) -> nn.Module:
+        return self.backbone
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images = batch[0] if isinstance(batch, (list, tuple)) else batch
+        loss = -F.normalize(self.backbone(images), dim=1).std(dim=0).mean()
+        self.finite.record(loss, self.global_step)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=images.shape[0])
+        return loss
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        return arm_param_groups(self.hparams.arm, [self.backbone], lr=1e-3, weight_decay=0.0)
+
+
+@pytest.fixture
+def toy_method():
+    register(Method("toy", "Toy", f"{__name__}:ToyModule", None, ONE))
+    yield get_method("toy")
+    unregister("toy")
+
+
+@pytest.mark.slow
+def test_a_registered_toy_method_pretrains_exports_finetunes_and_is_reported(
+    toy_method, synthetic, tmp_path
+):
+    model = toy_method.module_class()(arm="cnn")
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    synthetic.setup("fit")
+    trainer.fit(model, synthetic.train_dataloader())  # no datamodule hparams in the checkpoint
+    trainer.save_checkpoint(tmp_path / "toy.ckpt")
+    hp = stored_hparams(tmp_path / "toy.ckpt")
+    assert hp["method"] == "toy" and pretraining_module_for(hp) is ToyModule
+    export = model.export(tmp_path / "export")
+    assert read_meta(export)["method"] == "toy"
+    assert load_backbone(export, "cnn").num_features == model.backbone.num_features
+    cfg = compose_app(tmp_path, [
+        "data=synthetic", "data.images_per_class=3", "data.val_images_per_class=1",
+        "data.image_size=16", "data.batch_size=6", "data.num_workers=0", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", f"weights={export}", "arm=cnn", "logger=csv",
+    ], config_name="finetune", output_dir=tmp_path / "ft")  # fmt: skip
+    finetune(cfg)
+    results = collect_results([tmp_path / "ft"])
+    assert [r["method"] for r in results] == ["toy"]
+    assert json.loads((tmp_path / "ft" / RESULTS_FILE).read_text())["method"] == "toy"
+    assert report_main([str(tmp_path / "ft"), "--out", str(tmp_path / "report")]) == 0
+    assert "| toy | cnn |" in (tmp_path / "report" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------- BYOL
+def test_byol_trains_one_arm_on_two_views_and_exports_it():
+    model = BYOLModule(arm="cnn", **TINY_ENCODERS, head={"hidden_dim": 32, "dim": 16,
+                                                         "predictor_hidden_dim": 32})  # fmt: skip
+    views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
+    loss = model.training_step((views, torch.zeros(4, dtype=torch.long)), 0)
+    assert loss.ndim == 0 and -1.0 <= float(loss.detach()) <= 1.0  # a negative cosine
+    loss.backward()
+    assert model.backbone.conv1[0].weight.grad is not None
+    assert all(p.grad is None for p in model.target_backbone.parameters())
+    arms, meta = model.exportable()
+    assert list(arms) == ["cnn"] and meta["method"] == "byol"
+    assert model.hparams["method"] == "byol" and model.data_views() == "pair"
+    with pytest.raises(ValueError, match="two views"):
+        model.training_step(torch.randn(4, 3, 32, 32), 0)
+
+
+BYOL_SMALL = ["model.head.hidden_dim=32", "model.head.dim=16", "model.head.predictor_hidden_dim=32"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arm", ["cnn", "vit"])
+def test_byol_through_the_apps_pretrain_export_finetune(arm, tmp_path):
+    cfg = compose_app(tmp_path, ["model=byol", f"model.arm={arm}", "debug=tiny",
+                                 "print_config=false", "rich_progress_bar=false",
+                                 "trainer.max_epochs=2", *BYOL_SMALL])  # fmt: skip
+    assert cfg.data.train_views == "pair"
+    result = pretrain(cfg)
+    assert result["method"] == "BYOL"
+    assert math.isfinite(result["metrics"]["train/loss_epoch"])
+    meta = read_meta(result["export_dir"])
+    other = "vit" if arm == "cnn" else "cnn"
+    assert meta["method"] == "byol" and arm in meta and other not in meta
+    again = export_checkpoint(result["last_checkpoint"], tmp_path / "export-last")  # cass-export
+    assert read_meta(again)["method"] == "byol" and other not in read_meta(again)
+    ft = compose_app(tmp_path, [
+        "data=synthetic", "data.images_per_class=3", "data.val_images_per_class=1",
+        "data.image_size=32", "data.batch_size=6", "data.num_workers=0", "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false", f"weights={result['export_dir']}", f"arm={arm}",
+        "logger=csv",
+    ], config_name="finetune", output_dir=tmp_path / "ft")  # fmt: skip
+    finetune(ft)
+    assert [r["method"] for r in collect_results([tmp_path / "ft"])] == ["byol"]
+
+
+# ------------------------------------------------------------- the "best" checkpoint
+@pytest.mark.slow
+def test_best_checkpoint_follows_the_probe_or_is_absent_with_the_reason(tmp_path):
+    base = ["debug=tiny", "print_config=false", "rich_progress_bar=false", "trainer.max_epochs=2"]
+    result = pretrain(compose_app(tmp_path / "a", base, output_dir=tmp_path / "a" / "run"))
+    assert Path(result["best_checkpoint"]).is_file() and result["best_reason"] is None
+    best = torch.load(result["best_checkpoint"], map_location="cpu", weights_only=False)
+    (state,) = [v for k, v in best["callbacks"].items() if k.startswith("ModelCheckpoint")]
+    assert state["monitor"] == "probe/cnn_val_acc"
+    off = [*base, "~callbacks.online_evaluation"]
+    result = pretrain(compose_app(tmp_path / "b", off, output_dir=tmp_path / "b" / "run"))
+    summary = json.loads((tmp_path / "b" / "run" / "summary.json").read_text())
+    assert summary["best_checkpoint"] is None
+    assert "no online evaluation" in summary["best_reason"]
+    assert sorted(p.name for p in (tmp_path / "b" / "run" / "checkpoints").iterdir()) == [
+        "last.ckpt"
+    ]
+
+
+def test_pretrain_refuses_data_without_the_views_the_model_declares(tmp_path):
+    from cass_lightning.apps.pretrain import check_data_views
+
+    model = BYOLModule(arm="cnn", **TINY_ENCODERS, head={"hidden_dim": 8, "dim": 8,
+                                                         "predictor_hidden_dim": 8})  # fmt: skip
+    one_view = SyntheticDataModule(tmp_path, img_size=32, train_views="paper")
+    with pytest.raises(
+        ValueError, match=r"BYOL needs data\.train_views=pair, but the data gives paper"
+    ):
+        check_data_views(model, one_view)
+    check_data_views(model, SyntheticDataModule(tmp_path, img_size=32, train_views="pair"))
+
+
+# ------------------------------------------------------ the report of three methods
+def _export(folder: Path, method: str | None) -> Path:
+    folder.mkdir(parents=True)
+    meta = {"format": "cass-lightning-export/1", **({"method": method} if method else {})}
+    (folder / "meta.json").write_text(json.dumps(meta))
+    return folder
+
+
+def _result(folder: Path, weights: Path, arm: str, seed: int, value: float) -> None:
+    folder.mkdir(parents=True)
+    (folder / RESULTS_FILE).write_text(json.dumps({
+        "arm": arm, "mode": "finetune", "init": "export", "weights": str(weights),
+        "dataset": "synthetic", "label_fraction": 1.0, "seed": seed, "test_split": "val",
+        "metrics": {"test/f1_macro": value, "test/loss": 1.0},
+    }))  # fmt: skip
+
+
+def test_a_report_of_cass_dino_and_byol_labels_and_compares_each(tmp_path):
+    from cass_lightning.report.costs import cost_rows
+    from cass_lightning.report.table import row_name
+    from cass_lightning.report.verdict import compared_methods, verdicts
+
+    exports = {m: _export(tmp_path / "exports" / str(m), m) for m in ("cass", "dino", "byol")}
+    exports["old-cass"] = _export(tmp_path / "exports" / "old", None)  # no method: legacy CASS
+    for name, base in [("cass", 0.7), ("dino", 0.5), ("byol", 0.6)]:
+        for seed in range(3):
+            _result(tmp_path / "runs" / name / str(seed), exports[name], "cnn", seed,
+                    base + 0.01 * seed)  # fmt: skip
+    _result(tmp_path / "runs" / "old" / "0", exports["old-cass"], "vit", 0, 0.4)
+    results = collect_results([tmp_path / "runs"])
+    labels = {Path(r["results_file"]).parent.parent.name: r["method"] for r in results}
+    assert labels == {"cass": "cass", "dino": "dino", "byol": "byol", "old": "cass"}
+    assert row_name("byol", "cnn") == "BYOL-CNN"
+    others = compared_methods({r["method"] for r in results})
+    assert others == ("dino", "byol", "imagenet") and compared_methods() == ("dino", "imagenet")
+    found = verdicts(results, lambda _: "f1_macro", others=others)
+    byol = [c for c in found if c.other == "byol" and c.arm == "cnn"]
+    assert len(byol) == 1 and byol[0].n == 3  # three seeds paired, CASS against BYOL
+    costs = [{"method": m, "arm": a, "fit_seconds": s, "epochs": 2, "batch_size": 8,
+              "dataset": "synthetic"}
+             for m, a, s in [("cass", "both", 10.0), ("byol", "cnn", 4.0)]]  # fmt: skip
+    assert [r["method"] for r in cost_rows(costs)] == ["cass", "byol"]
+
+
+def test_each_method_declares_its_arms_views_and_idle_parameters():
+    from cass_lightning.modules.cass import CASSModule
+
+    small = dict(**TINY_ENCODERS, head_dim=8, projector_hidden_dim=8)
+    cass = CASSModule(**small, remedies={"predictor": "alternate", "predictor_hidden_dim": 8,
+                                         "two_views": True})  # fmt: skip
+    assert (cass.trained_arms(), cass.data_views(), cass.has_idle_parameters()) == (
+        ("cnn", "vit"), "pair", True)  # fmt: skip
+    assert cass.best_monitor() == "probe/cnn_val_acc"
+    dino = DINOModule(arm="vit", **TINY_ENCODERS, head={"dim": 8, "hidden_dim": 8,
+                                                        "bottleneck_dim": 8})  # fmt: skip
+    assert (dino.trained_arms(), dino.data_views(), dino.has_idle_parameters()) == (
+        ("vit",), "dino", False)  # fmt: skip
+    assert dino.best_monitor() == "probe/vit_val_acc"
+    assert dino.arm_backbone("vit") is dino.student_backbone
+    with pytest.raises(KeyError, match="trains the vit arm, not cnn"):
+        dino.arm_backbone("cnn")
