@@ -88,6 +88,27 @@ def test_datamodule_multi_crop_only_for_pretraining(tmp_path):
         SyntheticDataModule(tmp_path / "data", train_views="two")
 
 
+class _SeenBatch(L.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batch = batch
+
+
+def test_dinos_own_batch_hook_still_runs_with_the_projects_datamodule(tmp_path):
+    """The datamodule's device work must not replace DINO's ``on_after_batch_transfer`` (Lightning
+    calls only the datamodule's when both define that hook)."""
+    data = SyntheticDataModule(
+        tmp_path / "data", images_per_class=2, val_images_per_class=1, image_size=32,
+        img_size=32, batch_size=4, train_views="dino",
+    )  # fmt: skip
+    seen = _SeenBatch()
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, max_steps=1,
+                        limit_val_batches=0, callbacks=[seen])  # fmt: skip
+    trainer.fit(DINOModule(arm="cnn", **TINY_DINO), data)
+    assert isinstance(seen.batch, dict) and len(seen.batch["views"]) == 8
+    assert seen.batch["image"] is seen.batch["views"][0]
+
+
 @pytest.mark.parametrize("arm", ["cnn", "vit"])
 def test_trains_a_few_steps_with_finite_loss(arm):
     model = DINOModule(arm=arm, **TINY_DINO)

@@ -84,12 +84,14 @@ def test_the_datamodule_yields_uint8_and_augments_training_batches_after_the_tra
     dm.setup("fit")
     images, labels = next(iter(dm.train_dataloader()))
     assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
-    out, same_labels = dm.on_after_batch_transfer([images, labels], 0)
+    out, same_labels = dm.transfer_batch_to_device([images, labels], torch.device("cpu"), 0)
     assert out.dtype == torch.float32 and out.shape == (4, 3, 16, 16)
     assert torch.equal(same_labels, labels) and out.min() < 0  # normalised
     val = next(iter(dm.val_dataloader()))
     assert val[0].dtype == torch.float32
-    assert dm.on_after_batch_transfer(val, 0)[0] is val[0]  # evaluation batches pass as they are
+    assert (
+        dm.transfer_batch_to_device(val, torch.device("cpu"), 0)[0] is val[0]
+    )  # evaluation batches pass as they are
     # Lightning calls the hook: a model given uint8 images would fail in its first convolution.
     model = CASSModule(**{**tiny_kwargs, "img_size": 16})
     make_trainer(max_steps=1, limit_val_batches=0).fit(model, datamodule=dm)

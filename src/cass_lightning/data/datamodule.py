@@ -130,7 +130,7 @@ class MedicalDataModule(L.LightningDataModule):
             or the ``labelled`` subset (fine-tuning, with the paper's single augmented view).
         augment_on: where the paper's training augmentation runs: ``loader`` (the workers, on
             PIL images) or ``device`` (the training loaders yield resized uint8 images, from
-            the decoded cache where one is set, and :meth:`on_after_batch_transfer` augments and
+            the decoded cache where one is set, and :meth:`transfer_batch_to_device` augments and
             normalises them on the device, each image with its own random draws).
     """
 
@@ -349,10 +349,21 @@ class MedicalDataModule(L.LightningDataModule):
             )
         return self.batch_size // world
 
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """With ``augment_on=device``: the paper's augmentation and normalisation of a training
-        batch's uint8 images, on the device it was copied to (evaluation batches arrive
-        normalised from the loader and pass unchanged)."""
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """The copy to the device, then with ``augment_on=device`` the paper's augmentation and
+        normalisation of a training batch's uint8 images there (evaluation batches arrive
+        normalised from the loader and pass unchanged).
+
+        Done here rather than in ``on_after_batch_transfer``, which Lightning calls on the
+        datamodule *instead of* the model's when both define it: DINO's own
+        ``on_after_batch_transfer`` (its multi-crop views) must still run after this."""
+        batch = super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return self.augment_on_device(batch)
+
+    def augment_on_device(self, batch: Any) -> Any:
+        """The device half of ``augment_on=device`` for a batch already on its device."""
         if self.device_augment is None:
             return batch
         if isinstance(batch, list | tuple) and batch and _is_uint8(batch[0]):
