@@ -254,7 +254,8 @@ def test_the_fingerprint_changes_with_the_files_and_not_otherwise(tmp_path):
 
 def test_a_changed_dataset_stops_the_study_by_name(tmp_path):
     from app_helpers import compose_app
-    from cass_lightning.apps.study import DATA_FILES, data_check_folder, settings_from
+    from cass_lightning.apps.study import settings_from
+    from cass_lightning.apps.study_data import DATA_FILES, data_check_folder
 
     root = tmp_path / "mine"
     _folder_dataset(root, 3)

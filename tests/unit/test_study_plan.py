@@ -158,3 +158,16 @@ def test_byol_is_opt_in_and_planned_per_arm_like_dino(tmp_path):
     assert {p.arm for p in tuned} == {"cnn", "vit"}
     assert all(p.needs == pretraining[("byol", p.arm)].id for p in tuned)
     assert "byol" not in {p.method for p in build_plan(SETTINGS, tmp_path)}  # opt-in
+
+
+@pytest.mark.parametrize("project", ["${oc.env:HOME}", "a'b", "x}y"])
+def test_a_wandb_project_that_is_not_a_plain_name_is_refused_when_planned(tmp_path, project):
+    # a plan.json edited to hold an interpolation as the project must never reach Hydra
+    settings = replace(SETTINGS, logger="wandb", wandb_project=project)
+    with pytest.raises(ValueError, match=r"study\.wandb\.project="):
+        build_plan(settings, tmp_path / "smoke-synthetic")
+
+
+def test_a_plain_wandb_project_gives_every_point_its_run_settings(tmp_path):
+    points = build_plan(replace(SETTINGS, logger="wandb", wandb_project="my study.v2"), tmp_path)
+    assert all("logger.wandb.project='my study.v2'" in p.logging for p in points)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cass_lightning.apps.runfolder import holder_alive
+from cass_lightning.apps.study_logging import with_logging
 from cass_lightning.io import atomic_write_json, read_json
 from cass_lightning.modules.registry import BOTH, Method, method_names, pretraining_methods
 
@@ -189,7 +188,7 @@ def build_plan(s: StudySettings, study_dir: Path) -> list[Point]:
     if not s.grid:
         pretrained = _pretraining(s, s.pretrain_batch_size, s.pretrain_epochs, "")
         points = [*pretrained.values(), *_finetuning(s, study_dir, pretrained, s.fractions, "")]
-        return _with_logging(s, study_dir, points)
+        return with_logging(s, study_dir, points)
     points = []
     tuned: list[Point] = []
     for batch, epochs in s.grid:
@@ -197,119 +196,7 @@ def build_plan(s: StudySettings, study_dir: Path) -> list[Point]:
         pretrained = _pretraining(s, batch, epochs, suffix)
         points += pretrained.values()
         tuned += _finetuning(s, study_dir, pretrained, s.fractions, suffix)
-    return _with_logging(s, study_dir, points + tuned)
-
-
-# ----------------------------------------------------------------------------- weights
-HUB = "hub"
-
-
-def resolve_weights(
-    given: dict[str, str | None],
-    encoders: dict[str, Any],
-    find_hub: Callable[[str], Any] | None = None,
-) -> tuple[dict[str, str | None], dict[str, dict[str, Any]]]:
-    """The ImageNet weights file of each arm, and where it came from (file, SHA-256, hub entry).
-
-    ``study.weights.<arm>`` is a weights file or ``hub``: the local Hugging Face cache file of
-    timm's default pretrained weights of that arm's encoder, found by ``find_hub`` (the
-    encoder's timm name -> :class:`cass_lightning.encoders.HubWeights`; default
-    :func:`cass_lightning.encoders.hub_weights_file`, imported only when asked). A hub the
-    study cannot use (not cached, not reachable) is refused here, by name, before the study
-    starts anything.
-    Both arms or neither: CASS starts both arms from ImageNet weights, or none.
-    """
-    from cass_lightning.io import file_sha256
-
-    if bool(given.get("cnn")) != bool(given.get("vit")):
-        raise ValueError(
-            "give both study.weights.cnn and study.weights.vit (CASS starts both arms from "
-            "ImageNet weights, or neither), got only one"
-        )
-    files: dict[str, str | None] = {}
-    sources: dict[str, dict[str, Any]] = {}
-    for arm, value in given.items():
-        if not value:
-            files[arm] = None
-            continue
-        source: dict[str, Any] = {}
-        if str(value) == HUB:
-            from cass_lightning.encoders import HubUnreachableError, hub_weights_file
-
-            try:
-                hub = (find_hub or hub_weights_file)(str(encoders[arm]))
-            except (HubUnreachableError, ValueError, FileNotFoundError) as err:
-                raise type(err)(f"study.weights.{arm}={HUB}: {err}") from None
-            file = Path(hub.file)
-            source["hub"] = hub.hub_id
-        else:  # absolute, not resolved: the name's suffix says how to read the file
-            file = Path(os.path.abspath(Path(str(value)).expanduser()))
-        if not file.is_file():
-            raise FileNotFoundError(f"study.weights.{arm}: {file} not found")
-        files[arm] = str(file)
-        sources[arm] = {"file": str(file), "sha256": file_sha256(file), **source}
-    return files, sources
-
-
-# ----------------------------------------------------------------------------- logging
-#: ``study.logger``: null/csv (each point's CSV log only) or wandb (and a CSV log).
-LOGGERS = (None, "none", "csv", "wandb")
-
-
-def wants_wandb(s: StudySettings) -> bool:
-    """Whether the study logs to wandb: ``study.logger=wandb``, or ``logger=wandb`` among the
-    overrides of every point."""
-    if s.logger not in LOGGERS:
-        raise ValueError(f"study.logger={s.logger}: expected null (or csv) or wandb")
-    return s.logger == "wandb" or "logger=wandb" in s.common
-
-
-def wandb_config(point: Point) -> dict[str, Any]:
-    """The flat keys a point's wandb run is configured with, so wandb's grouping and parallel
-    coordinates compare methods, arms, label fractions, seeds and modes."""
-    info = {k: v for k, v in point.info.items() if k in ("fraction", "seed", "mode")}
-    info.update({k.removeprefix("grid_"): v for k, v in point.info.items()
-                 if k in ("batch_size", "epochs", "grid_batch_size", "grid_epochs")})  # fmt: skip
-    return {"method": point.method, "arm": point.arm, **info}
-
-
-def _with_logging(s: StudySettings, study_dir: Path, points: list[Point]) -> list[Point]:
-    """Give every point its wandb identity when the study logs to wandb: one project, the
-    study's folder name as group, the point id as name, pretrain/finetune as job type, and the
-    offline runs under ``<study>/wandb`` (one ``wandb sync`` for all)."""
-    if not wants_wandb(s):
-        return points
-    import importlib.util
-
-    from cass_lightning.apps.overrides import quote
-
-    if importlib.util.find_spec("wandb") is None:
-        raise ValueError("study.logger=wandb needs the wandb package: pip install -e '.[wandb]'")
-
-    for p in points:
-        config = {**wandb_config(p), "dataset": "${hydra:runtime.choices.data}"}
-        values = ",".join(f"{k}:{_hydra_value(v)}" for k, v in config.items())
-        p.logging = [
-            *([] if "logger=wandb" in s.common else ["logger=wandb"]),
-            f"logger.wandb.project={quote(s.wandb_project)}",
-            f"logger.wandb.group={quote(study_dir.name)}",
-            f"logger.wandb.name={p.id}",
-            f"logger.wandb.job_type={p.app}",
-            f"logger.wandb.save_dir={quote(study_dir)}",
-            f"logger.wandb.config={{{values}}}",
-        ]
-    return points
-
-
-def _hydra_value(value: Any) -> str:
-    """A value as Hydra's override grammar reads it back (strings quoted)."""
-    from cass_lightning.apps.overrides import quote
-
-    if value is None:
-        return "null"
-    if isinstance(value, str) and not value.startswith("${"):
-        return quote(value)  # type: ignore[arg-type]
-    return str(value)
+    return with_logging(s, study_dir, points + tuned)
 
 
 def missing_rows(s: StudySettings) -> list[dict[str, str]]:

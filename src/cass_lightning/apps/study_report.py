@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cass_lightning.apps.study_logging import wants_wandb
 from cass_lightning.apps.study_plan import (
     FAILED_FILE,
     RESULTS_FILE,
@@ -17,7 +18,6 @@ from cass_lightning.apps.study_plan import (
     Point,
     StudySettings,
     missing_rows,
-    wants_wandb,
 )
 from cass_lightning.apps.study_points import TIMING_FILE
 from cass_lightning.io import first_free, read_json

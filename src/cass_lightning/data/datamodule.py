@@ -40,12 +40,11 @@ from cass_lightning.data.loaders import (
     strict_batching,
 )
 from cass_lightning.data.outputs import tell, write_outputs
-from cass_lightning.data.removal import emptied_classes, removed_samples, summarise_removed
+from cass_lightning.data.setup_report import build_data_report
 from cass_lightning.data.splits import (
     CLASS_WEIGHT_KINDS,
     assign_splits,
     class_weights,
-    classes_missing_from_splits,
     label_subset,
 )
 from cass_lightning.data.transforms import (
@@ -61,7 +60,6 @@ from cass_lightning.data.validate import (
     CHECK_LEVELS,
     DataReport,
     probe_images,
-    summarise_split,
 )
 from cass_lightning.data.views import dino_views
 
@@ -70,28 +68,6 @@ __all__ = ["IndexedImageDataset", "MedicalDataModule", "resolve_workers"]
 BAD_FILE_POLICIES = ("error", "skip")
 TRAIN_VIEWS = ("paper", "pair", "dino")
 TRAIN_SUBSETS = ("all", "labelled")
-
-
-def _small_class_warnings(index: SampleIndex, report: DataReport) -> list[str]:
-    """One sentence per (split, class) with images in the dataset but none in that split,
-    unless the removals already said so: single-label macro-F1 there is averaged over the
-    other classes; multi-label macro-F1 counts the label as 0 (torchmetrics' conventions)."""
-    total = index.class_counts()
-    effect = (
-        "macro-F1 counts it as 0" if index.multi_label else "macro-F1 is over the other classes"
-    )
-    messages = []
-    for split, names in report.classes_missing_from_splits.items():
-        for name in names:
-            said = f"class {name} has no image in the {split} split"
-            if any(w.startswith(said) for w in report.warnings):
-                continue
-            count = int(total[index.classes.index(name)])
-            messages.append(
-                f"{said} ({count} image(s) in the whole dataset); it is never evaluated "
-                f"there and {split} {effect}"
-            )
-    return messages
 
 
 class MedicalDataModule(L.LightningDataModule):
@@ -249,34 +225,7 @@ class MedicalDataModule(L.LightningDataModule):
         splits = assign_splits(index, hp.val_fraction, hp.test_fraction, hp.split_seed)
         train = np.flatnonzero(splits == "train")
         labelled = label_subset(index, train, hp.label_fraction, hp.label_seed)
-        removed = removed_samples(full, bad) if hp.on_bad_file == "skip" else []
-        official = set() if full.splits is None else {str(s) for s in full.splits}
-        report = DataReport(
-            dataset=index.name,
-            root=str(index.root),
-            classes=list(index.classes),
-            multi_label=index.multi_label,
-            bad_files=[(full.reader.describe(k), why) for k, why in bad.items()],
-            skipped=list(full.skipped),
-            seeds={"split_seed": int(hp.split_seed), "label_seed": int(hp.label_seed)},
-            label_fraction=float(hp.label_fraction),
-            removed=summarise_removed(removed),
-            warnings=emptied_classes(index, splits, removed, official),
-            ignored_files_by_extension=dict(full.ignored),
-            classes_missing_from_splits=classes_missing_from_splits(index, splits),
-        )
-        report.warnings += _small_class_warnings(index, report)
-        kept_sizes = [size for size, ok in zip(sizes, keep) if ok]
-        for name in ("train", "val", "test"):
-            members = np.flatnonzero(splits == name)
-            if len(members):
-                report.splits[name] = summarise_split(index, members, kept_sizes)
-        report.labelled["train"] = len(labelled)
-        if bad and hp.on_bad_file == "error":
-            report.problems.append(
-                f"{len(bad)} unreadable image(s); fix or remove them, or set "
-                "data.on_bad_file=skip to train without them"
-            )
+        report = build_data_report(full, index, bad, sizes, keep, splits, labelled, hp)
         full_splits = np.full(len(full), "excluded", dtype=object)
         full_splits[keep] = splits
         self.fingerprint = dataset_fingerprint(full)
