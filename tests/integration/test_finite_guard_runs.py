@@ -13,22 +13,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from test_finetune import TINY_APP, compose_cfg
-from torch.utils.data import DataLoader, TensorDataset
 
 from app_helpers import run_app
-from cass_lightning import CASSModule
 from cass_lightning.apps.finetune import RESULTS_FILE, finetune
 from cass_lightning.callbacks import LastCheckpoint
-from cass_lightning.data.views import default_local_size
 from cass_lightning.encoders import create_timm_model
-from cass_lightning.modules.classifier import ClassifierModule
-from cass_lightning.modules.dino import DINOModule
 from cass_lightning.modules.finite import FiniteLossGuard
 from run_helpers import make_trainer
+from tiny_training import tiny_cass, tiny_classifier, tiny_dino
 
 STEPS, BAD_STEP, EVERY = 12, 7, 5
-TINY_DINO = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32,
-                 head=dict(dim=32, hidden_dim=64, bottleneck_dim=16))  # fmt: skip
 
 
 def _tensors(batch: Any) -> list[torch.Tensor]:
@@ -55,24 +49,15 @@ class NaNInputAt(L.Callback):
 
 
 def _cass():
-    model = CASSModule(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32, head_dim=32)
-    return model, DataLoader(torch.randn(2 * STEPS, 3, 32, 32), batch_size=2)
+    return tiny_cass(STEPS)
 
 
 def _dino():
-    small = default_local_size(32)
-    views = [
-        [[torch.randn(2, 3, 32, 32) for _ in range(2)]
-         + [torch.randn(2, 3, small, small) for _ in range(2)], torch.zeros(2)]
-        for _ in range(STEPS)
-    ]  # fmt: skip
-    return DINOModule(arm="cnn", **TINY_DINO), DataLoader(views, batch_size=None)
+    return tiny_dino(STEPS)
 
 
 def _classifier():
-    data = TensorDataset(torch.randn(2 * STEPS, 3, 32, 32), torch.arange(2 * STEPS) % 3)
-    model = ClassifierModule(init="random", timm_name="resnet10t", num_classes=3)
-    return model, DataLoader(data, batch_size=2)
+    return tiny_classifier(STEPS)
 
 
 @pytest.mark.parametrize(

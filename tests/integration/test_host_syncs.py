@@ -6,20 +6,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from cass_lightning import CASSModule
 from cass_lightning.callbacks.progress import progress_bar
-from cass_lightning.data.views import default_local_size
 from cass_lightning.modules.classifier import ClassifierModule
-from cass_lightning.modules.dino import DINOModule
 from cass_lightning.modules.finite import FiniteLossGuard
 from run_helpers import make_trainer
 from sync_counter import CountSyncsDuringTraining, HostSyncCounter, count_host_syncs
+from tiny_training import tiny_cass, tiny_classifier, tiny_dino
 
 STEPS, EVERY = 20, 5
-TINY_DINO = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32,
-                 head=dict(dim=32, hidden_dim=64, bottleneck_dim=16))  # fmt: skip
 
 
 def test_the_counter_sees_every_read_back_but_not_the_optimizers_own_counters():
@@ -41,24 +36,15 @@ def test_the_counter_sees_every_read_back_but_not_the_optimizers_own_counters():
 
 
 def _cass():
-    model = CASSModule(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32, head_dim=32)
-    return model, DataLoader(torch.randn(2 * STEPS, 3, 32, 32), batch_size=2)
+    return tiny_cass(STEPS)
 
 
 def _dino():
-    small = default_local_size(32)
-    views = [
-        [[torch.randn(2, 3, 32, 32) for _ in range(2)]
-         + [torch.randn(2, 3, small, small) for _ in range(2)], torch.zeros(2)]
-        for _ in range(STEPS)
-    ]  # fmt: skip
-    return DINOModule(arm="cnn", **TINY_DINO), DataLoader(views, batch_size=None)
+    return tiny_dino(STEPS)
 
 
 def _classifier():
-    data = TensorDataset(torch.randn(2 * STEPS, 3, 32, 32), torch.arange(2 * STEPS) % 3)
-    model = ClassifierModule(init="random", timm_name="resnet10t", num_classes=3)
-    return model, DataLoader(data, batch_size=2)
+    return tiny_classifier(STEPS)
 
 
 @pytest.mark.parametrize("build", [_cass, _dino, _classifier], ids=["cass", "dino", "classifier"])
