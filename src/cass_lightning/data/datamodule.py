@@ -62,6 +62,7 @@ from cass_lightning.data.validate import (
     probe_images,
 )
 from cass_lightning.data.views import dino_views
+from cass_lightning.runtime import check_batch_size
 
 __all__ = ["IndexedImageDataset", "MedicalDataModule", "resolve_workers"]
 
@@ -100,7 +101,8 @@ class MedicalDataModule(L.LightningDataModule):
         train_views: what ``train_dataloader`` (pretraining) yields per image: ``paper`` (CASS's
             single augmented view), ``pair`` (two independent draws of the paper's augmentation,
             for ``CASSModule(two_views=True)``) or ``dino`` (DINO's multi-crop list, see
-            ``data.views``). The labelled loader always keeps the single paper view, as
+            ``data.views``); ``None`` means ``paper``. The pretraining app passes the model's
+            ``data_views()``. The labelled loader always keeps the single paper view, as
             fine-tuning needs.
         train_subset: what ``train_dataloader`` serves: ``all`` training images (pretraining)
             or the ``labelled`` subset (fine-tuning, with the paper's single augmented view).
@@ -135,7 +137,7 @@ class MedicalDataModule(L.LightningDataModule):
         output_dir: str | Path | None = None,
         class_weight: str = "inverse",
         drop_last: bool = True,
-        train_views: str = "paper",
+        train_views: str | None = "paper",
         train_subset: str = "all",
         augment_on: str = "loader",
     ) -> None:
@@ -143,11 +145,11 @@ class MedicalDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if layout not in LAYOUTS:
             raise ValueError(f"unknown data layout {layout!r}; known: {sorted(LAYOUTS)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        check_batch_size(batch_size)
         check_choice("on_bad_file", on_bad_file, BAD_FILE_POLICIES)
         check_choice("check_images", check_images, CHECK_LEVELS)
         check_choice("class_weight", class_weight, CLASS_WEIGHT_KINDS)
+        train_views = train_views or "paper"
         check_choice("train_views", train_views, TRAIN_VIEWS)
         check_choice("train_subset", train_subset, TRAIN_SUBSETS)
         check_choice("augment_on", augment_on, AUGMENT_PLACES)
@@ -291,12 +293,7 @@ class MedicalDataModule(L.LightningDataModule):
     def per_device_batch_size(self) -> int:
         """The global batch split over the devices of the attached trainer."""
         world = self.trainer.world_size if self.trainer is not None else 1
-        if self.batch_size % world:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} (global) does not divide over {world} "
-                "devices; choose a multiple of the device count"
-            )
-        return self.batch_size // world
+        return check_batch_size(self.batch_size, world) // world
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
