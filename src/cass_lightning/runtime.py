@@ -39,7 +39,7 @@ def check_batch_size(batch_size: Any, processes: int | None = None) -> int:
     if processes and batch % processes:
         raise ValueError(
             f"data.batch_size={batch} is the global batch and must divide over the {processes} "
-            "processes (trainer.devices x trainer.num_nodes); choose a multiple"
+            "processes (trainer.devices x trainer.num_nodes): choose a multiple of the device count"
         )
     return batch
 
