@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cass_lightning.checks import check_choice
+from cass_lightning.checks import check_choice, check_int
 
 LR_SCALING_RULES = ("none", "linear", "sqrt")
 #: Strategies whose launcher re-executes the script for every extra process. Under a Hydra
@@ -29,6 +29,19 @@ def resolve_precision(precision: str | int | None, accelerator: str | None = Non
     if wants_gpu and torch.cuda.is_available():
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+def check_batch_size(batch_size: Any, processes: int | None = None) -> int:
+    """``data.batch_size`` as the global batch: an integer >= 1 that divides over ``processes``
+    (devices x nodes, when known). The one rule; each app calls it before claiming its folder,
+    and the datamodule when built by hand or attached to a trainer."""
+    batch = check_int("data.batch_size", batch_size, 1)
+    if processes and batch % processes:
+        raise ValueError(
+            f"data.batch_size={batch} is the global batch and must divide over the {processes} "
+            "processes (trainer.devices x trainer.num_nodes): choose a multiple of the device count"
+        )
+    return batch
 
 
 def lr_scale_factor(rule: str, batch_size: int, base_batch_size: int) -> float:

@@ -155,7 +155,8 @@ def test_app_runs_dino_tiny_and_exports_a_loadable_arm(tmp_path):
     overrides = ["model=dino", "debug=tiny", "print_config=false", "rich_progress_bar=false"]
     overrides += [f"model.head.{k}={v}" for k, v in SMALL_HEAD.items()]
     cfg = compose_app(tmp_path, overrides)
-    assert cfg.data.train_views == "dino" and cfg.model.vit == "vit_tiny_patch16_224"
+    # No views set in the config: the app gives DINO the multi-crop views its model declares.
+    assert cfg.data.train_views is None and cfg.model.vit == "vit_tiny_patch16_224"
     result = pretrain(cfg)
     assert math.isfinite(result["metrics"]["train/loss_epoch"])
     assert result["metrics"]["perf/images_per_s"] > 0  # the shared callbacks read DINO batches
@@ -270,11 +271,9 @@ def test_dino_reference_matches_paper_reference_setting_by_setting(tmp_path):
     assert dino.model.cnn_weights_file == "/w/resnet50.safetensors"
     assert (dino.seed, dino.data.batch_size, dino.trainer.max_epochs) == (77, 16, 100)
     assert dino.trainer.precision == "32-true"
-    # The same data, except the views each method trains on.
-    data = {k: v for k, v in OmegaConf.to_container(dino.data).items() if k != "train_views"}
-    assert data == {k: v for k, v in OmegaConf.to_container(cass.data).items()
-                    if k != "train_views"}  # fmt: skip
-    assert (dino.data.train_views, cass.data.train_views) == ("dino", "paper")
+    # The same data config; the views each method trains on come from its model, not the config.
+    assert OmegaConf.to_container(dino.data) == OmegaConf.to_container(cass.data)
+    assert dino.data.train_views is None
     # DINO's own optimiser, schedules and lr rule; the arm is the user's choice.
     assert dino.model._target_.endswith("DINOModule") and dino.model.arm == "cnn"
     assert (dino.model.optimizer.name, dino.model.optimizer.lr) == ("adamw", 5e-4)

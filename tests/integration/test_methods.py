@@ -211,7 +211,7 @@ def test_byol_through_the_apps_pretrain_export_finetune(arm, tmp_path):
     cfg = compose_app(tmp_path, ["model=byol", f"model.arm={arm}", "debug=tiny",
                                  "print_config=false", "rich_progress_bar=false",
                                  "trainer.max_epochs=2", *BYOL_SMALL])  # fmt: skip
-    assert cfg.data.train_views == "pair"
+    assert cfg.data.train_views is None  # the app asks the model: two views per image
     result = pretrain(cfg)
     assert result["method"] == "BYOL"
     assert math.isfinite(result["metrics"]["train/loss_epoch"])
@@ -249,17 +249,16 @@ def test_best_checkpoint_follows_the_probe_or_is_absent_with_the_reason(tmp_path
     ]
 
 
-def test_pretrain_refuses_data_without_the_views_the_model_declares(tmp_path):
-    from cass_lightning.apps.pretrain import check_data_views
+def test_pretrain_takes_the_views_the_model_declares_and_refuses_others():
+    from cass_lightning.apps.pretrain import data_views
 
     model = BYOLModule(arm="cnn", **TINY_ENCODERS, head={"hidden_dim": 8, "dim": 8,
                                                          "predictor_hidden_dim": 8})  # fmt: skip
-    one_view = SyntheticDataModule(tmp_path, img_size=32, train_views="paper")
+    assert data_views(model) == data_views(model, "pair") == "pair"
     with pytest.raises(
-        ValueError, match=r"BYOL needs data\.train_views=pair, but the data gives paper"
+        ValueError, match=r"BYOL needs data\.train_views=pair, but data\.train_views=paper is set"
     ):
-        check_data_views(model, one_view)
-    check_data_views(model, SyntheticDataModule(tmp_path, img_size=32, train_views="pair"))
+        data_views(model, "paper")
 
 
 # ------------------------------------------------------ the report of three methods

@@ -10,13 +10,15 @@ import lightning as L
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
 from app_helpers import app_env, compose_app
 from cass_lightning import CASSModule
-from cass_lightning.apps.pretrain import launch_settings, pretrain
+from cass_lightning.apps.pretrain import data_views, launch_settings, pretrain
 from cass_lightning.callbacks import CollapseMonitor
 from cass_lightning.data import SyntheticDataModule
+from cass_lightning.runtime import strategy_for_idle_parameters
 from run_helpers import images, make_trainer
 
 
@@ -313,7 +315,7 @@ def test_pretrain_app_with_every_remedy(tmp_path):
     assert (m.layer_decay, m.cnn_freeze_stages, m.ema_momentum, m.variance_weight) == (
         0.75, 1, 0.99, 1.0,
     )  # fmt: skip
-    assert (m.predictor, m.two_views, cfg.data.train_views) == ("alternate", True, "pair")
+    assert (m.predictor, m.two_views, cfg.data.train_views) == ("alternate", True, None)
     m = cfg.model
     assert m.optimizer.lr == 1e-4 and m.scheduler.name == "warmup_cosine"
     result = pretrain(cfg)
@@ -321,27 +323,31 @@ def test_pretrain_app_with_every_remedy(tmp_path):
     assert result["metrics"]["train/loss"] >= 0.0
 
 
-def test_launch_settings_check_views_and_pick_the_ddp_strategy(tmp_path):
-    # data.train_views follows the model; set against it by hand, the mismatch is named
-    assert compose_app(tmp_path, ["debug=tiny"]).data.train_views == "paper"
-    assert (
-        compose_app(tmp_path, ["debug=tiny", "model.remedies.two_views=true"]).data.train_views
-        == "pair"
-    )
-    for overrides in (["remedy=two_views", "data.train_views=paper"], ["data.train_views=pair"]):
-        cfg = compose_app(tmp_path, ["debug=tiny", *overrides])
-        with pytest.raises(ValueError, match=r"model\.remedies\.two_views=.*data\.train_views="):
-            launch_settings(cfg)
-    cfg = compose_app(tmp_path, ["debug=tiny", "remedy=two_views"])
-    assert launch_settings(cfg)["strategy"] == "auto"
+def test_the_model_decides_the_views_and_the_ddp_strategy(tmp_path):
+    def model(*overrides):
+        return instantiate(compose_app(tmp_path, ["debug=tiny", *overrides]).model)
+
+    # The views follow the model's declaration; data.train_views set against it is named
+    one, two = model(), model("remedy=two_views")
+    assert (data_views(one), data_views(two), data_views(two, "pair")) == ("paper", "pair", "pair")
+    for built, asked in ((two, "paper"), (one, "pair")):
+        with pytest.raises(ValueError, match=rf"CASS needs data\.train_views=\w+, but "
+                                             rf"data\.train_views={asked} is set"):  # fmt: skip
+            data_views(built, asked)
+    # The strategy: the trainer's, switched to find_unused_parameters only for a model that
+    # declares idle parameters (the alternating predictor) and only for a DDP strategy.
     cfg = compose_app(tmp_path, ["debug=tiny", "remedy=predictor"])
-    assert launch_settings(cfg)["strategy"] == "auto"  # one process: nothing to switch
+    alternate = model("remedy=predictor")
+    assert strategy_for_idle_parameters(launch_settings(cfg)["strategy"],
+                                        alternate.has_idle_parameters()) == "auto"  # fmt: skip
     ddp = ["debug=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    assert launch_settings(compose_app(tmp_path, ddp))["strategy"] == "ddp"
-    cfg = compose_app(tmp_path, [*ddp, "remedy=predictor"])
-    assert launch_settings(cfg)["strategy"] == "ddp_find_unused_parameters_true"
-    cfg = compose_app(tmp_path, [*ddp, "remedy=predictor", "model.remedies.predictor=symmetric"])
-    assert launch_settings(cfg)["strategy"] == "ddp"
+    asked = launch_settings(compose_app(tmp_path, ddp))["strategy"]
+    assert asked == "ddp"
+    symmetric = model("remedy=predictor", "model.remedies.predictor=symmetric")
+    assert [strategy_for_idle_parameters(asked, m.has_idle_parameters())
+            for m in (one, alternate, symmetric)] == [
+        "ddp", "ddp_find_unused_parameters_true", "ddp"
+    ]  # fmt: skip
 
 
 @pytest.mark.slow

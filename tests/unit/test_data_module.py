@@ -13,7 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from cass_lightning.data import ImageFolderDataModule, MedicalDataModule, SyntheticDataModule
+from cass_lightning.data import (
+    CheckSettings,
+    ImageFolderDataModule,
+    LoaderSettings,
+    MedicalDataModule,
+    SplitSettings,
+    SyntheticDataModule,
+    ViewSettings,
+)
 from cass_lightning.data.cache import CachedReader
 from data_fixtures import autoimmune, image, npz, snapshot
 
@@ -166,6 +174,33 @@ def test_global_batch_is_split_over_devices(split_root):
     dm.trainer = SimpleNamespace(world_size=3, is_global_zero=True)
     with pytest.raises(ValueError, match="multiple of the device count"):
         dm.train_dataloader()
+
+
+def test_settings_groups_build_the_same_datamodule_as_flat_keys(split_root):
+    flat = make_dm(split_root, batch_size=2, val_fraction=0.0, label_fraction=0.5,
+                   on_bad_file="skip", train_views="pair")  # fmt: skip
+    grouped = ImageFolderDataModule.from_settings(
+        split_root, loader=LoaderSettings(batch_size=2), checks=CheckSettings(on_bad_file="skip"),
+        split=SplitSettings(val_fraction=0.0, label_fraction=0.5),
+        views=ViewSettings(img_size=16, train_views="pair"),
+    )  # fmt: skip
+    # The record stays flat (configs, checkpoints); the groups hold what the code reads.
+    assert dict(grouped.hparams) == {**dict(flat.hparams), "check_images": "full"}
+    assert grouped.split == flat.split == SplitSettings(val_fraction=0.0, label_fraction=0.5)
+    assert (grouped.checks.on_bad_file, grouped.views.train_views) == ("skip", "pair")
+    flat.setup(), grouped.setup()
+    assert np.array_equal(flat.labelled, grouped.labelled) and len(flat.labelled) == 5  # of 8
+    views, _ = next(iter(grouped.train_dataloader()))
+    assert [tuple(v.shape) for v in views] == [(2, 3, 16, 16)] * 2
+    with pytest.raises(TypeError, match="batch_size given both flat and in a settings group"):
+        ImageFolderDataModule.from_settings(split_root, batch_size=2, loader=LoaderSettings())
+    for bad, match in ((lambda: LoaderSettings(batch_size=0), r"data\.batch_size must be"),
+                       (lambda: SplitSettings(label_fraction=0), "label_fraction must be"),
+                       (lambda: CheckSettings(on_bad_file="ignore"), "on_bad_file"),
+                       (lambda: ViewSettings(train_views="three"), "train_views")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            bad()
+    assert ViewSettings(train_views=None).train_views == "paper"
 
 
 def test_too_small_training_split_is_explained(tmp_path):

@@ -35,17 +35,6 @@ from cass_lightning.io import atomic_write_json, atomic_write_text
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
 
 
-def pretraining_views(two_views: Any) -> str:
-    """``data.train_views`` for CASS, derived from ``model.remedies.two_views`` so the two can
-    never disagree: two draws of the paper's augmentation, or its single view."""
-    return "pair" if str(two_views).lower() == "true" else "paper"
-
-
-# Resolvers are registered on import: every app (and the tests that compose its config) imports
-# this module before composing.
-OmegaConf.register_new_resolver("cass_views", pretraining_views, replace=True)
-
-
 def run_dir(cfg: DictConfig) -> Path:
     """This run's folder: Hydra's output dir inside an app, ``paths.output_dir`` otherwise."""
     if HydraConfig.initialized():
@@ -89,13 +78,15 @@ def save_run_config(folder: Path, cfg: DictConfig) -> None:
 
 def check_run_settings(cfg: DictConfig) -> None:
     """Refuse, by setting name, values that would train nothing or fail later under another
-    name: ``data.batch_size`` < 1, ``trainer.max_epochs``/``max_steps`` of 0,
-    ``trainer.accumulate_grad_batches`` < 1. Reads only: call before anything is written."""
-    check_int("data.batch_size", cfg.data.get("batch_size"), 1)
-    trainer = cfg.trainer
-    if not trainer.get("fast_dev_run"):
-        from cass_lightning.runtime import check_run_length
+    name: ``data.batch_size`` < 1 or not dividing over the processes, ``trainer.max_epochs``/
+    ``max_steps`` of 0, ``trainer.accumulate_grad_batches`` < 1. Reads only: call before anything
+    is written."""
+    from cass_lightning.runtime import check_batch_size, check_run_length, world_size
 
+    trainer = cfg.trainer
+    processes = world_size(trainer.get("devices"), trainer.get("num_nodes", 1))
+    check_batch_size(cfg.data.get("batch_size"), processes)
+    if not trainer.get("fast_dev_run"):
         check_run_length(trainer.get("max_epochs"), trainer.get("max_steps", -1))
     check_int("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), 1)
 

@@ -71,7 +71,6 @@ from cass_lightning.runtime import (
     resolve_speed,
     speed_request,
     strategy_for_idle_parameters,
-    world_size,
 )
 
 SUMMARY_FILE = "summary.json"
@@ -90,14 +89,7 @@ def launch_settings(cfg: DictConfig) -> dict[str, Any]:
     trainer = cfg.trainer
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     check_multirun_strategy(multirun, trainer.get("strategy", "auto"), trainer.get("devices"))
-    devices = world_size(trainer.get("devices"), trainer.get("num_nodes", 1))
-    batch = int(cfg.data.batch_size)
-    if devices and batch % devices:
-        raise ValueError(
-            f"data.batch_size={batch} is the global batch and must divide over the {devices} "
-            "processes (trainer.devices x trainer.num_nodes); choose a multiple"
-        )
-    effective = batch * int(trainer.get("accumulate_grad_batches", 1))
+    effective = int(cfg.data.batch_size) * int(trainer.get("accumulate_grad_batches", 1))
     scaling = cfg.get("lr_scaling") or {}
     rule = scaling.get("rule", "none")
     factor = lr_scale_factor(rule, effective, int(scaling.get("base_batch_size", effective)))
@@ -108,18 +100,9 @@ def launch_settings(cfg: DictConfig) -> dict[str, Any]:
     warn_slow_bf16(precision, on_cpu=not on_gpu and trainer.get("accelerator") != "mps")
     # SyncBatchNorm only exists for CUDA; CPU DDP (gloo, tests) keeps per-process statistics.
     sync_bn = bool(trainer.get("sync_batchnorm", False)) and on_gpu
-    remedies = cfg.model.get("remedies") or {}
-    two_views, views = bool(remedies.get("two_views", False)), cfg.data.get("train_views")
-    if "remedies" in cfg.model and two_views != (views == "pair"):
-        raise ValueError(
-            f"model.remedies.two_views={two_views} but data.train_views={views}: leave "
-            "data.train_views to follow the model (remedy=two_views sets two_views)"
-        )
-    idle = remedies.get("predictor", "none") == "alternate"
-    strategy = strategy_for_idle_parameters(trainer.get("strategy", "auto"), idle)
     settings = {
         "precision": precision,
-        "strategy": strategy,
+        "strategy": trainer.get("strategy", "auto"),  # the model's declaration may refine it
         "sync_batchnorm": sync_bn,
         "lr_scaling_rule": rule,
         "batch_lr_factor": factor,
@@ -156,16 +139,18 @@ def uses_cuda(accelerator: Any) -> bool:
     return accelerator in ("gpu", "cuda", None, "auto") and torch.cuda.is_available()
 
 
-def check_data_views(model: Any, datamodule: Any) -> None:
-    """Refuse, before training, data whose views are not what the model declares it needs
-    (``PretrainingModule.data_views``: one view, a pair, DINO's crops)."""
-    needs = model.data_views() if callable(getattr(model, "data_views", None)) else None
-    gives = (getattr(datamodule, "hparams", None) or {}).get("train_views")
-    if needs is not None and gives is not None and needs != gives:
+def data_views(model: Any, asked: Any = None) -> str:
+    """The views the training data gives: the model's declaration
+    (``PretrainingModule.data_views``: ``paper``, ``pair`` or ``dino``). ``data.train_views`` set
+    by hand must agree; a conflicting value is refused by name, before training."""
+    needs = model.data_views()
+    if asked is not None and str(asked) != needs:
+        name = getattr(model, "method_name", "") or type(model).__name__
         raise ValueError(
-            f"{getattr(model, 'method_name', type(model).__name__)} needs data.train_views="
-            f"{needs}, but the data gives {gives}; leave data.train_views to the model's config"
+            f"{name} needs data.train_views={needs}, but data.train_views={asked} is set; leave "
+            "data.train_views unset: the model decides the views it trains on"
         )
+    return needs
 
 
 def resume_command(folder: Path) -> str:
@@ -216,18 +201,20 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     launch = launch_settings(cfg)
     on_cuda = uses_cuda(cfg.trainer.get("accelerator"))
     speed = speed_settings(cfg, launch["precision"], on_cuda)
-    datamodule: L.LightningDataModule = instantiate(
-        cfg.data, pin_memory=speed["pin_memory"],
-        persistent_workers=speed["persistent_workers"], _convert_="all",
-    )  # fmt: skip
     model: L.LightningModule = instantiate(
         cfg.model, batch_lr_factor=launch["batch_lr_factor"], _convert_="all"
     )
     apply_speed_settings(speed, model, on_cuda)
-    check_data_views(model, datamodule)
-    if callable(getattr(model, "has_idle_parameters", None)):  # the model's own declaration
-        idle = model.has_idle_parameters()
-        launch["strategy"] = strategy_for_idle_parameters(launch["strategy"], idle)
+    # The data is composed once from what the model declares: its views, and (from the model's
+    # idle parameters) the DDP strategy.
+    datamodule: L.LightningDataModule = instantiate(
+        cfg.data, train_views=data_views(model, cfg.data.get("train_views")),
+        pin_memory=speed["pin_memory"], persistent_workers=speed["persistent_workers"],
+        _convert_="all",
+    )  # fmt: skip
+    launch["strategy"] = strategy_for_idle_parameters(
+        launch["strategy"], model.has_idle_parameters()
+    )
     callbacks = instantiate_group(cfg.get("callbacks"))
     callbacks, best_reason = choose_best(callbacks, model, datamodule)  # the method's monitor
     timer, waits = LoopTimer(), DataWait()

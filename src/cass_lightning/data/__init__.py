@@ -8,6 +8,12 @@ from cass_lightning.data.presets import (
     MedMNISTDataModule,
     SyntheticDataModule,
 )
+from cass_lightning.data.settings import (
+    CheckSettings,
+    LoaderSettings,
+    SplitSettings,
+    ViewSettings,
+)
 from cass_lightning.data.synthetic import write_synthetic_dataset
 from cass_lightning.data.transforms import (
     IMAGENET_MEAN,
@@ -20,12 +26,16 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LAYOUTS",
+    "CheckSettings",
     "ImageFolderDataModule",
     "IndexedImageDataset",
+    "LoaderSettings",
     "MedMNISTDataModule",
     "MedicalDataModule",
     "SampleIndex",
+    "SplitSettings",
     "SyntheticDataModule",
+    "ViewSettings",
     "build_index",
     "eval_transform",
     "paper_train_transform",

@@ -40,6 +40,16 @@ from cass_lightning.data.loaders import (
     strict_batching,
 )
 from cass_lightning.data.outputs import tell, write_outputs
+from cass_lightning.data.settings import (  # noqa: F401  (the choices, where they were defined)
+    BAD_FILE_POLICIES,
+    TRAIN_SUBSETS,
+    TRAIN_VIEWS,
+    CheckSettings,
+    LoaderSettings,
+    SplitSettings,
+    ViewSettings,
+    group_settings,
+)
 from cass_lightning.data.setup_report import build_data_report
 from cass_lightning.data.splits import (
     CLASS_WEIGHT_KINDS,
@@ -48,7 +58,6 @@ from cass_lightning.data.splits import (
     label_subset,
 )
 from cass_lightning.data.transforms import (
-    AUGMENT_PLACES,
     IMAGENET_MEAN,
     IMAGENET_STD,
     DeviceAugment,
@@ -57,17 +66,13 @@ from cass_lightning.data.transforms import (
     uint8_resize_transform,
 )
 from cass_lightning.data.validate import (
-    CHECK_LEVELS,
     DataReport,
     probe_images,
 )
 from cass_lightning.data.views import dino_views
+from cass_lightning.runtime import check_batch_size
 
 __all__ = ["IndexedImageDataset", "MedicalDataModule", "resolve_workers"]
-
-BAD_FILE_POLICIES = ("error", "skip")
-TRAIN_VIEWS = ("paper", "pair", "dino")
-TRAIN_SUBSETS = ("all", "labelled")
 
 
 class MedicalDataModule(L.LightningDataModule):
@@ -100,7 +105,8 @@ class MedicalDataModule(L.LightningDataModule):
         train_views: what ``train_dataloader`` (pretraining) yields per image: ``paper`` (CASS's
             single augmented view), ``pair`` (two independent draws of the paper's augmentation,
             for ``CASSModule(two_views=True)``) or ``dino`` (DINO's multi-crop list, see
-            ``data.views``). The labelled loader always keeps the single paper view, as
+            ``data.views``); ``None`` means ``paper``. The pretraining app passes the model's
+            ``data_views()``. The labelled loader always keeps the single paper view, as
             fine-tuning needs.
         train_subset: what ``train_dataloader`` serves: ``all`` training images (pretraining)
             or the ``labelled`` subset (fine-tuning, with the paper's single augmented view).
@@ -135,7 +141,7 @@ class MedicalDataModule(L.LightningDataModule):
         output_dir: str | Path | None = None,
         class_weight: str = "inverse",
         drop_last: bool = True,
-        train_views: str = "paper",
+        train_views: str | None = "paper",
         train_subset: str = "all",
         augment_on: str = "loader",
     ) -> None:
@@ -143,29 +149,30 @@ class MedicalDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if layout not in LAYOUTS:
             raise ValueError(f"unknown data layout {layout!r}; known: {sorted(LAYOUTS)}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        check_choice("on_bad_file", on_bad_file, BAD_FILE_POLICIES)
-        check_choice("check_images", check_images, CHECK_LEVELS)
+        self.loader, self.split, self.checks, self.views = group_settings(
+            dict(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
+                 persistent_workers=persistent_workers, drop_last=drop_last,
+                 augment_on=augment_on, val_fraction=val_fraction, test_fraction=test_fraction,
+                 split_seed=split_seed, label_fraction=label_fraction, label_seed=label_seed,
+                 train_subset=train_subset, check_images=check_images, on_bad_file=on_bad_file,
+                 allow_outside_root=allow_outside_root, img_size=img_size, mean=mean, std=std,
+                 train_views=train_views)
+        )  # fmt: skip
         check_choice("class_weight", class_weight, CLASS_WEIGHT_KINDS)
-        check_choice("train_views", train_views, TRAIN_VIEWS)
-        check_choice("train_subset", train_subset, TRAIN_SUBSETS)
-        check_choice("augment_on", augment_on, AUGMENT_PLACES)
-        if augment_on == "device" and train_views != "paper":
+        views = self.views.train_views
+        if augment_on == "device" and views != "paper":
             raise ValueError(
                 f"data.augment_on=device runs the paper's single-view augmentation on the device; "
-                f"train_views={train_views} (DINO's crops or two views) is augmented in the "
+                f"train_views={views} (DINO's crops or two views) is augmented in the "
                 "loader: use data.augment_on=loader"
             )
-        if not 0.0 < label_fraction <= 1.0:
-            raise ValueError(f"label_fraction must be in (0, 1], got {label_fraction}")
         self.layout = layout
         self.root = Path(root).expanduser()
         self.options = dict(options or {})
         self.img_size = img_size
         self.batch_size = batch_size
         self.num_workers = resolve_workers(num_workers)
-        self.mean, self.std = tuple(mean), tuple(std)
+        self.mean, self.std = self.views.mean, self.views.std
         self.cache_size = cache_size_for(img_size, cache_size) if cache_dir else None
         # Fail on a bad size now rather than on the first batch.
         self.train_transform = paper_train_transform(img_size, self.mean, self.std)
@@ -175,9 +182,9 @@ class MedicalDataModule(L.LightningDataModule):
             self.device_augment = DeviceAugment(self.mean, self.std)
         self.eval_transform = eval_transform(img_size, self.mean, self.std)
         self.pretrain_transform: Any = self.train_transform
-        if train_views == "dino":
+        if views == "dino":
             self.pretrain_transform = dino_views(img_size, mean=self.mean, std=self.std)
-        elif train_views == "pair":
+        elif views == "pair":
             self.pretrain_transform = MultiViewTransform([self.train_transform] * 2)
         self.index: SampleIndex | None = None
         self.reader: ImageReader | None = None
@@ -187,12 +194,32 @@ class MedicalDataModule(L.LightningDataModule):
         #: The indexed files' fingerprint (:func:`dataset_fingerprint`), set by ``setup``.
         self.fingerprint: dict[str, Any] | None = None
 
+    @classmethod
+    def from_settings(
+        cls,
+        *args: Any,
+        loader: LoaderSettings | None = None,
+        split: SplitSettings | None = None,
+        checks: CheckSettings | None = None,
+        views: ViewSettings | None = None,
+        **kwargs: Any,
+    ) -> MedicalDataModule:
+        """The datamodule from the settings groups (any left out keep their defaults) plus the
+        remaining keyword arguments (``layout``/``root`` or a preset's own, ``options``,
+        ``cache_dir``, ``output_dir``, ...); the same as passing every key flat."""
+        flat: dict[str, Any] = {}
+        for group in (loader, split, checks, views):
+            flat.update(group.as_kwargs() if group is not None else {})
+        if clash := sorted(set(flat) & set(kwargs)):
+            raise TypeError(f"{', '.join(clash)} given both flat and in a settings group")
+        return cls(*args, **flat, **kwargs)
+
     # ------------------------------------------------------------------ building
     def build_index(self) -> SampleIndex:
         options = dict(self.options)
         if layout_takes(self.layout, "allow_outside_root"):
-            options.setdefault("allow_outside_root", bool(self.hparams.allow_outside_root))
-        return build_index(self.layout, self.root, on_bad_file=self.hparams.on_bad_file, **options)
+            options.setdefault("allow_outside_root", self.checks.allow_outside_root)
+        return build_index(self.layout, self.root, on_bad_file=self.checks.on_bad_file, **options)
 
     def prepare_data(self) -> None:
         """One process writes what is shared: the synthetic images, the decoded cache."""
@@ -221,17 +248,17 @@ class MedicalDataModule(L.LightningDataModule):
             targets=full.targets[keep],
             splits=None if full.splits is None else full.splits[keep],
         )
-        hp = self.hparams
-        splits = assign_splits(index, hp.val_fraction, hp.test_fraction, hp.split_seed)
+        hp, sp = self.hparams, self.split
+        splits = assign_splits(index, sp.val_fraction, sp.test_fraction, sp.split_seed)
         train = np.flatnonzero(splits == "train")
-        labelled = label_subset(index, train, hp.label_fraction, hp.label_seed)
+        labelled = label_subset(index, train, sp.label_fraction, sp.label_seed)
         report = build_data_report(full, index, bad, sizes, keep, splits, labelled, hp)
         full_splits = np.full(len(full), "excluded", dtype=object)
         full_splits[keep] = splits
         self.fingerprint = dataset_fingerprint(full)
         if self.hparams.output_dir is not None and self._is_main_process():
             write_outputs(Path(self.hparams.output_dir), full, full_splits,
-                          np.flatnonzero(keep)[labelled], report, hp.label_seed,
+                          np.flatnonzero(keep)[labelled], report, sp.label_seed,
                           self.fingerprint)  # fmt: skip
         if not report.ok:
             raise ValueError(report.format())
@@ -252,7 +279,7 @@ class MedicalDataModule(L.LightningDataModule):
             return dict(cache.bad), [None] * len(index)
         self.reader = index.reader
         probes = probe_images(
-            index.reader, index.keys, self.hparams.check_images, workers=self.num_workers
+            index.reader, index.keys, self.checks.check_images, workers=self.num_workers
         )
         bad = {key: why for key, (_, why) in zip(index.keys, probes) if why is not None}
         return bad, [size for size, _ in probes]
@@ -291,12 +318,7 @@ class MedicalDataModule(L.LightningDataModule):
     def per_device_batch_size(self) -> int:
         """The global batch split over the devices of the attached trainer."""
         world = self.trainer.world_size if self.trainer is not None else 1
-        if self.batch_size % world:
-            raise ValueError(
-                f"data.batch_size={self.batch_size} (global) does not divide over {world} "
-                "devices; choose a multiple of the device count"
-            )
-        return self.batch_size // world
+        return check_batch_size(self.batch_size, world) // world
 
     def transfer_batch_to_device(
         self, batch: Any, device: torch.device, dataloader_idx: int
@@ -349,7 +371,7 @@ class MedicalDataModule(L.LightningDataModule):
         """A loader of ``indices``; training loaders follow ``loaders``' batching rules
         (``labelled``: the labelled subset's, which trains even below one batch)."""
         batch = self.per_device_batch_size()
-        drop_last = train and self.hparams.drop_last
+        drop_last = train and self.loader.drop_last
         if train and labelled:
             world = self.trainer.world_size if self.trainer is not None else 1
             batch, drop_last, note = labelled_batching(
@@ -360,9 +382,7 @@ class MedicalDataModule(L.LightningDataModule):
         elif train:
             batch, drop_last = strict_batching(len(indices), batch, drop_last, what, self.root)
         pin = (
-            torch.cuda.is_available()
-            if self.hparams.pin_memory is None
-            else self.hparams.pin_memory
+            torch.cuda.is_available() if self.loader.pin_memory is None else self.loader.pin_memory
         )
         return DataLoader(
             self.dataset(indices, train, transform, hide_unlabelled),
@@ -371,14 +391,14 @@ class MedicalDataModule(L.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             pin_memory=pin,
-            persistent_workers=self.hparams.persistent_workers and self.num_workers > 0,
+            persistent_workers=self.loader.persistent_workers and self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
         """Every training image, augmented (``train_subset="all"``): pretraining ignores the
         labels; those outside the ``label_fraction`` subset read -1 so online probes cannot use
         them. With ``train_subset="labelled"``, :meth:`labelled_train_dataloader`."""
-        if self.hparams.train_subset == "labelled":
+        if self.split.train_subset == "labelled":
             return self.labelled_train_dataloader()
         return self._loader(
             self.split_indices("train"),

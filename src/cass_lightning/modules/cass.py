@@ -179,17 +179,20 @@ class CASSModule(PretrainingModule):
 
     # ---------------------------------------------------------------- training
     def _views(self, batch: Any, stage: str) -> list[Tensor]:
+        """The batch's views; in training exactly as many as :meth:`data_views` declares (the
+        app composes the data from that declaration; a hand-built loader may not)."""
         views = same_size_views(batch)
-        two = self.remedies.two_views
+        two = self.data_views() == "pair"
         if stage == "train" and len(views) != (2 if two else 1):
             if two:
                 raise ValueError(
-                    f"remedies.two_views=True needs batches of two views, got {len(views)}; set "
-                    "data.train_views=pair (remedy=two_views does) or give ([v1, v2], labels)"
+                    f"remedies.two_views=True needs batches of two views, got {len(views)}; use "
+                    "MedicalDataModule(train_views='pair') (cass-pretrain does) or give "
+                    "([v1, v2], labels)"
                 )
             raise ValueError(
                 f"got a batch of {len(views)} views; CASS compares one view unless "
-                "remedies.two_views=True (then exactly two: data.train_views=pair)"
+                "remedies.two_views=True (then exactly two)"
             )
         return views
 
