@@ -101,7 +101,7 @@ def multicrop_views(batch: Any) -> list[Tensor]:
     if isinstance(views, Tensor):
         raise ValueError(
             "DINOModule needs multi-crop batches (a list of views per batch), but got a single "
-            "image tensor. Set data.train_views=dino (model=dino does) or use "
+            "image tensor. Set data.train_views=dino (cass-pretrain model=dino asks for it) or use "
             "cass_lightning.data.views.dino_views as the training transform."
         )
     if not _is_view_list(views) or len(views) < 2 or any(v.ndim != 4 for v in views):

@@ -145,7 +145,8 @@ class BYOLModule(PretrainingModule):
         if len(views) != 2:
             raise ValueError(
                 f"BYOL compares two views of each image, got {len(views)}; set "
-                "data.train_views=pair (model=byol does) or give ([view_1, view_2], labels)"
+                "data.train_views=pair (cass-pretrain model=byol asks for it) or give "
+                "([view_1, view_2], labels)"
             )
         x0, x1 = views
         p0 = self(x0)

@@ -6,7 +6,7 @@ exactly as :class:`~cass_lightning.modules.cass.CASSModule` names and loads them
 drives both) with lightly's DINO parts: a student and an EMA teacher, each backbone +
 ``DINOProjectionHead``, ``DINOLoss`` with centering and teacher-temperature warmup, and
 multi-crop (the teacher sees the global crops only). Batches must be multi-crop lists: set
-``data.train_views=dino`` (``model=dino`` does).
+``data.train_views=dino`` (``cass-pretrain model=dino`` asks the datamodule for them).
 
 Usable on its own::
 
