@@ -12,6 +12,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 from torch import Tensor, nn
 
 from app_helpers import compose_app
@@ -259,6 +260,28 @@ def test_pretrain_takes_the_views_the_model_declares_and_refuses_others():
         ValueError, match=r"BYOL needs data\.train_views=pair, but data\.train_views=paper is set"
     ):
         data_views(model, "paper")
+
+
+@pytest.mark.parametrize("method", ["cass", "dino", "byol"])
+def test_pretrain_gives_the_data_the_models_size_and_normalisation_and_refuses_others(
+    tmp_path, method
+):
+    from cass_lightning.apps.pretrain import data_inputs
+
+    cfg = compose_app(tmp_path, ["debug=tiny", f"model={method}"])
+    model = instantiate(cfg.model)
+    size = model.hparams.img_size
+    assert data_inputs(model, cfg.data) == {
+        "img_size": size, "mean": list(cfg.data.mean), "std": list(cfg.data.std),
+    }  # fmt: skip
+    wrong = compose_app(tmp_path, ["debug=tiny", f"model={method}", f"data.img_size={size + 16}"])
+    with pytest.raises(ValueError, match=rf"data\.img_size={size + 16} but the \w+ model is "
+                                         rf"built for img_size={size}"):  # fmt: skip
+        data_inputs(model, wrong.data)
+    other = compose_app(tmp_path, ["debug=tiny", f"model={method}", "data.std=[0.5,0.5,0.5]"])
+    with pytest.raises(ValueError, match=r"data\.std=\[0\.5, 0\.5, 0\.5\] but"):
+        data_inputs(instantiate(compose_app(tmp_path, ["debug=tiny", f"model={method}"]).model),
+                    other.data)  # fmt: skip
 
 
 # ------------------------------------------------------ the report of three methods

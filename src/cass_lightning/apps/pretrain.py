@@ -153,6 +153,30 @@ def data_views(model: Any, asked: Any = None) -> str:
     return needs
 
 
+def data_inputs(model: Any, data_cfg: Any) -> dict[str, Any]:
+    """The image size and normalisation the training data gives: the model's declaration
+    (``PretrainingModule.data_inputs``). A ``data.*`` value set by hand to something else
+    (e.g. ``data.img_size=224`` for a model built for 384) is refused by name, before training."""
+    needs = model.data_inputs()
+    for key, value in needs.items():
+        asked = data_cfg.get(key)
+        if asked is None:
+            continue
+        asked = list(asked) if key in ("mean", "std") else asked
+        same = (
+            [float(a) for a in asked] == [float(v) for v in value]
+            if isinstance(value, list)
+            else asked == value
+        )
+        if not same:
+            name = getattr(model, "method_name", "") or type(model).__name__
+            raise ValueError(
+                f"data.{key}={asked} but the {name} model is built for {key}={value}; set "
+                f"model.{key} instead (the data follows the model)"
+            )
+    return needs
+
+
 def resume_command(folder: Path) -> str:
     """The exact command that continues the run in ``folder``."""
     return f"cass-pretrain resume={shlex.quote(str(folder))}"
@@ -205,10 +229,11 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         cfg.model, batch_lr_factor=launch["batch_lr_factor"], _convert_="all"
     )
     apply_speed_settings(speed, model, on_cuda)
-    # The data is composed once from what the model declares: its views, and (from the model's
-    # idle parameters) the DDP strategy.
+    # The data is composed once from what the model declares: its views, image size and
+    # normalisation, and (from the model's idle parameters) the DDP strategy.
     datamodule: L.LightningDataModule = instantiate(
         cfg.data, train_views=data_views(model, cfg.data.get("train_views")),
+        **data_inputs(model, cfg.data),
         pin_memory=speed["pin_memory"], persistent_workers=speed["persistent_workers"],
         _convert_="all",
     )  # fmt: skip

@@ -106,6 +106,13 @@ class PretrainingModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningMod
         image) or ``dino`` (multi-crop); see ``data.train_views``."""
         return "paper"
 
+    def data_inputs(self) -> dict[str, Any]:
+        """What each training image must be for this model: its side (``img_size``) and the
+        normalisation it was built and will be exported with (``mean``, ``std``). The app
+        gives these to the datamodule, so data and model cannot disagree."""
+        hp = self.hparams
+        return {"img_size": int(hp.img_size), "mean": list(hp.mean), "std": list(hp.std)}
+
     def best_monitor(self) -> str | None:
         """The reading the "best" checkpoint follows (mode max) when the online evaluation runs:
         the online probe's validation accuracy on the first trained arm. ``None``: none (only
