@@ -20,7 +20,7 @@ from cass_lightning.data.index import IMAGE_EXTENSIONS, FileReader, ImageTooLarg
 from cass_lightning.data.layouts import build_index
 from cass_lightning.data.validate import probe_images
 from cass_lightning.modules.metrics import f1_macro_scope
-from data_fixtures import image
+from data_fixtures import image, snapshot
 
 
 def _make_dm(root: Path, **kwargs) -> ImageFolderDataModule:
@@ -88,6 +88,7 @@ def test_header_check_refuses_truncated_and_corrupt_png_and_jpeg(tmp_path):
     garbled.write_bytes(data[:20] + b"\x00" * 60 + data[80:])
     (root / "b" / "p01.png").write_text("<html>not an image</html>")
     bad = {"a/p00.png", "a/j00.jpg", "b/j01.jpg", "b/p01.png"}
+    before = snapshot(root)
     with pytest.raises(ValueError, match="4 unreadable image") as refused:
         _make_dm(root).setup()
     for key in bad:
@@ -100,6 +101,7 @@ def test_header_check_refuses_truncated_and_corrupt_png_and_jpeg(tmp_path):
     listed = {Path(row["file"]).relative_to(root.resolve()).as_posix()
               for row in csv.DictReader((out / "skipped.csv").open())}  # fmt: skip
     assert listed == bad
+    assert snapshot(root) == before  # refused or skipped, the dataset itself is left as it was
 
 
 def test_header_check_never_decodes_a_png(tmp_path, monkeypatch):
@@ -329,10 +331,11 @@ def test_a_huge_header_png_is_counted_as_bad_when_checked(tmp_path, level):
         image(root / "a" / f"{i}.png", seed=i)
         image(root / "b" / f"{i}.png", seed=10 + i)
     _bomb_png(root / "b" / "bomb.png")
+    before = snapshot(root)
     out = tmp_path / "run"
     dm = _make_dm(root, check_images=level, on_bad_file="skip", output_dir=out)
     dm.setup()
-    assert "b/bomb.png" not in dm.index.keys
+    assert "b/bomb.png" not in dm.index.keys and snapshot(root) == before
     (entry,) = _report(out)["bad_files"]
     assert entry["file"].endswith("bomb.png")
     assert entry["reason"].startswith("image too large (50000 x 50000 pixels, over the limit")
