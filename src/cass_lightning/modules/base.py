@@ -21,6 +21,7 @@ implements ``training_step`` and :meth:`exportable`'s arms. The base owns:
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +39,9 @@ from cass_lightning.modules.optim import group_learning_rates, lightning_optimiz
 ENCODER_KEYS = ("{arm}", "{arm}_weights_file", "{arm}_kwargs")
 
 
-class PretrainingModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule):
+class PretrainingModule(
+    GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningModule, metaclass=ABCMeta
+):
     """Base of the pretraining methods; see the module docstring.
 
     Subclasses set :attr:`method` (their registry name) and :attr:`method_name` (for messages),
@@ -88,13 +91,13 @@ class PretrainingModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningMod
         backbone.get_classifier().register_forward_hook(KeepPooled(self.pooled, arm))
 
     # ------------------------------------------------------------------ protocol
+    @abstractmethod
     def trained_arms(self) -> tuple[str, ...]:
         """The arms this module trains and exports."""
-        raise NotImplementedError
 
+    @abstractmethod
     def arm_backbone(self, arm: str) -> nn.Module:
         """The plain timm model of ``arm`` (the one exported)."""
-        raise NotImplementedError
 
     def pooled_features(self, arm: str) -> Tensor | None:
         """``arm``'s pooled features of the images of the current batch (the last training or
@@ -156,9 +159,9 @@ class PretrainingModule(GuardsFiniteLoss, UpgradesOldCheckpoints, L.LightningMod
         return export_backbones(arms, out_dir, meta, source=source)
 
     # ----------------------------------------------------------------- optimiser
+    @abstractmethod
     def param_groups(self) -> list[dict[str, Any]]:
         """The optimiser's parameter groups (see ``optim.arm_param_groups``)."""
-        raise NotImplementedError
 
     def configure_optimizers(self) -> Any:
         return lightning_optimizers(
