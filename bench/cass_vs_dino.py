@@ -38,7 +38,12 @@ import torch
 from cass_lightning import CASSModule
 from cass_lightning.data import SyntheticDataModule
 from cass_lightning.modules.dino import DINOModule
-from cass_lightning.runtime import apply_speed_settings, resolve_speed, speed_request
+from cass_lightning.runtime import (
+    SPEED_KEYS,
+    apply_speed_settings,
+    resolve_speed,
+    speed_request,
+)
 
 SEED = 0
 CLASSES = 6  # of the synthetic set
@@ -114,7 +119,7 @@ def time_job(job: str, args: argparse.Namespace, device: torch.device, root: Pat
     """Median seconds per timed epoch of one method."""
     on_cuda = device.type == "cuda"
     # The same speed settings for every method, so the time ratio stays fair.
-    asked = {"off": {k: False for k in speed_request({})}, "shipped": speed_request({}),
+    asked = {"off": dict.fromkeys(SPEED_KEYS, False), "shipped": speed_request({}),
              "best": speed_request({"compile": True})}[args.speed]  # fmt: skip
     speed = resolve_speed(asked, on_cuda, args.num_workers, args.precision)
     data = SyntheticDataModule(

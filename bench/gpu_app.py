@@ -9,7 +9,7 @@ shows what the data path costs (the target: at least 90 % of the in-memory rate)
         bf16-mixed:device                      # the last with data.augment_on=device
     python bench/gpu_app.py --device cpu --steps 2 --precisions 32-true \\
         --set model.cnn=resnet10t model.vit=vit_tiny_patch16_224 model.img_size=32 \\
-        data.img_size=32 data.images_per_class=4 data.batch_size=4     # a CPU smoke run
+        data.images_per_class=4 data.batch_size=4     # a CPU smoke run
 
 Each run goes to ``--work/<precision>`` (a fresh temporary folder by default). Prints a markdown
 table (``--out FILE`` also writes it); a run that fails becomes a row saying why.

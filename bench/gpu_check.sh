@@ -67,8 +67,7 @@ part paper_reference_app 100 "$PY" bench/gpu_app.py --device cuda --steps 60 \
 part cass_vs_dino 60 "$PY" bench/cass_vs_dino.py --device cuda --speed shipped \
   --precision bf16-mixed --images 600
 
-# The study switch (study.device=gpu) comes with the study's GPU work; if this checkout has no
-# such key the part fails soft, naming it. One seed (half the fine-tuning points) to fit the
+# Every point on the GPU (study.device=gpu). One seed (half the fine-tuning points) to fit the
 # time; the overhead line is the study's own.
 part study_smoke_gpu 110 "$PY" -m cass_lightning.apps.study study=smoke study.device=gpu \
   "study.seeds=[0]" \

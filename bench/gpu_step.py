@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from cass_lightning import CASSModule
 from cass_lightning.modules.optim import build_optimizer
 from cass_lightning.runtime import (
+    SPEED_KEYS,
     apply_speed_globals,
     apply_speed_settings,
     apply_speed_switches,
@@ -64,7 +65,7 @@ def parse_case(text: str, img_size: int) -> Case:
 
 def settings_for(case: Case, on_cuda: bool) -> dict[str, bool]:
     if case.settings == "off":
-        return resolve_speed({k: False for k in speed_request({})}, on_cuda, 0, case.precision)
+        return resolve_speed(dict.fromkeys(SPEED_KEYS, False), on_cuda, 0, case.precision)
     asked = speed_request({"compile": case.settings == "best" or "auto"})
     return resolve_speed(asked, on_cuda, 0, case.precision)
 

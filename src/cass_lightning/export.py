@@ -167,7 +167,7 @@ def arm_meta(export_dir: str | Path, arm: str, meta: dict[str, Any] | None = Non
     meta = read_meta(export_dir) if meta is None else meta
     if arm not in exported_arms(meta):
         held = exported_arms(meta) or ["none"]
-        method = meta.get("method", "cass (no method recorded)")
+        method = meta.get("method") or "an earlier version (no method recorded)"
         raise ValueError(
             f"the export {export_dir} holds no {arm} arm (it holds: {', '.join(held)}; written "
             f"by {method}); choose arm={held[0]} or another export"

@@ -21,15 +21,9 @@ from PIL import Image
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from cass_lightning.data.index import IMAGE_EXTENSIONS, load_rgb
+from cass_lightning.data.index import IMAGE_EXTENSIONS, SPLITS, load_rgb
 from cass_lightning.data.transforms import eval_transform
 from cass_lightning.modules.metrics import PerClassBreakdown, build_metrics
-
-#: Folder names read as the official splits of an image folder, not as classes.
-SPLIT_FOLDERS = ("train", "val", "test")
-#: Where the labels of an input stand: ``scored`` (the model's classes), ``none`` (no labels)
-#: or ``foreign`` (labels that are not the model's classes: listed, not scored).
-LABEL_STATES = ("scored", "none", "foreign")
 
 
 @dataclass
@@ -95,7 +89,7 @@ def folder_images(root: str | Path, classes: Sequence[str]) -> ImageSet:
         raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     parts = [f.relative_to(root).parts for f in files]
     tops = {p[0] for p in parts if len(p) > 1}
-    skip = 1 if tops and tops <= set(SPLIT_FOLDERS) else 0
+    skip = 1 if tops and tops <= set(SPLITS) else 0
     labels = [(p[skip],) if len(p) > 1 + skip else () for p in parts]
     state = judge_labels([lab[0] for lab in labels if lab], classes, "folder")
     if state.state != "scored":

@@ -5,6 +5,7 @@ guard, and fine-tuning from non-finite weights or with a diverging lr writes no 
 from __future__ import annotations
 
 import copy
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,16 +49,10 @@ class NaNInputAt(L.Callback):
                     t.fill_(float("nan"))
 
 
-def _cass():
-    return tiny_cass(STEPS)
-
-
-def _dino():
-    return tiny_dino(STEPS)
-
-
-def _classifier():
-    return tiny_classifier(STEPS)
+# the three modules on tiny encoders, each with a loader of STEPS batches
+_cass, _dino, _classifier = (
+    partial(build, STEPS) for build in (tiny_cass, tiny_dino, tiny_classifier)
+)
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,8 @@ CPU with a ``TorchFunctionMode`` during the training steps of each module."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
@@ -35,16 +37,10 @@ def test_the_counter_sees_every_read_back_but_not_the_optimizers_own_counters():
     assert len(counter.calls) == STEPS > STEPS // EVERY
 
 
-def _cass():
-    return tiny_cass(STEPS)
-
-
-def _dino():
-    return tiny_dino(STEPS)
-
-
-def _classifier():
-    return tiny_classifier(STEPS)
+# the three modules on tiny encoders, each with a loader of STEPS batches
+_cass, _dino, _classifier = (
+    partial(build, STEPS) for build in (tiny_cass, tiny_dino, tiny_classifier)
+)
 
 
 @pytest.mark.parametrize("build", [_cass, _dino, _classifier], ids=["cass", "dino", "classifier"])

@@ -32,10 +32,10 @@ from app_helpers import app_env_with_tests, compose_app, run_app
 from cass_lightning import io as cass_io
 from cass_lightning.apps import finetune as finetune_app
 from cass_lightning.apps import pretrain as pretrain_app
-from cass_lightning.apps.common import LOCK_FILE, RunFolderBusy, claim_run_folder
 from cass_lightning.apps.console import RunStopped, reported_errors
 from cass_lightning.apps.overrides import refused_overrides
 from cass_lightning.apps.resume import ResumeError, resume_argv
+from cass_lightning.apps.runfolder import LOCK_FILE, RunFolderBusy, claim_run_folder
 from cass_lightning.callbacks.checkpoint import AtomicCheckpointIO
 from cass_lightning.io import UnreadableFileError
 

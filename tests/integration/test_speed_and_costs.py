@@ -10,6 +10,7 @@ import lightning as L
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from test_resume import TINY_RUN as RESUME_TINY_RUN
 from torch.utils.data import DataLoader
 
 from app_helpers import compose_app
@@ -21,11 +22,7 @@ from cass_lightning.runtime import SPEED_KEYS, apply_speed_switches
 from run_helpers import images, make_trainer
 
 TINY_RUN = [
-    "debug=tiny",
-    "data.images_per_class=8",
-    "print_config=false",
-    "rich_progress_bar=false",
-    "trainer.enable_progress_bar=false",
+    *RESUME_TINY_RUN,
     "trainer.max_epochs=2",
     "callbacks.last_checkpoint.every_n_train_steps=100",
 ]

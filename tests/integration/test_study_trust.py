@@ -20,8 +20,9 @@ from test_safety import _digest, _main, _run_folder
 
 from app_helpers import app_env, compose_app
 from cass_lightning.apps import pretrain as pretrain_app
-from cass_lightning.apps.common import CONFIG_DIR, LOCK_FILE, this_process
+from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.resume import SHAPE_KEYS, ResumeError, resume_argv
+from cass_lightning.apps.runfolder import LOCK_FILE, this_process
 from cass_lightning.apps.study import refuse_orphans, settings_from
 from cass_lightning.apps.study_plan import (
     FAILED_FILE,

@@ -16,18 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # Lightning, torch and the launch rules are imported where they are used: the study's planner
 # and the report share this module and should start in a second, not load the training stack.
-# The run-folder lock and the process record live in .runfolder; imported here as well, where
-# they were first defined, so older imports keep working.
-from cass_lightning.apps.runfolder import (  # noqa: F401
-    LOCK_FILE,
-    RunFolderBusy,
-    claim_run_folder,
-    holder_alive,
-    is_rank_zero,
-    read_lock,
-    start_ticks,
-    this_process,
-)
+from cass_lightning.apps.runfolder import is_rank_zero
 from cass_lightning.checks import check_int
 from cass_lightning.io import atomic_write_json, atomic_write_text
 

@@ -345,9 +345,9 @@ def _refuse_shape_change(folder: Path, overrides: list[str], changed: list[str])
         cfg = _compose_pretrain(overrides)
     except Exception:  # Hydra reports an override it cannot compose itself, when it runs
         return
-    diffs = []
+    diffs, recorded = [], OmegaConf.create(hparams)
     for key in SHAPE_KEYS:
-        saved = OmegaConf.select(OmegaConf.create(hparams), key, default=None)
+        saved = OmegaConf.select(recorded, key, default=None)
         try:
             now = OmegaConf.select(cfg.model, key, default=None)
         except Exception:  # an interpolation only the running app can resolve: not a shape

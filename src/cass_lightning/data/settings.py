@@ -12,11 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from cass_lightning.checks import check_choice
+from cass_lightning.data.layouts._common import BAD_FILE_POLICIES
 from cass_lightning.data.transforms import AUGMENT_PLACES, IMAGENET_MEAN, IMAGENET_STD
 from cass_lightning.data.validate import CHECK_LEVELS
 from cass_lightning.runtime import check_batch_size
 
-BAD_FILE_POLICIES = ("error", "skip")
 TRAIN_VIEWS = ("paper", "pair", "dino")
 TRAIN_SUBSETS = ("all", "labelled")
 

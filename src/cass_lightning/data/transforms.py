@@ -98,6 +98,7 @@ class DeviceAugment(nn.Module):
                 f"DeviceAugment expects a uint8 (B, C, H, W) batch, got {images.dtype} "
                 f"{tuple(images.shape)}"
             )
+        if self.mean.device != images.device:  # once: the buffers then stay on that device
+            self.to(images.device)
         out = torch.stack([self.augment(image) for image in images])
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        return (out.float() / 255.0 - mean) / std
+        return (out.float() / 255.0 - self.mean) / self.std

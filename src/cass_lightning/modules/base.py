@@ -21,11 +21,13 @@ implements ``training_step`` and :meth:`exportable`'s arms. The base owns:
 
 from __future__ import annotations
 
+import math
 from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
+from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from cass_lightning.encoders import build_encoder, encoder_spec
@@ -34,9 +36,6 @@ from cass_lightning.export import ExportedArm, export_backbones
 from cass_lightning.modules.finite import GuardsFiniteLoss, logs_this_step
 from cass_lightning.modules.legacy import UpgradesOldCheckpoints
 from cass_lightning.modules.optim import group_learning_rates, lightning_optimizers
-
-#: The encoder settings every method takes, per arm (``{arm}`` is ``cnn`` or ``vit``).
-ENCODER_KEYS = ("{arm}", "{arm}_weights_file", "{arm}_kwargs")
 
 
 class PretrainingModule(
@@ -157,6 +156,15 @@ class PretrainingModule(
         """Write ``<arm>.safetensors`` and ``meta.json`` (see :mod:`cass_lightning.export`)."""
         arms, meta = self.exportable()
         return export_backbones(arms, out_dir, meta, source=source)
+
+    def along_run(self, start: float, end: float) -> float:
+        """``start`` -> ``end`` along a cosine over the run's optimiser steps (lightly's
+        ``cosine_schedule``), at the current step; an open-ended run keeps ``start``."""
+        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
+        if not math.isfinite(total) or total < 2:
+            return float(start)
+        step = min(self.global_step, int(total))
+        return float(cosine_schedule(step, int(total), float(start), float(end)))
 
     # ----------------------------------------------------------------- optimiser
     @abstractmethod

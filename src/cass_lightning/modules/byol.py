@@ -17,7 +17,6 @@ Usable on its own::
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,7 +24,6 @@ import torch
 from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from cass_lightning.batches import batch_images, same_size_views
@@ -132,12 +130,7 @@ class BYOLModule(PretrainingModule):
 
     def momentum_now(self) -> float:
         """The target's EMA momentum at this step: cosine from start to end over the run."""
-        h = self.head_cfg
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        if not math.isfinite(total) or total < 2:
-            return float(h["momentum_start"])
-        step = min(self.global_step, int(total))
-        return float(cosine_schedule(step, int(total), h["momentum_start"], h["momentum_end"]))
+        return self.along_run(self.head_cfg["momentum_start"], self.head_cfg["momentum_end"])
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

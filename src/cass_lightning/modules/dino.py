@@ -17,7 +17,6 @@ Usable on its own::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ import torch.nn.functional as F
 from lightly.loss import DINOLoss
 from lightly.models.modules import DINOProjectionHead
 from lightly.models.utils import deactivate_requires_grad, update_momentum
-from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
 from cass_lightning.batches import batch_images, batch_labels, multicrop_views
@@ -181,11 +179,6 @@ class DINOModule(PretrainingModule):
 
     # ---------------------------------------------------------------- accessors
     @property
-    def backbone_name(self) -> str:
-        """The timm name of the trained arm."""
-        return self.hparams[self.hparams.arm]
-
-    @property
     def backbone(self) -> nn.Module:
         """The student backbone: the plain timm model that gets exported."""
         return self.student_backbone
@@ -220,19 +213,10 @@ class DINOModule(PretrainingModule):
         arms, meta = self.exportable(network)
         return export_backbones(arms, out_dir, meta, source=source)
 
-    def _along_run(self, start: float, end: float) -> float:
-        """``start`` -> ``end`` along a cosine over the run's optimiser steps (lightly's
-        ``cosine_schedule``), at the current step; an open-ended run keeps ``start``."""
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else math.inf
-        if not math.isfinite(total) or total < 2:
-            return float(start)
-        step = min(self.global_step, int(total))
-        return float(cosine_schedule(step, int(total), float(start), float(end)))
-
     def teacher_momentum(self) -> float:
         """EMA momentum of the teacher at the current step (cosine, start -> end over the run)."""
         d = self.distill_cfg
-        return self._along_run(d["momentum_start"], d["momentum_end"])
+        return self.along_run(d["momentum_start"], d["momentum_end"])
 
     def weight_decay_now(self) -> float:
         """Weight decay of the decayed groups at the current step: DINO's cosine from
@@ -240,7 +224,7 @@ class DINOModule(PretrainingModule):
         o = self.optimizer_cfg
         start = float(o.get("weight_decay") or 0.0)
         end = o.get("weight_decay_end")
-        return start if end is None else self._along_run(start, float(end))
+        return start if end is None else self.along_run(start, float(end))
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor) -> Tensor:

@@ -27,28 +27,24 @@ from torch import Tensor
 _FIRST_BAD, _BAD_LOSS, _LAST_STEP, _LAST_LOSS = range(4)
 
 
-def logs_at_step_end(trainer: L.Trainer) -> bool:
-    """Whether Lightning writes the on-step logs of the batch that just ended: its own rule
-    (``_LoggerConnector.should_update_logs``) seen from ``on_train_batch_end``, where
-    ``global_step`` already counts this batch's optimiser step."""
+def _logs_at(trainer: L.Trainer, step: int) -> bool:
+    """Lightning's own rule for writing on-step logs (``_LoggerConnector.should_update_logs``)
+    at optimiser step count ``step``."""
     every = trainer.log_every_n_steps
-    return (
-        bool(trainer.fast_dev_run)
-        or trainer.should_stop
-        or (every > 0 and trainer.global_step % every == 0)
-    )
+    return bool(trainer.fast_dev_run) or trainer.should_stop or (every > 0 and step % every == 0)
+
+
+def logs_at_step_end(trainer: L.Trainer) -> bool:
+    """Whether Lightning writes the on-step logs of the batch that just ended, seen from
+    ``on_train_batch_end``, where ``global_step`` already counts this batch's optimiser step."""
+    return _logs_at(trainer, trainer.global_step)
 
 
 def logs_this_step(trainer: L.Trainer) -> bool:
     """The same rule seen from ``training_step`` (before the optimiser step is counted): log
     per-step values that are not already device tensors (learning rates, schedules) only then,
     as each one is a host-to-device copy, which waits for the device too."""
-    every = trainer.log_every_n_steps
-    return (
-        bool(trainer.fast_dev_run)
-        or trainer.should_stop
-        or (every > 0 and (trainer.global_step + 1) % every == 0)
-    )
+    return _logs_at(trainer, trainer.global_step + 1)
 
 
 @dataclass(frozen=True)

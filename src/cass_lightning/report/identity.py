@@ -104,11 +104,14 @@ def settings_of(result: dict[str, Any]) -> str:
     recorded = result.get("settings_digest")
     if isinstance(recorded, str) and recorded:
         return recorded
-    config = _config_beside(result)
-    if config is not None:
-        return settings_digest(config, weights_hashes(result))
-    own = {k: result.get(k) for k in RESULT_SETTINGS}
-    return _digest({"result": own, "weights": weights_hashes(result)})
+    if "_settings_of" not in result:  # older runs: the saved config is read once per result
+        config = _config_beside(result)
+        if config is not None:
+            result["_settings_of"] = settings_digest(config, weights_hashes(result))
+        else:
+            own = {k: result.get(k) for k in RESULT_SETTINGS}
+            result["_settings_of"] = _digest({"result": own, "weights": weights_hashes(result)})
+    return str(result["_settings_of"])
 
 
 def data_of(result: dict[str, Any]) -> str:
@@ -126,7 +129,8 @@ def run_key(result: dict[str, Any]) -> str:
     run_id = result.get("run_id")
     if isinstance(run_id, str) and run_id:
         return f"run {run_id}"
-    content = {k: v for k, v in result.items() if k not in ("results_file", "method")}
+    content = {k: v for k, v in result.items()
+               if k not in ("results_file", "method") and not k.startswith("_")}  # fmt: skip
     return f"content {_digest(content)[:16]}"
 
 
@@ -154,11 +158,6 @@ def count_once(results: Iterable[dict[str, Any]]) -> tuple[list[dict[str, Any]],
                 f"{len(found)} copies of {key[0]} counted once ({files}{tail if differ else ''})"
             )
     return list(kept.values()), notes
-
-
-def group_tag(settings: str, data: str) -> str:
-    """A short, stable name for a (settings, data) group: ``s1a2b3c4/d5e6f7a8``."""
-    return f"s{settings[:8]}/d{data[:8]}"
 
 
 def separate_datasets(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:

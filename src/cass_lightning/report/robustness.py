@@ -30,10 +30,6 @@ def grid_methods() -> tuple[str, ...]:
     return tuple(m.name for m in pretraining_methods() if m.in_grid)
 
 
-#: The shipped grid methods (:func:`grid_methods` reads the registry live).
-GRID_METHODS = grid_methods()
-
-
 def shown_methods(by_method: dict[str, Any]) -> tuple[str, ...]:
     """The grid's rows of one arm: the paper's methods (run or not) and any other present."""
     from cass_lightning.modules.registry import get_method

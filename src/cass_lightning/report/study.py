@@ -56,7 +56,6 @@ def paper_methods() -> tuple[str, ...]:
     return tuple(m.name for m in methods() if m.always_shown)
 
 
-PAPER_METHODS = paper_methods()  # the shipped ones: cass, dino, imagenet
 FIGURE_KINDS = {"per_class_f1": "per-class F1", "confusion": "confusion matrices"}
 
 

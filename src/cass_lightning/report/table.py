@@ -7,7 +7,6 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from cass_lightning.modules.registry import labels
 from cass_lightning.modules.registry import method_label as _label
 from cass_lightning.report.collect import ARMS
 from cass_lightning.report.identity import data_of, prepare, settings_of
@@ -19,8 +18,6 @@ CSV_FIELDS = (
 )  # fmt: skip
 
 
-#: Display labels of the shipped methods (the registry's; :func:`method_name` reads it live).
-METHOD_NAMES = labels()
 ARM_NAMES = {"cnn": "CNN", "vit": "ViT"}
 METRIC_NAMES = {"f1_macro": "macro-F1", "balanced_acc": "balanced accuracy"}
 
