@@ -70,21 +70,36 @@ def world_size(devices: Any, num_nodes: int = 1) -> int | None:
     return None
 
 
-def check_multirun_strategy(multirun: bool, strategy: Any, devices: Any) -> None:
+def check_multirun_strategy(
+    multirun: bool, strategy: Any, devices: Any, num_nodes: int = 1,
+    scheduler_tasks: int | None = None,
+) -> None:  # fmt: skip
     """Refuse the Hydra-multirun + script-relaunching DDP combination before anything starts.
 
     Lightning's ``ddp`` launcher starts the other ranks by running the same command again; under
-    ``-m`` every child would run the whole sweep again, duplicating jobs and folders.
+    ``-m`` every child would run the whole sweep again, duplicating jobs and folders. Inside a
+    cluster job whose scheduler started one task per process (``scheduler_tasks`` = devices x
+    nodes: SLURM's ``srun``, as the SLURM launcher does), Lightning relaunches nothing: allowed.
     """
     name = strategy if isinstance(strategy, str) else type(strategy).__name__.lower()
-    several = (world_size(devices) or 1) > 1 or devices in ("auto", -1, "-1")
+    size = world_size(devices, num_nodes)
+    several = (size or 1) > 1 or devices in ("auto", -1, "-1")
+    if scheduler_tasks is not None and size is not None and scheduler_tasks == size:
+        return
     if multirun and several and name in SCRIPT_RELAUNCH_STRATEGIES:
+        inside = (
+            f" This process is one of {scheduler_tasks} SLURM task(s), but the trainer asks for "
+            f"{size or devices} process(es): give the job one task per device "
+            "(hydra.launcher.tasks_per_node)."
+            if scheduler_tasks is not None
+            else ""
+        )
         raise ValueError(
             f"a Hydra multirun (-m) cannot use trainer.strategy={name} with several devices: "
             "its launcher re-runs the command for each process, which would start the sweep "
             "again in every child. Use trainer.strategy=ddp_spawn for sweeps on one machine, "
             "hydra/launcher=slurm to run each point as its own cluster job, or run the points "
-            "one by one without -m."
+            f"one by one without -m.{inside}"
         )
 
 

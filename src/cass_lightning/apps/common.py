@@ -16,9 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 
 # Lightning, torch and the launch rules are imported where they are used: the study's planner
 # and the report share this module and should start in a second, not load the training stack.
+from cass_lightning.apps.cluster import resolvers
 from cass_lightning.apps.runfolder import is_rank_zero
 from cass_lightning.checks import check_int
 from cass_lightning.io import atomic_write_json, atomic_write_text
+
+resolvers.register()  # the run folder's name and the SLURM job's size (conf/hydra/)
 
 #: conf/ at the repository root (the package is installed in editable mode from the checkout).
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"

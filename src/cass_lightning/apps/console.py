@@ -161,6 +161,12 @@ def refusal_message(err: BaseException) -> str | None:
 _task_started = False
 
 
+def mark_task_started() -> None:
+    """Say that the task ran (e.g. as cluster jobs), so exit 1 stays 1 (not a usage error)."""
+    global _task_started
+    _task_started = True
+
+
 def entry_point(hydra_main: Callable[..., T]) -> Callable[..., T]:
     """Wrap a ``@hydra.main`` function so a usage error exits 2: Hydra exits 1 for a command
     line it cannot compose (unknown key or group, malformed override) before the task runs."""
@@ -207,21 +213,32 @@ class StopSignals:
     batch; otherwise, and on a second SIGINT, :class:`RunStopped` is raised at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, requeue_signals: tuple[int, ...] = ()) -> None:
         self.received: int | None = None
         self.count = 0
         self.trainer: Any = None
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
+        self._requeue_signals = tuple(requeue_signals)
 
     def __enter__(self) -> StopSignals:
         import threading
 
         if threading.current_thread() is threading.main_thread():
             self._pid = os.getpid()
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in (signal.SIGINT, signal.SIGTERM, *self._requeue_signals):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    @property
+    def requeue_asked(self) -> bool:
+        """Whether the stop came from a scheduler's warning signal (SIGUSR1/SIGUSR2 in a SLURM
+        job: preemption or the time limit is near), which asks for a save and a requeue."""
+        return self.received is not None and self.received in self._requeue_signals
+
+    def previous_handler(self, signum: int) -> Any:
+        """The handler ``signum`` had before this run's (e.g. submitit's requeue handler)."""
+        return self._previous.get(signum)
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
@@ -300,11 +317,15 @@ def hold_run_folder(
     the console copied to ``<folder>/<log_name>``, the overwrite check again now that no other
     run can start here (not when resuming in place, ``fresh=False``), and the SIGINT/SIGTERM
     handlers, yielded (a :class:`StopSignals`) for the app to hand its trainer."""
+    from cass_lightning.apps.cluster.job import current_job
     from cass_lightning.apps.common import refuse_to_overwrite
     from cass_lightning.apps.runfolder import claim_run_folder, is_rank_zero
 
+    # In a SLURM job the scheduler's warning signals (the launcher's SIGUSR2, Lightning users'
+    # SIGUSR1) stop the run like SIGTERM, and the app then requeues the job (docs/cluster.md).
+    requeue = (signal.SIGUSR1, signal.SIGUSR2) if current_job() is not None else ()
     with claim_run_folder(folder), console_log(folder / log_name, is_rank_zero()):
         if fresh:
             refuse_to_overwrite(folder, kept, hint)
-        with StopSignals() as stop:
+        with StopSignals(requeue) as stop:
             yield stop

@@ -30,6 +30,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from cass_lightning.apps.cluster.job import current_job
+from cass_lightning.apps.cluster.requeue import (
+    lightning_plugins,
+    requeue_after_stop,
+    requeued_after_finish,
+)
 from cass_lightning.apps.common import (
     CONFIG_DIR,
     check_run_settings,
@@ -63,6 +69,7 @@ from cass_lightning.callbacks.best import choose_best
 from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import weights_init
+from cass_lightning.io import read_json
 from cass_lightning.runtime import (
     apply_speed_settings,
     check_multirun_strategy,
@@ -88,7 +95,12 @@ def launch_settings(cfg: DictConfig) -> dict[str, Any]:
     """
     trainer = cfg.trainer
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    check_multirun_strategy(multirun, trainer.get("strategy", "auto"), trainer.get("devices"))
+    job = current_job()
+    check_multirun_strategy(
+        multirun, trainer.get("strategy", "auto"), trainer.get("devices"),
+        int(trainer.get("num_nodes", 1) or 1),
+        job.ntasks if job is not None and job.step_id is not None else None,  # srun's tasks
+    )  # fmt: skip
     effective = int(cfg.data.batch_size) * int(trainer.get("accumulate_grad_batches", 1))
     scaling = cfg.get("lr_scaling") or {}
     rule = scaling.get("rule", "none")
@@ -189,6 +201,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     :class:`~.console.RunStopped` when SIGINT/SIGTERM stopped it (``last.ckpt`` saved).
     """
     folder = run_dir(cfg)
+    if cfg.get("resume") is None and requeued_after_finish(folder):
+        print(f"Requeued SLURM job: {folder} had already finished; nothing to do.")
+        return read_json(folder / SUMMARY_FILE, "run summary")
     run = plan_start(cfg, folder)  # resume=<run folder>: checked; its last.ckpt is run.ckpt_path
     hint = f"; to continue the run in that folder: {resume_command(folder)}"
     if not run.resuming:
@@ -199,10 +214,11 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         try:
             return _pretrain(cfg, folder, run, stop)
         except RunStopped as stopped:
-            if not (folder / LAST_CHECKPOINT).is_file():
-                raise
-            message = f"{stopped.message} Continue from its last.ckpt with:"
-            raise RunStopped(stopped.signum, f"{message}\n  {resume_command(folder)}") from None
+            message = stopped.message
+            if (folder / LAST_CHECKPOINT).is_file():
+                message += f" Continue from its last.ckpt with:\n  {resume_command(folder)}"
+            # a scheduler's warning signal: the job goes back in the queue and continues here
+            raise RunStopped(stopped.signum, requeue_after_stop(stop, message)) from None
 
 
 def _stopped_message(stop: StopSignals, trainer: L.Trainer, callbacks: list[Any]) -> str:
@@ -258,7 +274,8 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         benchmark=speed["cudnn_benchmark"] if on_cuda else None,
         callbacks=callbacks,
         logger=loggers or False,
-        plugins=[atomic_checkpoint_plugin()],  # a kill during a save leaves the old file whole
+        # a kill during a save leaves the old file whole; on SLURM, Lightning's requeue is off
+        plugins=[atomic_checkpoint_plugin(), *lightning_plugins()],
         _convert_="all",
     )
     for logger in trainer.loggers:

@@ -143,7 +143,7 @@ def plan_start(cfg: DictConfig, folder: Path) -> RunStart:
     """
     resume = cfg.get("resume")
     if resume is None:
-        return RunStart(folder, new_run_id())
+        return _fresh_or_requeued(folder)
     target = Path(str(resume)).expanduser().resolve()
     if target != folder.resolve():
         raise ResumeError(
@@ -161,6 +161,25 @@ def plan_start(cfg: DictConfig, folder: Path) -> RunStart:
         )
     run_id = read_run_info(folder).get("run_id") or wandb_run_id(folder) or new_run_id()
     return RunStart(folder, str(run_id), ckpt)
+
+
+def _fresh_or_requeued(folder: Path) -> RunStart:
+    """A fresh start; or, when an earlier start of this same SLURM job wrote ``folder`` (the
+    scheduler requeued it: preemption, ``scontrol requeue``, a time limit), its continuation
+    from ``last.ckpt`` (or from the start, when it stopped before its first checkpoint)."""
+    from cass_lightning.apps.cluster.requeue import earlier_start_in
+
+    info = read_run_info(folder)
+    if not earlier_start_in(info):
+        return RunStart(folder, new_run_id())
+    run_id = str(info.get("run_id") or new_run_id())
+    ckpt = folder / LAST_CHECKPOINT
+    if not ckpt.is_file():
+        print(f"Requeued SLURM job: {folder} has no {LAST_CHECKPOINT} yet; starting it again")
+        return RunStart(folder, run_id, requeued=True)
+    check_resumable(folder)
+    print(f"Requeued SLURM job: continuing {folder} from {LAST_CHECKPOINT}")
+    return RunStart(folder, run_id, ckpt, requeued=True)
 
 
 def _training_complete(ckpt: Path, max_epochs: int | None, max_steps: int | None) -> bool:

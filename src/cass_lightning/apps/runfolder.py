@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cass_lightning.apps.cluster.job import current_job, earlier_start_of, job_alive
 from cass_lightning.io import utc_timestamp
 
 
@@ -46,8 +47,12 @@ def start_ticks(pid: int) -> int | None:
 
 def holder_alive(holder: dict[str, Any]) -> bool | None:
     """Whether the lock's process still runs: ``None`` when it cannot be told (another host)."""
+    job = current_job()
+    if earlier_start_of(job, holder.get("slurm")):
+        return False  # an earlier start of this very job: SLURM runs one start at a time
     if holder.get("host") != socket.gethostname():
-        return None
+        # another host: only the scheduler can tell (False once it no longer knows the job)
+        return False if job_alive(holder.get("slurm")) is False else None
     pid = holder.get("pid")
     if not isinstance(pid, int) or pid <= 0:
         return None
@@ -74,9 +79,10 @@ def read_lock(lock: Path) -> dict[str, Any] | None:
 
 def this_process() -> dict[str, Any]:
     """Who holds something (a lock, a study point): what :func:`holder_alive` reads back."""
+    job = current_job()
     return {
         "pid": os.getpid(), "host": socket.gethostname(), "start_ticks": start_ticks(os.getpid()),
-        "started": utc_timestamp(),
+        "started": utc_timestamp(), **({"slurm": job.record()} if job is not None else {}),
     }  # fmt: skip
 
 

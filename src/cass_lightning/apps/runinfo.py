@@ -18,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from cass_lightning.apps.cluster.job import current_job
 from cass_lightning.io import atomic_write_json, first_free, is_temp_file, utc_timestamp
 
 RUN_INFO = "run_info.json"
@@ -57,6 +58,8 @@ class RunStart:
     folder: Path
     run_id: str
     ckpt_path: Path | None = None
+    #: started again by the scheduler (a requeued SLURM job): the folder's record is kept
+    requeued: bool = False
 
     @property
     def resuming(self) -> bool:
@@ -96,7 +99,7 @@ class RunStart:
             _remove_unfinished_writes(self.folder)
             _keep_hydra_files(self.folder)
             _keep_csv_metrics(self.folder)
-        info = read_run_info(self.folder) if self.resuming else {}
+        info = read_run_info(self.folder) if self.resuming or self.requeued else {}
         info.setdefault("run_id", self.run_id)
         # A collision-free identity (the 8-character run_id is also the wandb id, kept short):
         # drawn at the first start, kept on resume, so copies of the folder read as one run.
@@ -109,6 +112,7 @@ class RunStart:
                 "overrides": _task_overrides(),
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
+                **({"slurm": job.record()} if (job := current_job()) is not None else {}),
                 **({"speed": dict(speed)} if speed is not None else {}),
             }
         )

@@ -43,6 +43,7 @@ from cass_lightning.apps.study_plan import (
     write_plan,
 )
 from cass_lightning.apps.study_points import (
+    HEARTBEAT_S,
     compose_point,
     data_check_passed,
     parent_record,
@@ -161,9 +162,10 @@ def run_stage(
     ``last.ckpt`` and stops; the study waits for that, then stops too. Ctrl-C reaches the
     worker directly (one process group), so the study only waits for it."""
     ids = ",".join(p.id for p in points)
+    token = (read_lock(study_dir / LOCK_FILE) or {}).get("token", "")
     command = [sys.executable, "-m", "cass_lightning.apps.study_points", "-m",
                f"study_dir={quote(study_dir)}", f"point={ids}",
-               f"parent='{parent_record(os.getpid())}'", *launcher]  # fmt: skip
+               f"parent='{parent_record(os.getpid(), str(token))}'", *launcher]  # fmt: skip
     if data_check is not None:
         command.append(f"data_check={quote(data_check)}")
     worker = subprocess.Popen(command)
@@ -175,7 +177,11 @@ def run_stage(
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return worker.wait()
+        while True:  # the heartbeat: jobs on other hosts check that this study still runs
+            with contextlib.suppress(OSError):
+                os.utime(study_dir / LOCK_FILE)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                return worker.wait(timeout=HEARTBEAT_S)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -284,6 +290,7 @@ def _claimed(study_dir: Path) -> Any:
 def refuse_orphans(points: list[Point], study_dir: Path) -> None:
     """Refuse to run beside a worker of an earlier ``cass-study`` that is still running a point
     on this machine (its ``cass-study`` was killed, the worker was not): named by process."""
+    from cass_lightning.apps.cluster.job import job_alive
     from cass_lightning.apps.runfolder import holder_alive
     from cass_lightning.apps.study_plan import STARTED_FILE
 
@@ -292,12 +299,24 @@ def refuse_orphans(points: list[Point], study_dir: Path) -> None:
         if not started.is_file():
             continue
         record = read_json(started, "point start record")
-        if isinstance(record, dict) and holder_alive(record) is True:
+        if not isinstance(record, dict):
+            continue
+        job = record.get("slurm") if isinstance(record.get("slurm"), dict) else None
+        alive = holder_alive(record)
+        if job is not None and alive is not False and job_alive(job) is not False:
+            raise RunFolderBusy(
+                f"point {point.id} of {study_dir} is held by SLURM job {job.get('job')} "
+                f"(on {record.get('host')}, started {record.get('started')}), which is still in "
+                f"the queue; nothing was written. Wait for it to end (squeue -j "
+                f"{job.get('job')}) or cancel it (scancel {job.get('job')}: the run saves its "
+                "last.ckpt), then run the same command again."
+            )
+        if alive is True:
             raise RunFolderBusy(
                 f"point {point.id} of {study_dir} is still being run by process "
-                f"{record.get('pid')} (a worker of an earlier cass-study, started "
-                f"{record.get('started')}); nothing was written. Wait for it to stop or stop it "
-                f"(kill {record.get('pid')}), then run the same command again."
+                f"{record.get('pid')} on {record.get('host')} (a worker of an earlier "
+                f"cass-study, started {record.get('started')}); nothing was written. Wait for it "
+                f"to stop or stop it (kill {record.get('pid')}), then run the same command again."
             )
 
 
@@ -331,11 +350,15 @@ def _run(cfg: DictConfig, settings: StudySettings, points: list[Point],
     return 0
 
 
-def launcher_overrides(overrides: list[str]) -> list[str]:
+def launcher_overrides(overrides: list[str], device: str = "cpu") -> list[str]:
     """The overrides that choose and set Hydra's launcher, passed on to the workers (the study
-    itself runs once; its points are what a launcher sends out)."""
+    itself runs once; its points are what a launcher sends out), and the device the points run
+    on, which sizes their jobs (``study.device=gpu``: a GPU each)."""
     keys = ("hydra/launcher", "hydra.launcher")
-    return [o for o in overrides if (override_key(o) or "").startswith(keys)]
+    chosen = [o for o in overrides if (override_key(o) or "").startswith(keys)]
+    if chosen and device != "cpu":
+        chosen.append(f"trainer.accelerator={device}")
+    return chosen
 
 
 @entry_point  # a command line Hydra cannot compose exits 2
@@ -345,7 +368,9 @@ def _main(cfg: DictConfig) -> None:
     done, 2 usage error, 130/143 stopped by SIGINT/SIGTERM (run the same command again)."""
     hydra_cfg = HydraConfig.get()
     task = list(hydra_cfg.overrides.task)
-    launcher = launcher_overrides([*hydra_cfg.overrides.hydra, *task])
+    launcher = launcher_overrides(
+        [*hydra_cfg.overrides.hydra, *task], str(cfg.study.get("device", "cpu"))
+    )
     with reported_errors():
         code = study(cfg, task, launcher)
     if code:

@@ -40,7 +40,13 @@ from omegaconf import DictConfig, open_dict
 
 from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.console import RunStopped
-from cass_lightning.apps.runfolder import holder_alive, start_ticks, this_process
+from cass_lightning.apps.runfolder import (
+    LOCK_FILE,
+    holder_alive,
+    read_lock,
+    start_ticks,
+    this_process,
+)
 from cass_lightning.apps.study_plan import (
     FAILED_FILE,
     STARTED_FILE,
@@ -205,23 +211,54 @@ def progress_line(
     return line
 
 
-def parent_record(pid: int) -> str:
-    """``<pid>-<start ticks>`` of the ``cass-study`` process: the worker's ``parent=``."""
-    return f"{pid}-{start_ticks(pid)}"
+#: A study's heartbeat: it touches its lock file at least this often while its workers run.
+HEARTBEAT_S = 30
+#: A lock not touched for this long belongs to a study that has ended (killed, host gone).
+HEARTBEAT_STALE_S = 300
 
 
-def parent_alive(record: str | None) -> bool:
-    """Whether the ``cass-study`` recorded as ``<pid>-<start ticks>`` still runs (``True`` when
-    there is no record, or it cannot be told: a job on another machine)."""
+def parent_record(pid: int, token: str = "") -> str:
+    """``<host>:<pid>-<start ticks>:<lock token>`` of the ``cass-study`` process: the worker's
+    ``parent=``. The host and the token of the study folder's lock let a job on another node
+    check on its study without seeing its process."""
+    return f"{socket.gethostname()}:{pid}-{start_ticks(pid)}:{token}"
+
+
+def _parse_parent(record: str) -> tuple[str | None, str, str]:
+    parts = str(record).split(":")
+    if len(parts) == 3:
+        return parts[0], parts[1], parts[2]
+    return None, str(record), ""  # <pid>-<ticks>, from an older cass-study
+
+
+def parent_alive(record: str | None, study_dir: Path | None = None) -> bool:
+    """Whether the ``cass-study`` in ``record`` still runs (``True`` when there is no record).
+
+    On its own host: its process is asked. Elsewhere (a job on a compute node): the study
+    folder's lock must still be held by that study (same token) and have been touched within
+    :data:`HEARTBEAT_STALE_S`; the study touches it every :data:`HEARTBEAT_S` while it waits."""
     if not record:
         return True
-    pid, _, ticks = str(record).partition("-")
-    try:
-        holder = {"pid": int(pid), "host": socket.gethostname(),
-                  "start_ticks": None if ticks in ("", "None") else int(ticks)}  # fmt: skip
-    except ValueError:
+    host, process, token = _parse_parent(record)
+    if host is None or host == socket.gethostname():
+        pid, _, ticks = process.partition("-")
+        try:
+            holder = {"pid": int(pid), "host": socket.gethostname(),
+                      "start_ticks": None if ticks in ("", "None") else int(ticks)}  # fmt: skip
+        except ValueError:
+            return True
+        return holder_alive(holder) is not False
+    if study_dir is None or not token:
         return True
-    return holder_alive(holder) is not False
+    lock = study_dir / LOCK_FILE
+    holder = read_lock(lock)
+    if holder is None or holder.get("token") != token:
+        return False
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except OSError:
+        return False
+    return age < HEARTBEAT_STALE_S
 
 
 def die_with_parent(record: str | None) -> None:
@@ -230,8 +267,9 @@ def die_with_parent(record: str | None) -> None:
     when the parent has already gone) :func:`parent_alive` is checked before every point."""
     if not record or sys.platform != "linux":
         return
-    pid = str(record).partition("-")[0]
-    if pid != str(os.getppid()):
+    host, process, _ = _parse_parent(str(record))
+    pid = process.partition("-")[0]
+    if (host is not None and host != socket.gethostname()) or pid != str(os.getppid()):
         return
     import ctypes
     import signal
@@ -263,11 +301,12 @@ def main(cfg: DictConfig) -> bool:
     parent = cfg.get("parent")
     if not _CHECKED and not _PLANS:
         die_with_parent(parent)
-    if not parent_alive(parent):
+    if not parent_alive(parent, study_dir):
+        host, process, _ = _parse_parent(str(parent))
         raise SystemExit(
             f"cass-study: the cass-study that started this worker (process "
-            f"{str(parent).partition('-')[0]}) has ended; stopping before point {cfg.point}. "
-            "Run the same cass-study command again to continue."
+            f"{process.partition('-')[0]}{f' on {host}' if host else ''}) has ended; stopping "
+            f"before point {cfg.point}. Run the same cass-study command again to continue."
         )
     points = _plan(study_dir)
     by_id = {p.id: p for p in points}
