@@ -66,6 +66,7 @@ def test_runs_record_their_machine_and_their_exports_load_with_plain_timm(tmp_pa
     card = (tmp_path / "again" / "timm-cnn" / "README.md").read_text()
     assert "| 1 | test/f1_macro | 5: " in card and "**Dataset:** synthetic" in card
     assert here["device"] in card and "**epochs planned:** 1" in card
+    assert "**epochs trained:** 1" in card  # read from the checkpoint, not the planned run
     # a fine-tuned classifier
     export_main([tuned["best_checkpoint"], "--out", str(tmp_path / "clf")])
     x = torch.randn(2, 3, 32, 32)

@@ -29,8 +29,8 @@ def training_context(trainer: L.Trainer) -> dict[str, Any]:
     return {
         "data": {"name": getattr(report, "dataset", None) or hp.get("layout"),
                  "fingerprint": getattr(dm, "fingerprint", None)},
-        "settings": {"epochs planned": trainer.max_epochs, "epochs completed":
-                     int(trainer.fit_loop.epoch_progress.current.completed),
+        "settings": {"epochs planned": trainer.max_epochs, "epochs trained":
+                     int(trainer.fit_loop.epoch_progress.current.processed),
                      "optimiser steps": int(trainer.global_step),
                      "batch size": hp.get("batch_size"), "image size": hp.get("img_size"),
                      "precision": machine["precision"], "processes": machine["processes"]},
