@@ -7,6 +7,7 @@ are compared only when they came from the same kind of device (:func:`same_devic
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +21,7 @@ from cass_lightning.runtime import CPU_BF16_FLAGS, read_cpu_flags
 PACKAGES = ("torch", "lightning", "timm", "torchvision")
 
 
+@functools.cache  # one process, one set of libraries
 def package_versions() -> dict[str, str | None]:
     """torch, Lightning, timm, torchvision, CUDA and cuDNN versions (``None``: not present)."""
     found: dict[str, str | None] = {}
@@ -49,6 +51,7 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
+@functools.cache  # read once per process, not at every checkpoint
 def cpu_record() -> dict[str, Any]:
     """The CPU: model, logical cores, and whether it does bf16 natively (``None``: unknown)."""
     flags = read_cpu_flags()
@@ -83,7 +86,7 @@ def machine_record(
         "host": platform.node(),
         **cpu_record(),
         "gpus": [],
-        "versions": package_versions(),
+        "versions": dict(package_versions()),
     }
     if accelerator == "cuda" and torch.cuda.is_available():
         record["gpus"] = [gpu_record(i) for i in (device_indices or range(int(devices)))]

@@ -36,8 +36,8 @@ class Recorder:
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
         return type("Url", (), {"url": f"https://hub.test/{repo_id}"})()
 
-    def upload_folder(self, **kwargs) -> None:
-        self.calls.append(("upload_folder", kwargs))
+    def create_commit(self, **kwargs) -> None:
+        self.calls.append(("create_commit", kwargs))
 
 
 @pytest.fixture
@@ -102,13 +102,17 @@ def test_an_answering_hub_gets_each_folder_in_a_private_repository(export, monke
         server.shutdown()
     assert urls == ["https://hub.test/lab/m-cnn", "https://hub.test/lab/m-vit"]
     creates = [kw for name, kw in api.calls if name == "create_repo"]
-    sends = [kw for name, kw in api.calls if name == "upload_folder"]
+    commits = [kw for name, kw in api.calls if name == "create_commit"]
     assert [(c["repo_id"], c["private"]) for c in creates] == [("lab/m-cnn", True),
                                                                ("lab/m-vit", True)]  # fmt: skip
-    assert [(s["repo_id"], s["folder_path"]) for s in sends] == [
-        ("lab/m-cnn", str(export / "timm-cnn")),
-        ("lab/m-vit", str(export / "timm-vit")),
-    ]
+    assert [c["repo_id"] for c in commits] == ["lab/m-cnn", "lab/m-vit"]
+    for commit, arm in zip(commits, ("cnn", "vit"), strict=True):
+        sent = {op.path_in_repo: op.path_or_fileobj for op in commit["operations"]}
+        assert sorted(sent) == ["README.md", "config.json", "model.safetensors"]
+        assert sent["model.safetensors"] == str(export / f"timm-{arm}" / "model.safetensors")
+        card = sent["README.md"].decode()  # the card names the repository it lands in
+        assert f'timm.create_model("hf-hub:lab/m-{arm}", pretrained=True)' in card
+        assert "local-dir:" not in card
     assert hub.PROBE_TIMEOUT_S <= 10  # the default bound stays "seconds"
 
 

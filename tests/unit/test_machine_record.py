@@ -3,8 +3,12 @@ runs on the same device."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
+from cass_lightning.apps.study_plan import Point
+from cass_lightning.apps.study_report import gather
 from cass_lightning.machine import (
     cpu_model,
     device_label,
@@ -78,3 +82,16 @@ def test_the_study_report_names_its_machines_and_what_ran_on_each():
     assert f"- **{a}**: pretraining of CASS (both arms); 2 fine-tuning run(s)" in lines
     assert f"- **{b}**: pretraining of DINO-CNN" in lines
     assert "- **unknown device**: 1 fine-tuning run(s)" in lines
+
+
+def test_the_study_reads_each_pretraining_runs_device_from_its_summary(tmp_path):
+    points = [Point("pretrain-cass", "pretrain", 0, "cass", "both", [], "d"),
+              Point("pretrain-dino", "pretrain", 0, "dino", "cnn", [], "e")]  # fmt: skip
+    summaries = [{"machine": H100}, {}]  # the second from a version that recorded none
+    for point, extra in zip(points, summaries, strict=True):
+        point.folder(tmp_path).mkdir(parents=True)
+        summary = {"fit_seconds": 10.0, "epochs": 1, "batch_size": 8, "dataset": "d", **extra}
+        (point.folder(tmp_path) / "summary.json").write_text(json.dumps(summary))
+    costs = gather(points, tmp_path, {p.id: "done" for p in points})["costs"]
+    assert [c["device"] for c in costs] == [device_label(H100), None]
+    assert ratios(costs) == []  # a recorded device and an unknown one are never divided

@@ -17,8 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from cass_lightning.export import exported_arms, is_classifier_export, read_meta
-from cass_lightning.timm_folder import TIMM_FILES, hub_repo_for
+from cass_lightning.timm_folder import (
+    CARD_FILE,
+    CONFIG_FILE,
+    TIMM_FILES,
+    WEIGHTS_FILE,
+    hub_repo_for,
+)
 
+LOAD_LINE = re.compile(r'timm\.create_model\("(?:local-dir|hf-hub):[^"]*"')
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: How long the hub has to answer before an upload is called off (seconds).
 PROBE_TIMEOUT_S = 5.0
@@ -35,6 +42,16 @@ class Upload:
     folder: Path
     repo_id: str
     private: bool = True
+
+    def files(self) -> dict[str, bytes | str]:
+        """What the repository receives: the folder's config and weights as they are, and its
+        model card with the loading lines naming ``hf-hub:<repo>`` (a card written before the
+        repository was known names the local folder)."""
+        card = (self.folder / CARD_FILE).read_text(encoding="utf-8")
+        card = LOAD_LINE.sub(f'timm.create_model("hf-hub:{self.repo_id}"', card)
+        return {CONFIG_FILE: str(self.folder / CONFIG_FILE),
+                WEIGHTS_FILE: str(self.folder / WEIGHTS_FILE),
+                CARD_FILE: card.encode("utf-8")}  # fmt: skip
 
 
 def check_repo_id(repo: str) -> str:
@@ -94,9 +111,11 @@ def check_hub(timeout_s: float = PROBE_TIMEOUT_S) -> None:
 
 
 def upload(plans: list[Upload], api: Any = None, timeout_s: float = PROBE_TIMEOUT_S) -> list[str]:
-    """Send each planned folder to its repository (created if absent, private unless asked);
-    return the repositories' addresses. ``api``: a ``huggingface_hub.HfApi`` (default: one
-    with the saved or ``HF_TOKEN`` credentials)."""
+    """Send each planned folder to its repository (created if absent, private unless asked)
+    in one commit of :meth:`Upload.files`; return the repositories' addresses. ``api``: a
+    ``huggingface_hub.HfApi`` (default: one with the saved or ``HF_TOKEN`` credentials)."""
+    from huggingface_hub import CommitOperationAdd
+
     check_hub(timeout_s)
     if api is None:
         from huggingface_hub import HfApi
@@ -104,12 +123,12 @@ def upload(plans: list[Upload], api: Any = None, timeout_s: float = PROBE_TIMEOU
         api = HfApi(library_name="cass-lightning")
     urls = []
     for plan in plans:
+        files = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=content)
+                 for name, content in plan.files().items()]  # fmt: skip
         try:
             repo = api.create_repo(plan.repo_id, private=plan.private, exist_ok=True)
             message = f"Add {plan.folder.name} (cass-lightning export)"
-            api.upload_folder(
-                repo_id=plan.repo_id, folder_path=str(plan.folder), commit_message=message
-            )
+            api.create_commit(repo_id=plan.repo_id, operations=files, commit_message=message)
         except OSError as err:  # huggingface_hub's HTTP errors (401: no token, 403: no right)
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise HubUnavailableError(
