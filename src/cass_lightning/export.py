@@ -172,7 +172,8 @@ def _card_info(
         "kind": kind, "arm": arm, "method": meta.get("method"),
         "timm_name": entry["timm_name"], "img_size": _size(entry, meta),
         "mean": meta.get("mean"), "std": meta.get("std"),
-        "num_classes": entry.get("num_classes"), "classes": meta.get("classes"),
+        "num_classes": entry.get("num_classes"), "num_features": entry.get("num_features"),
+        "classes": meta.get("classes"),
         "head": meta.get("head"), "init": entry.get("init"),
         "data": context.get("data"), "settings": context.get("settings"),
         "device": context.get("device"), "results": context.get("results"),
@@ -305,8 +306,8 @@ def export_classifier(
         "sha256": file_sha256(path),
         "timm_folder": folder,
     }
-    card = model_card(_card_info(CLASSIFIER_KIND, meta["arm"], full | {"init": full.get(
-        "pretraining")}, full, context))  # fmt: skip
+    entry = full | {"init": full.get("pretraining")}  # what fine-tuning started from
+    card = model_card(_card_info(CLASSIFIER_KIND, meta["arm"], entry, full, context))
     data = data_config(full["img_size"], full["in_chans"], full["mean"], full["std"])
     write_timm_folder(model, out / folder, data, card, label_names=full["classes"])
     atomic_write_json(out / META_FILE, full)

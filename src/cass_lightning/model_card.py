@@ -57,6 +57,17 @@ def init_line(init: dict[str, Any] | None) -> str:
     return f"{kind}" + (f": `{where}`" if where else "") + (f" (sha256 `{sha}`)" if sha else "")
 
 
+def outputs(info: dict[str, Any]) -> str:
+    """What the model returns: logits per class, its head's values, or pooled features."""
+    if info.get("kind") == "classifier":
+        return f"{_value(info.get('num_classes'))} logits, one per class"
+    if info.get("num_classes"):
+        return f"{info['num_classes']} values from its {info.get('head') or ''} head".replace(
+            "  ", " ")  # fmt: skip
+    return (f"{_value(info.get('num_features'))}-d pooled features (a projector trained after "
+            "them is not part of this folder)")  # fmt: skip
+
+
 def front_matter(kind: str, method: str | None) -> list[str]:
     """The Hub's metadata block; the licence is left for the weights' owner to set."""
     pipeline = "image-classification" if kind == "classifier" else "image-feature-extraction"
@@ -127,8 +138,7 @@ def model_card(info: dict[str, Any]) -> str:
         f"- **Input:** {_value(info.get('img_size'))} x {_value(info.get('img_size'))} px, "
         "RGB, resized (no crop), bilinear",
         f"- **Normalisation:** mean {_value(info.get('mean'))}; std {_value(info.get('std'))}",
-        f"- **Outputs:** {_value(info.get('num_classes'))} "
-        + ("logits, one per class" if kind == "classifier" else "values from its head"),
+        f"- **Outputs:** {outputs(info)}",
         f"- **Started from:** {init_line(info.get('init'))}",
         f"- **Exported from:** `{_value(info.get('source'))}`", "",
         "## Data", "",

@@ -14,13 +14,24 @@ from cass_lightning import CASSModule
 from cass_lightning.export import export_classifier, export_module, load_backbone, load_classifier
 from cass_lightning.modules.byol import BYOLModule
 from cass_lightning.modules.dino import DINOModule
+from cass_lightning.runtime import apply_speed_switches
 from cass_lightning.timm_folder import TIMM_FILES, read_timm_config
 
 TINY = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32)
 BYOL_HEAD = {"hidden_dim": 32, "dim": 16, "predictor_hidden_dim": 32}
 DINO_HEAD = dict(dim=32, hidden_dim=64, bottleneck_dim=16)
+
+
+def channels_last_cass() -> CASSModule:
+    """A CNN in channels_last memory (a speed setting): strided weights, same values."""
+    model = CASSModule(**TINY, head_dim=32)
+    assert apply_speed_switches(model, channels_last=True, compile=False) == ["channels_last:cnn"]
+    return model
+
+
 MODELS = {
     "cass": lambda: CASSModule(**TINY, head_dim=32),
+    "cass-channels-last": channels_last_cass,
     "cass-projector": lambda: CASSModule(**TINY, head="projector", head_dim=16),
     "dino-cnn": lambda: DINOModule(arm="cnn", **TINY, head=DINO_HEAD),
     "dino-vit": lambda: DINOModule(arm="vit", **TINY, head=DINO_HEAD),
@@ -61,6 +72,8 @@ def test_every_exported_arm_loads_with_plain_timm_as_with_ours(name, tmp_path):
         assert not {"tag", "license", "origin_url", "hf_hub_id"} & set(cfg)
         card = (folder / "README.md").read_text()
         assert f"# {meta[arm]['timm_name']}" in card and "library_name: timm" in card
+        if name == "cass-projector":  # the folder holds the backbone: its pooled features
+            assert config["num_classes"] == 0 and "-d pooled features" in card
     # the older files keep being written and loading
     assert all((out / f"{arm}.safetensors").is_file() for arm in arms)
 
