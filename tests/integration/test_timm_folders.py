@@ -14,6 +14,7 @@ from cass_lightning import CASSModule
 from cass_lightning.export import export_classifier, export_module, load_backbone, load_classifier
 from cass_lightning.modules.byol import BYOLModule
 from cass_lightning.modules.dino import DINOModule
+from cass_lightning.modules.registry import pretraining_methods
 from cass_lightning.runtime import apply_speed_switches
 from cass_lightning.timm_folder import TIMM_FILES, read_timm_config
 
@@ -43,6 +44,12 @@ MODELS = {
 def plain_timm(folder):
     """What a colleague without this package does: the folder and nothing else."""
     return timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+
+
+def test_every_registered_method_has_its_arms_checked_here():
+    covered = {name.split("-")[0] for name in MODELS}
+    missing = sorted({m.name for m in pretraining_methods()} - covered)
+    assert not missing, f"add a tiny {missing} model (each arm) to MODELS in this file"
 
 
 @pytest.mark.parametrize("name", list(MODELS))
