@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     for mode, target in (("lightning-fp32", 0.95), ("lightning-bf16", 1.5)):
         if base and mode in median:
             ratio = median[mode] / base
-            print(f"{MODES[mode][0]} / plain fp32 = {ratio:.3f} (target >= {target})")
+            print(f"{MODES[mode][0]} / plain fp32 = {ratio:.3f} (target >= {target}) on "
+                  f"{where[mode]}")  # fmt: skip
         else:
             print(f"{MODES[mode][0]} / plain fp32 = n/a (target >= {target}; mode not run)")
 
