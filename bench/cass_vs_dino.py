@@ -37,6 +37,7 @@ import torch
 
 from cass_lightning import CASSModule
 from cass_lightning.data import SyntheticDataModule
+from cass_lightning.machine import local_device, time_ratio
 from cass_lightning.modules.dino import DINOModule
 from cass_lightning.runtime import (
     SPEED_KEYS,
@@ -204,25 +205,31 @@ def main(argv: list[str] | None = None) -> None:
         flush=True,
     )
     seconds: dict[str, float] = {}
+    where: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = args.data_dir or Path(tmp) / "data"
         for job in args.jobs:
             seconds[job] = time_job(job, args, device, root)
+            where[job] = local_device(device, args.precision)
             # A 1-minute load average above the thread count means other work shared the cores.
             load = os.getloadavg()[0]
             print(f"  {job:<9} {seconds[job]:8.2f} s/epoch  (load average {load:.2f})", flush=True)
     print()
-    print("| method | s/epoch |")
-    print("|---|---:|")
+    print("| method | s/epoch | device |")
+    print("|---|---:|---|")
     for job, value in seconds.items():
-        print(f"| {job} | {value:.2f} |")
+        print(f"| {job} | {value:.2f} | {where[job]} |")
     print()
     if "CASS" in seconds:
         cass = seconds["CASS"]
         for name, others in (("DINO-ViT", ["DINO-ViT"]), ("DINO-CNN", ["DINO-CNN"]),
                              ("(DINO-ViT + DINO-CNN)", ["DINO-ViT", "DINO-CNN"])):  # fmt: skip
             if all(o in seconds for o in others):
-                print(f"CASS / {name} = {cass / sum(seconds[o] for o in others):.3f}")
+                devices = {where[o] for o in others}
+                other = where[others[0]] if len(devices) == 1 else " + ".join(sorted(devices))
+                value, why = time_ratio(cass, where["CASS"], sum(seconds[o] for o in others),
+                                        other)  # fmt: skip
+                print(f"CASS / {name} = " + (f"{value:.3f}" if value is not None else why))
         print("(the paper: CASS takes 0.31x of DINO's pretraining time)")
 
 

@@ -50,6 +50,7 @@ from torchvision import transforms as T
 from cass_lightning.data.cache import build_cache
 from cass_lightning.data.index import FileReader, ImageReader, SampleIndex
 from cass_lightning.data.transforms import paper_train_transform
+from cass_lightning.machine import local_device
 
 SEED = 0
 JPEG_QUALITY = 90
@@ -299,13 +300,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                 rate = loader_rate(dataset, args.batch_size, workers, seed=SEED + repeat)
                 rates[(source, workers)].append(rate)
 
-        print("\n| source | workers | images/s | vs originals (same workers) |")
-        print("|---|---:|---:|---:|")
+        where = local_device("cpu")  # the loaders run on this machine's CPU
+        print("\n| source | workers | images/s | vs originals (same workers) | device |")
+        print("|---|---:|---:|---:|---|")
         median = {c: statistics.median(r) for c, r in rates.items()}
         for source, workers in configs:
             value = median[(source, workers)]
             ratio = value / median[("originals", workers)]
-            print(f"| {source} | {workers} | {value:.1f} | {ratio:.2f}x |")
+            print(f"| {source} | {workers} | {value:.1f} | {ratio:.2f}x | {where} |")
         spreads = ", ".join(
             f"{source}/{workers}: {min(rates[(source, workers)]):.1f}-"
             f"{max(rates[(source, workers)]):.1f}"
@@ -322,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if 0 in args.workers:
         speedup = median[("cache", 0)] / median[("originals", 0)]
-        print(f"cache vs originals, 0 workers: {speedup:.2f} (target >= 3)")
+        print(f"cache vs originals, 0 workers: {speedup:.2f} (target >= 3) on {local_device()}")
     else:
         print("cache vs originals, 0 workers: n/a (0 workers not measured) (target >= 3)")
     sys.stdout.flush()

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from cass_lightning.machine import device_label
+
 
 def run_app(args: argparse.Namespace, run: str, work: Path) -> str:
     """One bounded run (``precision`` or ``precision:device`` for ``data.augment_on=device``);
@@ -57,7 +59,7 @@ def run_app(args: argparse.Namespace, run: str, work: Path) -> str:
         log = [ln for ln in log_file.read_text().splitlines() if ln.strip()]
         named = [ln for ln in log if "Error" in ln or "error:" in ln] or log or [""]
         why = named[-1].strip().replace("|", "/")[:150]
-        return f"| {precision} | {place} | failed (exit {proc.returncode}): {why} | | | | |"
+        return f"| {precision} | {place} | failed (exit {proc.returncode}): {why} | | | | | |"
     s = json.loads(summary_file.read_text())
     speed = s.get("speed") or {}
     on = ", ".join(k for k, v in speed.items() if v) or "none"
@@ -66,7 +68,7 @@ def run_app(args: argparse.Namespace, run: str, work: Path) -> str:
     return (f"| {precision} | {place} | {s['images_per_s']:.1f} | "
             f"{'-' if peak is None else f'{peak:.1f} ({kind})'} | "
             f"{'-' if share is None else f'{share:.2f}'} | {s['steps']} in {wall:.0f} s | "
-            f"{on} |")  # fmt: skip
+            f"{on} | {device_label(s.get('machine'))} |")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -95,8 +97,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         f"{args.num_workers} loader workers ({args.device}); extra: {' '.join(args.set) or '-'}",
         "",
         "| precision | augmentation | images/s | peak memory GiB | data-wait share | steps "
-        "| speed settings on |",
-        "|---|---|---:|---:|---:|---|---|",
+        "| speed settings on | device (the run's summary.json) |",
+        "|---|---|---:|---:|---:|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> list[str]:
             try:
                 row = run_app(args, run, work)
             except subprocess.TimeoutExpired:
-                row = f"| {run} | | timed out after {args.timeout} s | | | | |"
+                row = f"| {run} | | timed out after {args.timeout} s | | | | | |"
             print(row, flush=True)
             lines.append(row)
     if args.out is not None:

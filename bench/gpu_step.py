@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from cass_lightning import CASSModule
+from cass_lightning.machine import local_device, time_ratio
 from cass_lightning.modules.optim import build_optimizer
 from cass_lightning.runtime import (
     SPEED_KEYS,
@@ -192,16 +193,19 @@ def measure(args: argparse.Namespace, case: Case, device: torch.device) -> list[
         torch._dynamo.reset()
     rows = []
     plain = results["plain"]
+    where = local_device(device, case.precision)  # both paths ran here, one after the other
     for path, got in results.items():
         label = f"{case.precision} | {case.batch} | {case.img_size} | {case.settings} | {path}"
         if isinstance(got, str):
-            rows.append(f"| {label} | {got} | | | |")
+            rows.append(f"| {label} | {got} | | | | {where} |")
             continue
-        ratio = (f"{got['images_per_s'] / plain['images_per_s']:.2f}"
-                 if path == "lightning" and isinstance(plain, dict) else "")  # fmt: skip
+        ratio = ""
+        if path == "lightning" and isinstance(plain, dict):
+            value, why = time_ratio(got["images_per_s"], where, plain["images_per_s"], where)
+            ratio = f"{value:.2f}" if value is not None else why
         peak = f"{got['peak_gib']:.1f}" if "peak_gib" in got else "-"
         rows.append(f"| {label} | {got['images_per_s']:.1f} | {ratio} | {got['warmup_s']:.1f} | "
-                    f"{peak} |")  # fmt: skip
+                    f"{peak} | {where} |")  # fmt: skip
     return rows
 
 
@@ -234,8 +238,8 @@ def main(argv: list[str] | None = None) -> list[str]:
         f"{args.steps} timed steps; {name}, torch {torch.__version__}, lightning "
         f"{L.__version__}", "",
         "| precision | batch | px | settings | path | images/s | Lightning / plain | warmup s "
-        "| peak GiB |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+        "| peak GiB | device |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---|",
     ]  # fmt: skip
     print("\n".join(lines), flush=True)
     for case in cases:

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from cass_lightning import CASSModule
+from cass_lightning.machine import local_device, time_ratio
 
 SEED = 0
 
@@ -306,17 +307,22 @@ def main(argv: list[str] | None = None) -> None:
 
     median = {m: statistics.median(v) for m, v in results.items()}
     base = median.get("plain-fp32")
+    where = {m: local_device(device, MODES[m][2]) for m in modes}  # every mode ran here
     print()
-    print("| mode | images/s | vs plain fp32 |")
-    print("|---|---:|---:|")
+    print("| mode | images/s | vs plain fp32 | device |")
+    print("|---|---:|---:|---|")
     for mode in modes:
-        ratio = f"{median[mode] / base:.3f}" if base else "n/a"
-        print(f"| {MODES[mode][0]} | {median[mode]:.1f} | {ratio} |")
+        ratio = "n/a"
+        if base:
+            value, why = time_ratio(median[mode], where[mode], base, where["plain-fp32"])
+            ratio = f"{value:.3f}" if value is not None else why
+        print(f"| {MODES[mode][0]} | {median[mode]:.1f} | {ratio} | {where[mode]} |")
     print()
     for mode, target in (("lightning-fp32", 0.95), ("lightning-bf16", 1.5)):
         if base and mode in median:
             ratio = median[mode] / base
-            print(f"{MODES[mode][0]} / plain fp32 = {ratio:.3f} (target >= {target})")
+            print(f"{MODES[mode][0]} / plain fp32 = {ratio:.3f} (target >= {target}) on "
+                  f"{where[mode]}")  # fmt: skip
         else:
             print(f"{MODES[mode][0]} / plain fp32 = n/a (target >= {target}; mode not run)")
 

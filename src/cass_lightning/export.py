@@ -36,6 +36,14 @@ from cass_lightning.io import (
     read_json,
     utc_timestamp,
 )
+from cass_lightning.model_card import model_card
+from cass_lightning.timm_folder import (
+    contiguous_state,
+    data_config,
+    hub_repo_for,
+    timm_folder_name,
+    write_timm_folder,
+)
 from cass_lightning.weights import load_weights, read_state_dict, record_of
 
 ARMS = ("cnn", "vit")
@@ -70,10 +78,6 @@ class Exportable(Protocol):
         ...
 
 
-def contiguous_state(module: nn.Module) -> dict[str, Any]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
 def weights_init(arms: dict[str, ExportedArm]) -> dict[str, dict[str, Any]]:
     """What each arm's backbone was initialised from (its ``weights_record``)."""
     return {arm: record_of(exported.backbone) for arm, exported in arms.items()}
@@ -85,12 +89,16 @@ def export_backbones(
     meta: dict[str, Any],
     source: str | None = None,
     init: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``<arm>.safetensors`` (and ``<arm>_projector.safetensors``) per arm, then
-    ``meta.json``, into ``out_dir``; return the folder.
+    """Write ``<arm>.safetensors`` (and ``<arm>_projector.safetensors``) and the timm folder
+    ``timm-<arm>/`` per arm, then ``meta.json``, into ``out_dir``; return the folder.
 
     ``init`` (arm -> record) says what pretraining started from when the backbones no longer
     carry it (an export from a checkpoint); by default each backbone's own record.
+    ``context`` is what the model cards tell beyond the weights (:func:`training_context`:
+    data, settings, device; ``results``: fine-tuning results that evaluated these weights) and
+    is kept in ``meta.json`` as ``training``.
 
     Refuses a folder that already holds any of these files: exports are never overwritten.
     Each file is written atomically and ``meta.json`` last, so a folder with a ``meta.json`` is
@@ -101,7 +109,7 @@ def export_backbones(
         raise ValueError(f"export arms must be among {ARMS}, got {sorted(arms)}")
     out = Path(out_dir)
     names = [META_FILE, *(f"{a}.safetensors" for a in arms), *(f"{a}_projector.safetensors"
-                                                                for a in arms)]  # fmt: skip
+             for a in arms), *(timm_folder_name(a) for a in arms)]  # fmt: skip
     existing = [n for n in names if (out / n).exists()]
     if existing:
         raise FileExistsError(
@@ -114,6 +122,7 @@ def export_backbones(
         "created": utc_timestamp(),
         "source": source,
         **meta,
+        "training": {k: v for k, v in (context or {}).items() if k not in ("results", "repo")},
     }
     records = weights_init(arms) | (init or {})
     for arm, exported in arms.items():
@@ -126,9 +135,51 @@ def export_backbones(
             entry["projector_file"] = f"{arm}_projector.safetensors"
             state = contiguous_state(exported.projector)
             atomic_write_bytes(out / entry["projector_file"], safetensors_bytes(state))
+        entry["timm_folder"] = timm_folder_name(arm)
+        sha = file_sha256(out / entry["file"])
+        evaluated = [r for r in (context or {}).get("results") or [] if evaluated_with(r, sha)]
+        repo = hub_repo_for((context or {}).get("repo"), arm, len(arms))
+        told = {**(context or {}), "results": evaluated, "repo": repo}
+        card = model_card(_card_info("backbone", arm, entry, full, told))
+        data = data_config(_size(entry, full), entry["in_chans"], full["mean"], full["std"])
+        write_timm_folder(exported.backbone, out / entry["timm_folder"], data, card)
         full[arm] = entry
     atomic_write_json(out / META_FILE, full)
     return out
+
+
+def evaluated_with(result: dict[str, Any], sha256: str) -> bool:
+    """Whether a fine-tuning ``results.json`` started from the weights file with ``sha256``."""
+    loaded = result.get("weights_loaded")
+    return isinstance(loaded, dict) and loaded.get("sha256") == sha256
+
+
+def _size(entry: dict[str, Any], meta: dict[str, Any]) -> int:
+    """The input size the arm was trained at (a CNN's spec has none: the run's)."""
+    return int(entry.get("img_size") or meta["img_size"])
+
+
+def _card_info(
+    kind: str,
+    arm: str,
+    entry: dict[str, Any],
+    meta: dict[str, Any],
+    context: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """What :func:`cass_lightning.model_card.model_card` shows of one exported model."""
+    context = context or {}
+    return {
+        "kind": kind, "arm": arm, "method": meta.get("method"),
+        "timm_name": entry["timm_name"], "img_size": _size(entry, meta),
+        "mean": meta.get("mean"), "std": meta.get("std"),
+        "num_classes": entry.get("num_classes"), "num_features": entry.get("num_features"),
+        "classes": meta.get("classes"),
+        "head": meta.get("head"), "init": entry.get("init"),
+        "data": context.get("data"), "settings": context.get("settings"),
+        "device": context.get("device"), "results": context.get("results"),
+        "folder": timm_folder_name(arm), "repo": context.get("repo"),
+        "source": meta.get("source"),
+    }  # fmt: skip
 
 
 def export_module(
@@ -136,10 +187,11 @@ def export_module(
     out_dir: str | Path,
     source: str | None = None,
     init: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
 ) -> Path:
     """Export whatever ``model.exportable()`` offers (CASS: both arms; DINO: one)."""
     arms, meta = model.exportable()
-    return export_backbones(arms, out_dir, meta, source=source, init=init)
+    return export_backbones(arms, out_dir, meta, source=source, init=init, context=context)
 
 
 def read_meta(export_dir: str | Path) -> dict[str, Any]:
@@ -211,11 +263,16 @@ def classifier_file(arm: str) -> str:
 
 
 def export_classifier(
-    model: nn.Module, out_dir: str | Path, meta: dict[str, Any], source: str | None = None
+    model: nn.Module,
+    out_dir: str | Path,
+    meta: dict[str, Any],
+    source: str | None = None,
+    context: dict[str, Any] | None = None,
 ) -> Path:
     """Write a fine-tuned timm classifier (backbone and its new head) as
-    ``<arm>_classifier.safetensors`` and ``meta.json`` (``kind: "classifier"``) into
-    ``out_dir``; return the folder.
+    ``<arm>_classifier.safetensors``, its timm folder ``timm-<arm>/`` (labels named) and
+    ``meta.json`` (``kind: "classifier"``) into ``out_dir``; return the folder. ``context``:
+    as :func:`export_backbones`'.
 
     ``meta`` must hold :data:`CLASSIFIER_FIELDS` (what :func:`load_classifier` needs to rebuild
     and feed the model); anything else in it (metrics, pretraining, label fraction) is kept as
@@ -228,7 +285,8 @@ def export_classifier(
         raise ValueError(f"classifier export meta lacks {', '.join(missing)}")
     out = Path(out_dir)
     name = classifier_file(meta["arm"])
-    existing = [n for n in (META_FILE, name) if (out / n).exists()]
+    folder = timm_folder_name(meta["arm"])
+    existing = [n for n in (META_FILE, name, folder) if (out / n).exists()]
     if existing:
         raise FileExistsError(
             f"{out} already holds an export ({', '.join(existing)}); choose another folder"
@@ -246,7 +304,12 @@ def export_classifier(
         "num_classes": len(meta["classes"]),
         "file": name,
         "sha256": file_sha256(path),
+        "timm_folder": folder,
     }
+    entry = full | {"init": full.get("pretraining")}  # what fine-tuning started from
+    card = model_card(_card_info(CLASSIFIER_KIND, meta["arm"], entry, full, context))
+    data = data_config(full["img_size"], full["in_chans"], full["mean"], full["std"])
+    write_timm_folder(model, out / folder, data, card, label_names=full["classes"])
     atomic_write_json(out / META_FILE, full)
     return out
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from cass_lightning.machine import local_device
 from run_helpers import load_bench
 
 TINY = ["--cnn", "resnet10t", "--vit", "vit_tiny_patch16_224"]
@@ -36,6 +37,7 @@ def test_gpu_step_measures_both_paths_per_configuration(tmp_path):
         ["off", "lightning"],
     ]
     assert not any("failed" in row for row in rows)
+    assert all(row.endswith(f"| {local_device('cpu')} |") for row in rows)  # the device beside
     assert out.read_text().splitlines() == lines
 
 
@@ -69,3 +71,7 @@ def test_cass_vs_dino_takes_the_same_speed_settings_for_every_method(tmp_path, c
     )
     out = capsys.readouterr().out
     assert "speed settings off" in out and "| DINO-CNN |" in out and "CASS / DINO-CNN =" in out
+    here = local_device("cpu")
+    assert f"| {here} |" in out  # each time with the device it was measured on
+    ratio = out.split("CASS / DINO-CNN = ")[1].split()[0]
+    assert float(ratio) > 0  # one device: the ratio is computed

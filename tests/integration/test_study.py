@@ -26,6 +26,7 @@ from cass_lightning.apps.study_plan import (
     write_plan,
 )
 from cass_lightning.apps.study_points import compose_point
+from cass_lightning.machine import machine_record
 from data_fixtures import image, snapshot
 
 #: study=smoke, smaller: one label fraction, two seeds, short runs; last.ckpt every 2 steps so
@@ -147,6 +148,8 @@ def test_smoke_study_survives_a_kill_and_reports_every_row(tmp_path):
     assert all("no ImageNet weights file" in r["note"] for r in imagenet)
     text = (study / "report" / "study.md").read_text()
     assert "CASS-CNN vs DINO-CNN" in text and "2 paired seeds" in text
+    here = machine_record("32-true", "cpu", 1, 1)["device"]  # the report names its machine
+    assert f"- **{here}**: pretraining of CASS (both arms), DINO-CNN, DINO-ViT;" in text
     plan = json.loads((study / "plan.json").read_text())
     assert plan["last_invocation"]["overhead_seconds"] >= 0
     assert {p["status"] for p in plan["points"]} == {"done"}

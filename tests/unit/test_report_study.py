@@ -271,10 +271,10 @@ def test_study_md_states_each_verdict_in_words(study):
 def test_cost_ratios_are_cass_time_over_dino_time(study):
     (found,) = ratios(STUDY_COSTS)
     assert (found["vs_both"], found["vs_cnn"], found["vs_vit"]) == (0.3, 0.75, 0.5)
-    assert "| brain_mri | 100 | 16 / 16 | 0.30x (70% less time) | 0.75x (25% less time) | " \
-           "0.50x (50% less time) |" in study["md"]  # fmt: skip
+    assert "| brain_mri | 100 | unknown device | 16 / 16 | 0.30x (70% less time) | " \
+           "0.75x (25% less time) | 0.50x (50% less time) |" in study["md"]  # fmt: skip
     assert "| brain_mri | CASS (both arms) | 100 | 16 | 300 | 50 min 0 s | 50.0 | " \
-           "2.50 GiB (GPU) | 1 |" in study["md"]  # fmt: skip
+           "2.50 GiB (GPU) | unknown device | 1 |" in study["md"]  # fmt: skip
     # Only DINO-ViT ran at these epochs, at another batch size: that one, no "both" ratio.
     costs = [
         cost("cass", "both", 100.0, batch=16),

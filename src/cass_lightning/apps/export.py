@@ -12,6 +12,16 @@ its class names, preprocessing, label fraction, seed, test metrics (from the run
 needs no ImageNet weights files: the arms are rebuilt untrained, then given the checkpoint's
 weights. The checkpoint is read with ``weights_only=True``; a file that is missing, empty,
 truncated, not a checkpoint or that would need code to load is refused by name (exit 1).
+
+Every export also holds ``timm-<arm>/`` (``config.json``, ``model.safetensors``, ``README.md``
+model card) that plain timm loads with ``timm.create_model("local-dir:<folder>",
+pretrained=True)``. ``--results DIR`` puts the fine-tuning results under ``DIR`` that started
+from these weights (same SHA-256) into the backbones' model cards. ``hub_repo=<org>/<name>`` (or
+``--hub-repo``) then uploads the timm folders to the Hugging Face Hub, private unless
+``--public``; given an export folder instead of a checkpoint, it only uploads::
+
+    cass-export runs/pretrain/<run>/checkpoints/last.ckpt --results runs/finetune hub_repo=me/cass
+    cass-export runs/pretrain/<run>/export hub_repo=me/cass-resnet50
 """
 
 from __future__ import annotations
@@ -21,8 +31,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cass_lightning.callbacks.export import WEIGHTS_INIT_KEY
-from cass_lightning.export import ARMS, export_classifier, export_module
+from cass_lightning.apps.hub import HubUnavailableError, check_repo_id, plan_uploads, upload
+from cass_lightning.callbacks.export import CONTEXT_KEY, WEIGHTS_INIT_KEY
+from cass_lightning.export import ARMS, META_FILE, export_classifier, export_module
 from cass_lightning.io import UnreadableFileError, WriteRefusedError, load_torch_file, read_json
 from cass_lightning.modules import pretraining_module_for
 from cass_lightning.modules.classifier import EXPORT_RECORD_KEY, ClassifierModule
@@ -132,6 +143,51 @@ def classifier_meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def classifier_context(checkpoint: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a classifier's model card tells beyond ``meta.json``: its data's fingerprint, the
+    run's settings and device, and the test result when ``results.json`` scored this file."""
+    results = run_results(checkpoint) or {}
+    machine = results.get("machine") or {}
+    scored = meta.get("test_metrics") is not None
+    return {
+        "data": {"name": meta.get("dataset"), "fingerprint": results.get("data_fingerprint")},
+        "settings": {"mode": meta.get("mode"), "label fraction": meta.get("label_fraction"),
+                     "labelled images": results.get("labelled_images"), "seed": meta.get("seed"),
+                     "epochs": results.get("epochs_run"), "precision": machine.get("precision")},
+        "device": machine.get("device"),
+        "results": [{"label_fraction": meta.get("label_fraction"), "seed": meta.get("seed"),
+                     "metrics": meta.get("test_metrics"), "test_split": meta.get("test_split")}]
+        if scored else [],
+    }  # fmt: skip
+
+
+def checkpoint_context(state: dict[str, Any], hp: dict[str, Any]) -> dict[str, Any]:
+    """What a pretraining export's model cards tell: recorded in checkpoints written since it
+    was kept, else what the datamodule's hyperparameters and the epoch say."""
+    recorded = state.get(CONTEXT_KEY)
+    if isinstance(recorded, dict):
+        return dict(recorded)
+    data = dict(state.get("datamodule_hyper_parameters") or {})
+    return {"data": {"name": data.get("layout"), "fingerprint": None},
+            "settings": {"epochs": state.get("epoch"), "optimiser steps": state.get("global_step"),
+                         "batch size": data.get("batch_size"), "image size": hp.get("img_size")},
+            "device": None}  # fmt: skip
+
+
+def found_results(folders: list[str] | None) -> list[dict[str, Any]]:
+    """Every readable fine-tuning ``results.json`` under ``folders`` (for the model cards)."""
+    found = []
+    for folder in folders or []:
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"--results folder not found: {root}")
+        for file in sorted(root.rglob(RESULTS_FILE)):
+            result = read_json(file, "fine-tuning results.json")
+            if isinstance(result, dict):
+                found.append(result)
+    return found
+
+
 def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule, dict[str, Any]]:
     """A fine-tuning checkpoint as ``(ClassifierModule in eval mode, export meta)``; the module
     is rebuilt untrained (no weights files needed) and given the checkpoint's weights."""
@@ -152,21 +208,33 @@ def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule
     return model.eval(), meta
 
 
-def export_classifier_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None) -> Path:
-    """``<arm>_classifier.safetensors`` + ``meta.json`` of a fine-tuning checkpoint."""
+def export_classifier_checkpoint(
+    checkpoint: str | Path, out_dir: str | Path | None = None, repo: str | None = None
+) -> Path:
+    """``<arm>_classifier.safetensors``, ``timm-<arm>/`` and ``meta.json`` of a fine-tuning
+    checkpoint (``repo``: the Hub repository its card's loading lines name)."""
     path = Path(checkpoint)
     model, meta = load_classifier_checkpoint(path)
     out = Path(out_dir) if out_dir is not None else default_out_dir(path)
-    return export_classifier(model.backbone, out, meta, source=str(path.resolve()))
+    context = classifier_context(path, meta) | {"repo": repo}
+    return export_classifier(model.backbone, out, meta, source=str(path.resolve()),
+                             context=context)  # fmt: skip
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None) -> Path:
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path | None = None,
+    results: list[str] | None = None,
+    repo: str | None = None,
+) -> Path:
+    """Export a pretraining or fine-tuning checkpoint; ``results``: folders searched for the
+    fine-tuning results shown in the model cards; ``repo``: the Hub repository they name."""
     path = Path(checkpoint)
     state = read_checkpoint(path)
     hp = dict(state.get("hyper_parameters") or {})
     if is_classifier_hparams(hp):
         del state
-        return export_classifier_checkpoint(path, out_dir)
+        return export_classifier_checkpoint(path, out_dir, repo)
     module = pretraining_module_for(hp)
     try:
         model = module.load_from_checkpoint(
@@ -177,7 +245,18 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None)
         first = str(err).strip().splitlines()[0][:300]
         raise UnreadableFileError(f"{path}: its weights do not fit its model ({first})") from None
     out = Path(out_dir) if out_dir is not None else default_out_dir(path)
-    return export_module(model, out, source=str(path.resolve()), init=_init_records(state, hp))
+    context = checkpoint_context(state, hp) | {"results": found_results(results), "repo": repo}
+    return export_module(model, out, source=str(path.resolve()), init=_init_records(state, hp),
+                         context=context)  # fmt: skip
+
+
+def hub_argv(argv: list[str]) -> list[str]:
+    """``hub_repo=<org>/<name>`` (the Hydra-style spelling) as ``--hub-repo <org>/<name>``."""
+    out: list[str] = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        out += ["--hub-repo", value] if sep and key in ("hub_repo", "+hub_repo") else [arg]
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -186,14 +265,44 @@ def main(argv: list[str] | None = None) -> None:
         "checkpoint", help="a CASS, DINO or fine-tuning Lightning checkpoint (.ckpt)"
     )
     parser.add_argument("--out", default=None, help="output folder (default: <run>/export-<name>)")
-    args = parser.parse_args(argv)  # a usage error exits 2
+    parser.add_argument(
+        "--results",
+        action="append",
+        default=None,
+        metavar="DIR",
+        help="folder of fine-tuning runs whose results go into the model cards",
+    )
+    parser.add_argument(
+        "--hub-repo",
+        default=None,
+        metavar="ORG/NAME",
+        help="upload the timm folders to this Hugging Face Hub repository",
+    )
+    parser.add_argument("--public", action="store_true",
+                        help="create the Hub repository public (default: private)")  # fmt: skip
+    args = parser.parse_args(hub_argv(list(sys.argv[1:] if argv is None else argv)))
     try:
-        out = export_checkpoint(args.checkpoint, args.out)
-    except (FileNotFoundError, FileExistsError, ValueError, WriteRefusedError) as err:
+        if args.hub_repo is not None:
+            check_repo_id(args.hub_repo)
+        given = Path(args.checkpoint)
+        if given.is_dir() and (given / META_FILE).is_file():  # an export: upload only
+            if args.hub_repo is None:
+                raise ValueError(f"{given} is an export already; give hub_repo=<org>/<name> "
+                                 "to upload it, or a checkpoint to export")  # fmt: skip
+            out = given
+        else:
+            out = export_checkpoint(given, args.out, args.results, args.hub_repo)
+            print(f"exported {', '.join(sorted(p.name for p in out.glob('*.safetensors')))}, "
+                  f"{', '.join(sorted(p.name for p in out.glob('timm-*')))} and meta.json to "
+                  f"{out}")  # fmt: skip
+        if args.hub_repo is not None:
+            plans = plan_uploads(out, args.hub_repo, private=not args.public)
+            for url in upload(plans):
+                print(f"uploaded to {url}")
+    except (FileNotFoundError, FileExistsError, ValueError, WriteRefusedError,
+            HubUnavailableError) as err:  # fmt: skip
         print(f"cass-export: {err}", file=sys.stderr)
         raise SystemExit(1) from None
-    print(f"exported {', '.join(sorted(p.name for p in out.glob('*.safetensors')))} and "
-          f"meta.json to {out}")  # fmt: skip
 
 
 if __name__ == "__main__":

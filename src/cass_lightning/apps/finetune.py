@@ -61,6 +61,7 @@ from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
 from cass_lightning.io import atomic_write_json, file_sha256
+from cass_lightning.machine import trainer_machine
 from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
 from cass_lightning.report.identity import settings_digest, weights_hashes
 from cass_lightning.runtime import apply_speed_settings, resolve_precision
@@ -226,8 +227,10 @@ def _finetune(
         plugins=[atomic_checkpoint_plugin()],  # atomic saves; "best" reloaded weights_only
         _convert_="all",
     )
+    machine = trainer_machine(trainer)  # precision, device, processes, versions in use
     for logger in trainer.loggers:
-        logger.log_hyperparams({"seed": cfg.get("seed"), "data": dict(dm.hparams)})
+        logger.log_hyperparams({"seed": cfg.get("seed"), "data": dict(dm.hparams),
+                                "machine": machine})  # fmt: skip
 
     stop.trainer = trainer
     try:
@@ -275,6 +278,8 @@ def _finetune(
         "loop_seconds": timer.seconds,
         "data_wait_share": waits.share,
         "speed": speed,
+        "precision": machine["precision"],
+        "machine": machine,  # where the metrics and times above were measured
         # classes, per_class, confusion (of the test pass above) and the labelled subset's seed
         **model.per_class_results(dm.classes, dm.hparams.label_seed),
         "data_fingerprint": dm.fingerprint,

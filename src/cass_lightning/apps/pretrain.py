@@ -70,6 +70,7 @@ from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import weights_init
 from cass_lightning.io import read_json
+from cass_lightning.machine import trainer_machine
 from cass_lightning.runtime import (
     apply_speed_settings,
     check_multirun_strategy,
@@ -278,10 +279,12 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         plugins=[atomic_checkpoint_plugin(), *lightning_plugins()],
         _convert_="all",
     )
+    machine = trainer_machine(trainer)  # precision, device, processes, versions in use
+    run.note_machine(machine)
     for logger in trainer.loggers:
         logger.log_hyperparams(
             {"seed": cfg.get("seed"), "data": dict(datamodule.hparams), "launch": launch,
-             "speed": speed}
+             "speed": speed, "machine": machine}
         )  # fmt: skip
 
     start = time.perf_counter()
@@ -321,6 +324,8 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         "batch_size": int(cfg.data.batch_size),
         "data_wait_share": waits.share,
         "speed": speed,
+        "precision": machine["precision"],
+        "machine": machine,  # the figures above and below were measured there
         "this_start_images_per_s": throughput.mean_images_per_s() if throughput else None,
         "peak_memory_gib": throughput.peak_memory_gib if throughput else None,
         "memory_kind": throughput.memory_kind if throughput else None,

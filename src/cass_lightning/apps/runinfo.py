@@ -121,6 +121,16 @@ class RunStart:
         if self.resuming:
             print(f"Resuming {self.folder} (run id {self.run_id}) from {self.ckpt_path}")
 
+    def note_machine(self, machine: dict[str, Any]) -> None:
+        """Add what this start runs on (:func:`cass_lightning.machine.machine_record`: precision,
+        device, processes, versions) to its entry in ``run_info.json`` (rank 0), once the
+        trainer that decides them is built: a resumed run may land on another machine."""
+        info = read_run_info(self.folder)
+        starts = info.get("starts") or []
+        if rank_zero_only.rank == 0 and starts:
+            starts[-1]["machine"] = machine
+            atomic_write_json(self.folder / RUN_INFO, info)
+
     def finish(
         self, outcome: str, seconds: float, train_seconds: float, steps: int, images: int
     ) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from cass_lightning.apps.study_plan import (
 )
 from cass_lightning.apps.study_points import TIMING_FILE
 from cass_lightning.io import first_free, read_json
+from cass_lightning.machine import device_label
 from cass_lightning.report.validate import ResultsFileError, load_result
 
 #: When this invocation of the study started: files older than this are from earlier ones.
@@ -50,7 +51,9 @@ def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> di
             costs.append({**{k: summary.get(k) for k in (
                 "fit_seconds", "images_per_s", "peak_memory_gib", "memory_kind", "epochs",
                 "batch_size", "steps", "cost_comparable")}, "method": p.method, "arm": p.arm,
-                "dataset": summary.get("dataset", "")})  # fmt: skip
+                "dataset": summary.get("dataset", ""),
+                "device": device_label(summary.get("machine")) if summary.get("machine")
+                else None})  # fmt: skip
         else:
             try:
                 result = load_result(folder / RESULTS_FILE)

@@ -10,10 +10,32 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 
 from cass_lightning.export import export_module, weights_init
+from cass_lightning.machine import device_label, trainer_machine
 from cass_lightning.weights import RECORD_ATTR
 
 #: The checkpoint key holding each arm's init record (see :func:`cass_lightning.weights.record_of`).
 WEIGHTS_INIT_KEY = "weights_init"
+#: The checkpoint key holding what an export's model card tells of the run (data, settings).
+CONTEXT_KEY = "export_context"
+
+
+def training_context(trainer: L.Trainer) -> dict[str, Any]:
+    """What the model cards tell of a pretraining run: its data (name, fingerprint), the
+    settings that matter (epochs, batch, size, precision) and the device it ran on."""
+    dm = getattr(trainer, "datamodule", None)
+    hp = dict(getattr(dm, "hparams", None) or {})
+    report = getattr(dm, "report", None)
+    machine = trainer_machine(trainer)
+    return {
+        "data": {"name": getattr(report, "dataset", None) or hp.get("layout"),
+                 "fingerprint": getattr(dm, "fingerprint", None)},
+        "settings": {"epochs planned": trainer.max_epochs, "epochs trained":
+                     int(trainer.fit_loop.epoch_progress.current.processed),
+                     "optimiser steps": int(trainer.global_step),
+                     "batch size": hp.get("batch_size"), "image size": hp.get("img_size"),
+                     "precision": machine["precision"], "processes": machine["processes"]},
+        "device": device_label(machine),
+    }  # fmt: skip
 
 
 class ExportBackbones(L.Callback):
@@ -36,7 +58,8 @@ class ExportBackbones(L.Callback):
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         source = self.source or str(trainer.default_root_dir)
-        self.exported_to = export_module(pl_module, self.dirpath, source=source)
+        context = training_context(trainer)
+        self.exported_to = export_module(pl_module, self.dirpath, source=source, context=context)
 
     def on_save_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
@@ -44,6 +67,7 @@ class ExportBackbones(L.Callback):
         exportable = getattr(pl_module, "exportable", None)
         if callable(exportable):
             checkpoint[WEIGHTS_INIT_KEY] = weights_init(exportable()[0])
+            checkpoint[CONTEXT_KEY] = training_context(trainer)
 
     def on_load_checkpoint(
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]

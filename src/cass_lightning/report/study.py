@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cass_lightning.report.collect import ARMS, missing_reason
-from cass_lightning.report.costs import check_costs, cost_markdown
+from cass_lightning.report.costs import check_costs, cost_markdown, machines_markdown
 from cass_lightning.report.identity import prepare, settings_of
 from cass_lightning.report.perclass import classes_of, confusion_total, per_class_f1
 from cass_lightning.report.plots import plot, plot_confusions, plot_per_class_f1, plot_robustness
@@ -234,8 +234,10 @@ def study_markdown(
     figures: dict[tuple[str, str, float], dict[str, list]],
     title: str,
     plotted: bool,
+    machines: Sequence[str] = (),
 ) -> str:
-    """``study.md`` from the rows, the verdicts, the costs and the planned figure names."""
+    """``study.md`` from the rows, the verdicts, the costs, the planned figure names and the
+    ``## Machines`` lines (:func:`machines_markdown`)."""
     main = [r for r in rows if r["pretrain_batch_size"] is None and r["pretrain_epochs"] is None]
     tables = sections(main)
     lines = [f"# {title}", "", INTRO, "", "## Summary"]
@@ -261,6 +263,8 @@ def study_markdown(
             if links:
                 lines += ["", f"{fraction_label(fraction)} labels: " + ", ".join(links) + "."]
     lines += ["", *cost_markdown(costs)]
+    if machines:
+        lines += ["", *machines]
     robust = robustness_markdown(rows, lambda d, m, f: figure_name("robustness", d, m, f))
     if robust:
         lines += ["", *robust]
@@ -310,7 +314,8 @@ def write_study_report(
     paths = {name: out / name for name in names}
     refuse_existing(paths.values())
 
-    text = study_markdown(rows, comparisons, costs, order_rows, figures, title, bool(main))
+    text = study_markdown(rows, comparisons, costs, order_rows, figures, title, bool(main),
+                          machines_markdown(results, costs))  # fmt: skip
     if notes:
         text += "\n## Notes\n\n" + "".join(f"- {note}\n" for note in notes)
     with StagedFolder(out) as staged:
