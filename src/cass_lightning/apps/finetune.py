@@ -35,6 +35,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
+from cass_lightning.apps.cluster.requeue import record_job, set_aside_requeued_attempt
 from cass_lightning.apps.common import (
     CONFIG_DIR,
     check_run_settings,
@@ -155,6 +156,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     SIGINT/SIGTERM stopped it.
     """
     folder = run_dir(cfg)
+    set_aside_requeued_attempt(folder, (*KEPT, "csv"))  # a requeued SLURM job starts again
     refuse_to_overwrite(folder, KEPT)
     check_run_settings(cfg)
     check_speed(cfg)
@@ -166,6 +168,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     source = read_arm_source(cfg.arm, init, weights, model_cfg.get("timm_name"), size,
                              model_cfg.get("in_chans", 3))  # fmt: skip
     with hold_run_folder(folder, LOG_FILE, KEPT) as stop:
+        record_job(folder)
         return _finetune(cfg, folder, init, weights, source, stop)
 
 

@@ -73,7 +73,8 @@ class DataWait(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, idx: int
     ) -> None:
-        self.images += int(batch_images(batch).shape[0])
+        # every process sees its own share of the global batch: the run's images are all of them
+        self.images += int(batch_images(batch).shape[0]) * max(1, int(trainer.world_size))
         self.batches += 1
         self.end_step = int(trainer.global_step)
         every = max(1, int(getattr(trainer, "log_every_n_steps", 50) or 1))

@@ -81,3 +81,41 @@ def requeued_after_finish(folder: Path) -> bool:
 
     finished = (folder / "export" / "meta.json").is_file() and (folder / "summary.json").is_file()
     return finished and earlier_start_in(read_run_info(folder))
+
+
+#: A fine-tuning run's record of the SLURM job that started it (fine-tuning has no resume).
+JOB_FILE = "job.json"
+
+
+def record_job(folder: Path) -> None:
+    """Note in ``folder`` which SLURM job start is writing it (nothing outside SLURM)."""
+    from cass_lightning.io import atomic_write_json
+
+    job = current_job()
+    if job is not None and job.procid == 0:
+        atomic_write_json(folder / JOB_FILE, job.record())
+
+
+def set_aside_requeued_attempt(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """When an earlier start of this SLURM job wrote ``folder`` (a requeued fine-tuning job),
+    move what it wrote (``names``) into ``attempts/requeued-<n>/`` so the job starts again in
+    its own folder; nothing is deleted. Returns where they went, or ``None``."""
+    import json
+    import os
+
+    from cass_lightning.io import first_free
+
+    try:
+        record = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not earlier_start_of(current_job(), record):
+        return None
+    target = first_free(lambda n: folder / "attempts" / f"requeued-{n}")
+    target.mkdir(parents=True)
+    for name in (*names, JOB_FILE):
+        if (folder / name).exists():
+            os.rename(folder / name, target / name)
+    print(f"Requeued SLURM job: the earlier attempt in {folder} is kept in {target}; "
+          "fine-tuning starts again", file=sys.stderr)  # fmt: skip
+    return target
