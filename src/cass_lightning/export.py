@@ -36,6 +36,7 @@ from cass_lightning.io import (
     read_json,
     utc_timestamp,
 )
+from cass_lightning.records import check_classifier_meta
 from cass_lightning.weights import load_weights, read_state_dict, record_of
 
 ARMS = ("cnn", "vit")
@@ -271,6 +272,7 @@ def read_classifier_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
     missing = [k for k in (*CLASSIFIER_FIELDS, "file") if k not in meta]
     if missing:
         raise ValueError(f"{folder / META_FILE} lacks {', '.join(missing)}")
+    check_classifier_meta(meta, folder / META_FILE)  # every field that builds or feeds the model
     file = folder / str(meta["file"])
     if given.suffix == ".safetensors" and given.resolve() != file.resolve():
         raise ValueError(f"{folder / META_FILE} describes {meta['file']}, not {given.name}")

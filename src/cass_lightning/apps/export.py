@@ -26,6 +26,7 @@ from cass_lightning.export import ARMS, export_classifier, export_module
 from cass_lightning.io import UnreadableFileError, WriteRefusedError, load_torch_file, read_json
 from cass_lightning.modules import pretraining_module_for
 from cass_lightning.modules.classifier import EXPORT_RECORD_KEY, ClassifierModule
+from cass_lightning.records import check_classifier_meta
 
 #: The file a fine-tuning run writes beside its checkpoints (see ``apps/finetune.py``).
 RESULTS_FILE = "results.json"
@@ -107,16 +108,16 @@ def classifier_meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
             "checkpoint written by cass-finetune"
         )
     scored = _same_file(results.get("best_checkpoint"), path)
-    return {
+    meta = {
         "method": record.get("method") or results.get("method"),
         "arm": hp["arm"],
         "timm_name": hp["timm_name"],
-        "img_size": int(preprocessing["img_size"]),
-        "in_chans": int(hp.get("in_chans", 3)),
-        "mean": [float(v) for v in preprocessing["mean"]],
-        "std": [float(v) for v in preprocessing["std"]],
-        "classes": [str(c) for c in classes],
-        "multi_label": bool(hp["multi_label"]),
+        "img_size": preprocessing["img_size"],
+        "in_chans": hp.get("in_chans", 3),
+        "mean": _listed(preprocessing["mean"]),
+        "std": _listed(preprocessing["std"]),
+        "classes": _listed(classes),
+        "multi_label": hp["multi_label"],
         "threshold": MULTI_LABEL_THRESHOLD if hp["multi_label"] else None,
         "mode": hp.get("mode"),
         "label_fraction": results.get("label_fraction", data.get("label_fraction")),
@@ -130,6 +131,12 @@ def classifier_meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
         "pretraining": results.get("weights_loaded") or record.get("weights_init")
         or {"init": hp.get("init"), "weights": hp.get("weights"), "verified": False},
     }  # fmt: skip
+    # checked as read, not converted: a string here would otherwise reach predict's data config
+    return check_classifier_meta(meta, path)
+
+
+def _listed(values: Any) -> Any:
+    return list(values) if isinstance(values, list | tuple) else values
 
 
 def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule, dict[str, Any]]:

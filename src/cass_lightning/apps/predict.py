@@ -52,6 +52,7 @@ from cass_lightning.prediction import (
     probabilities,
     score,
 )
+from cass_lightning.records import plain_floats, plain_int
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
@@ -113,7 +114,10 @@ def dataset_images(cfg: DictConfig, meta: dict[str, Any], split: str) -> tuple[I
     whether the splits are the distribution's own (else drawn from the ``data.*`` settings)."""
     with open_dict(cfg):
         data = cfg.data
-        data.img_size, data.mean, data.std = meta["img_size"], meta["mean"], meta["std"]
+        # numbers only (the meta was checked as read): OmegaConf resolves any string given here
+        data.img_size = plain_int(meta["img_size"], "img_size of the classifier")
+        data.mean = plain_floats(meta["mean"], "mean of the classifier")
+        data.std = plain_floats(meta["std"], "std of the classifier")
         data.train_views = "paper"
     dm = instantiate(data, _convert_="all")
     dm.prepare_data()
