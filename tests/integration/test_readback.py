@@ -21,7 +21,7 @@ from cass_lightning.apps import finetune as finetune_app
 from cass_lightning.apps import pretrain as pretrain_app
 from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.export import load_classifier_checkpoint
-from cass_lightning.apps.predict import predict
+from cass_lightning.apps.predict import predict, run_checkpoint
 from cass_lightning.apps.resume import ResumeError, resume_argv
 from cass_lightning.apps.study_plan import PLAN_FILE, SUMMARY_FILE, verified_plan
 from cass_lightning.apps.study_points import compose_point
@@ -264,3 +264,25 @@ def test_a_200000_character_saved_value_is_refused_before_the_claim(tmp_path, mo
     assert _digest(run) == before
     assert sorted(p.name for p in run.iterdir()) == [".hydra", "checkpoints", "csv",
                                                      "run_info.json"]  # fmt: skip
+
+
+def test_the_console_app_names_the_file_and_field_exit_1(tmp_path, monkeypatch, capsys):
+    export = _export(tmp_path / "export", _set(_backbone_meta(), "mean[0]", OPEN))
+    argv = [f"paths.data_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'ft'}",
+            f"weights={export}", "arm=cnn", "trainer.enable_progress_bar=false"]  # fmt: skip
+    exit_ = _main(finetune_app, argv, monkeypatch)
+    err = capsys.readouterr().err
+    assert exit_ is not None and exit_.code == 1 and "Traceback" not in err
+    assert f"Error: {export / 'meta.json'}: export meta.json field mean[0] must be a number" in err
+    # Hydra made the folder and its job log before the task ran; the run wrote nothing there
+    assert [p.name for p in (tmp_path / "ft").rglob("*")] == ["finetune.log"]
+
+
+def test_a_best_checkpoint_named_outside_the_run_is_not_taken(tmp_path):
+    elsewhere = tmp_path / "elsewhere.ckpt"
+    elsewhere.write_bytes(b"not read")
+    run = tmp_path / "ft"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (run / "results.json").write_text(json.dumps({"best_checkpoint": str(elsewhere)}))
+    assert run_checkpoint(run) == run / "checkpoints" / "last.ckpt"

@@ -71,7 +71,8 @@ def run_checkpoint(run: Path) -> Path:
     results = run / RESULTS_FILE
     if results.is_file():
         named = (read_json(results, "fine-tuning results.json") or {}).get("best_checkpoint")
-        if isinstance(named, str) and Path(named).is_file():
+        # a path read from a file: taken only when it lies in this run's own folder
+        if isinstance(named, str) and _inside(Path(named), run) and Path(named).is_file():
             return Path(named)
     folder = run / "checkpoints"
     best = sorted(folder.glob("best-*.ckpt"))
@@ -88,6 +89,10 @@ def run_checkpoint(run: Path) -> Path:
         f"{run} is neither a fine-tuning run folder (no checkpoints/best-*.ckpt or last.ckpt) "
         f"nor a classifier export (no {META_FILE})"
     )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return folder.resolve() in path.resolve().parents
 
 
 def load_model(spec: Any) -> tuple[nn.Module, dict[str, Any], Path, str]:
