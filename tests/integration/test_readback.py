@@ -20,7 +20,7 @@ from app_helpers import compose_app
 from cass_lightning.apps import finetune as finetune_app
 from cass_lightning.apps import pretrain as pretrain_app
 from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.export import load_classifier_checkpoint
+from cass_lightning.apps.export import export_checkpoint, load_classifier_checkpoint
 from cass_lightning.apps.predict import predict, run_checkpoint
 from cass_lightning.apps.resume import ResumeError, resume_argv
 from cass_lightning.apps.study_plan import PLAN_FILE, SUMMARY_FILE, verified_plan
@@ -124,6 +124,16 @@ def test_a_pretraining_checkpoints_hyper_parameters_are_checked(tmp_path, field,
     with pytest.raises(RecordError, match=rf"^{ckpt}: checkpoint field hyper_parameters\.{field}"):
         finetune_app.finetune(cfg)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("field", "value"), HPARAM_PAYLOADS)
+def test_cass_export_checks_a_checkpoints_hyper_parameters_before_building(tmp_path, field, value):
+    hp = {"cnn": "resnet10t", "vit": "vit_tiny_patch16_224", "img_size": 32, "in_chans": 3}
+    ckpt = tmp_path / "cass.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {**hp, field: value}}, ckpt)
+    with pytest.raises(RecordError, match=rf"^{ckpt}: checkpoint field hyper_parameters\.{field}"):
+        export_checkpoint(ckpt, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(("field", "value"), CLASSIFIER_PAYLOADS)

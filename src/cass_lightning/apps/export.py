@@ -26,7 +26,7 @@ from cass_lightning.export import ARMS, export_classifier, export_module
 from cass_lightning.io import UnreadableFileError, WriteRefusedError, load_torch_file, read_json
 from cass_lightning.modules import pretraining_module_for
 from cass_lightning.modules.classifier import EXPORT_RECORD_KEY, ClassifierModule
-from cass_lightning.records import check_classifier_meta
+from cass_lightning.records import check_classifier_meta, check_pretraining_hparams
 
 #: The file a fine-tuning run writes beside its checkpoints (see ``apps/finetune.py``).
 RESULTS_FILE = "results.json"
@@ -175,6 +175,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None)
         del state
         return export_classifier_checkpoint(path, out_dir)
     module = pretraining_module_for(hp)
+    for arm in ARMS:  # what builds the arms and goes into meta.json, checked as read
+        check_pretraining_hparams(hp, path, arm)
     try:
         model = module.load_from_checkpoint(
             path, map_location="cpu", weights_only=True, pretrained=False,
