@@ -26,6 +26,11 @@ WRITTEN_KEYS = re.compile(
     r"paths\.output_dir|data\.output_dir|data\.cache_dir|trainer\.default_root_dir"
     r"|logger\.[A-Za-z0-9_]+\.save_dir|callbacks\.[A-Za-z0-9_]+\.(dirpath|out_dir|save_dir)"
 )
+#: Keys whose value names a file or folder below one the run writes into (a logger's run
+#: name, a checkpoint's file name): ``../..`` or an absolute path there would leave the run.
+BELOW_KEYS = re.compile(
+    r"logger\.[A-Za-z0-9_]+\.(name|version|sub_dir|prefix)|callbacks\.[A-Za-z0-9_]+\.filename"
+)
 #: Keys whose folder a run writes into only when its data is generated (synthetic images are
 #: written once under the data root).
 GENERATED_KEYS = ("data.root", "paths.data_dir")
@@ -61,10 +66,14 @@ def refused_saved_values(
             continue
         if key is None:
             continue  # malformed: refused by the override checks
+        value = override_value(override)
+        if BELOW_KEYS.fullmatch(key):
+            if isinstance(value, str) and not _inside(str(folder / value), folder):
+                refused.append((shown, "leads out of the run folder"))
+            continue
         writes = WRITTEN_KEYS.fullmatch(key) or (generated_data and key in GENERATED_KEYS)
         if not writes:
             continue
-        value = override_value(override)
         if isinstance(value, str) and any(len(p) > LONGEST_NAME for p in Path(value).parts):
             refused.append((shown, f"holds a path component over {LONGEST_NAME} characters"))
         elif not _inside(value, folder):
