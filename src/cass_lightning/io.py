@@ -201,10 +201,7 @@ def _depth_of(value: Any) -> int:
 
 
 def _read_record_text(file: Path, what: str) -> str:
-    try:
-        size = file.stat().st_size
-    except OSError as err:
-        raise RecordError(f"{file} cannot be read as a {what} ({err.strerror})") from None
+    size = file.stat().st_size  # a missing file stays a FileNotFoundError
     if size > MAX_RECORD_BYTES:
         raise RecordError(f"{file} is not a valid {what} ({size} bytes, over {MAX_RECORD_BYTES})")
     try:

@@ -157,3 +157,13 @@ def test_yaml_is_read_without_tags_or_interpolation(tmp_path, monkeypatch):
     with pytest.raises(RecordError, match=r"hydra\.yaml is not a valid saved hydra\.yaml \(not"):
         read_yaml(path, "saved hydra.yaml")
     assert not Path("PWNED").exists() and not (tmp_path / "PWNED").exists()
+
+
+def test_a_data_folders_deep_manifest_is_named_not_a_recursion_error(tmp_path):
+    from cass_lightning.data import synthetic
+    from cass_lightning.data.cache import store
+
+    (tmp_path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(FileExistsError, match=r"manifest\.json could not be read .*nested deeper"):
+        synthetic._check_existing(tmp_path, {"seed": 1})
+    assert store._read_manifest(tmp_path) is None  # read as no usable cache
