@@ -31,9 +31,11 @@ CLASS_NAME = re.compile(r"[^\W][\w .,+()&'#%-]{0,199}")
 #: Input sizes a model may be built at (a ViT's position grid is sized from it).
 IMG_SIZE = (8, 4096)
 IN_CHANS = (1, 16)
-#: Normalisation of images scaled to [0, 1]: a mean within a few units, a std above zero.
-MEAN_RANGE = (-10.0, 10.0)
-STD_RANGE = (1e-6, 100.0)
+#: Normalisation of images scaled to [0, 1]: a channel's mean lies in [0, 1]; its std above
+#: zero (a std of 0 would divide every pixel by zero) and far from it.
+MEAN_RANGE = (0.0, 1.0)
+STD_RANGE = (1e-3, 10.0)
+#: The arms an export may hold (``export.ARMS``; that module imports this one).
 ARMS = ("cnn", "vit")
 
 

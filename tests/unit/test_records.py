@@ -83,6 +83,8 @@ def test_a_backbone_meta_json_is_refused_by_field(meta, field, why):
         ({"num_classes": 3}, "num_classes", "classes names 2"),
         ({"std": [0.0, 0.0, 0.0]}, r"std\[0\]", "finite number"),
         ({"mean": [5e3, 0.5, 0.5]}, r"mean\[0\]", "finite number"),
+        ({"mean": [0.5, 5, 0.5]}, r"mean\[1\]", r"finite number in \[0, 1\]"),
+        ({"std": [0.2, -0.2, 0.2]}, r"std\[1\]", "finite number"),
         ({"arm": "resnet"}, "arm", "must be one of cnn, vit"),
         ({"multi_label": "no"}, "multi_label", "true or false"),
         ({"multi_label": True, "threshold": math.nan}, "threshold", "finite number"),
