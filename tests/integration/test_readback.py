@@ -23,8 +23,8 @@ from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.export import export_checkpoint, load_classifier_checkpoint
 from cass_lightning.apps.predict import predict, run_checkpoint
 from cass_lightning.apps.resume import ResumeError, resume_argv
-from cass_lightning.apps.study_plan import PLAN_FILE, SUMMARY_FILE, verified_plan
-from cass_lightning.apps.study_points import compose_point
+from cass_lightning.apps.study_plan import PLAN_FILE, SUMMARY_FILE, PlanRefused, verified_plan
+from cass_lightning.apps.study_points import DATA_CHECK_REQUEST, compose_point, run_data_check
 from cass_lightning.io import MAX_DEPTH, RecordError
 from cass_lightning.records import read_record
 from cass_lightning.report.validate import ResultsFileError, load_result
@@ -225,6 +225,16 @@ def test_results_summary_and_plan_files_are_parsed_as_bounded_plain_json(tmp_pat
     (study_dir / PLAN_FILE).write_text(DEEP)
     with pytest.raises(RecordError, match=r"plan\.json is not a valid study plan \(nested"):
         verified_plan(study_dir, CONFIG_DIR)
+
+
+def test_a_studys_data_check_request_takes_plain_settings_only(tmp_path):
+    folder = tmp_path / "study" / "data-check-0"
+    folder.mkdir(parents=True)
+    for overrides in ([f"data.root={OPEN}"], ["+callbacks.x._target_=builtins.open"], "x"):
+        (folder / DATA_CHECK_REQUEST).write_text(json.dumps({"overrides": overrides}))
+        with pytest.raises(PlanRefused, match="nothing was run"):
+            run_data_check(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [DATA_CHECK_REQUEST]
 
 
 # ----------------------------------------------------------------------------- writes
