@@ -8,6 +8,7 @@ would create ``PWNED`` or copy ``MY_SECRET`` if anything ever evaluated it."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,13 @@ def test_a_best_checkpoint_named_outside_the_run_is_not_taken(tmp_path):
     (run / "checkpoints" / "last.ckpt").write_bytes(b"")
     (run / "results.json").write_text(json.dumps({"best_checkpoint": str(elsewhere)}))
     assert run_checkpoint(run) == run / "checkpoints" / "last.ckpt"
+
+
+def test_the_printed_resume_command_restates_the_folders_outside_the_run(tmp_path):
+    cache = tmp_path / "study" / "cache"
+    saved = ["debug=tiny", f"data.cache_dir='{cache}'", "data.batch_size=4"]
+    run = _run_folder(tmp_path / "run", saved)
+    command = shlex.split(pretrain_app.resume_command(run))
+    assert command == ["cass-pretrain", f"resume={run}", f"data.cache_dir='{cache}'"]
+    argv = resume_argv(command)  # the printed command is accepted as it stands
+    assert f"data.cache_dir='{cache}'" in argv and "data.batch_size=4" in argv

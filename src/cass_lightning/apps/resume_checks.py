@@ -37,6 +37,8 @@ GENERATED_KEYS = ("data.root", "paths.data_dir")
 #: The longest saved override taken (Linux's PATH_MAX); one path component at most NAME_MAX.
 LONGEST = 4096
 LONGEST_NAME = 255
+OUTSIDE = "names a folder outside the run that the run would write into"
+OUT_OF_RUN = "leads out of the run folder"
 
 
 def _inside(value: object, folder: Path) -> bool:
@@ -60,24 +62,23 @@ def refused_saved_values(
     refused = []
     for override in saved:
         key = override_key(override)
-        shown = override if len(override) <= 120 else f"{override[:100]}... ({len(override)} chars)"
         if len(override) > LONGEST:
-            refused.append((shown, f"is {len(override)} characters long (at most {LONGEST})"))
+            refused.append((override, f"is {len(override)} characters long (at most {LONGEST})"))
             continue
         if key is None:
             continue  # malformed: refused by the override checks
         value = override_value(override)
         if BELOW_KEYS.fullmatch(key):
             if isinstance(value, str) and not _inside(str(folder / value), folder):
-                refused.append((shown, "leads out of the run folder"))
+                refused.append((override, OUT_OF_RUN))
             continue
         writes = WRITTEN_KEYS.fullmatch(key) or (generated_data and key in GENERATED_KEYS)
         if not writes:
             continue
         if isinstance(value, str) and any(len(p) > LONGEST_NAME for p in Path(value).parts):
-            refused.append((shown, f"holds a path component over {LONGEST_NAME} characters"))
+            refused.append((override, f"holds a path component over {LONGEST_NAME} characters"))
         elif not _inside(value, folder):
-            refused.append((shown, "names a folder outside the run that the run would write into"))
+            refused.append((override, OUTSIDE))
     return refused
 
 
@@ -105,13 +106,30 @@ def outside_writes(
     refused = refused_saved_values(folder, kept, generated)
     if not refused:
         return None
-    listed = "; ".join(f"{o!r} {why}" for o, why in refused)
+    listed = "; ".join(f"{_shown(o)!r} {why}" for o, why in refused)
     return (
         f"resume={folder}: its saved .hydra/overrides.yaml holds settings a resume does not "
         f"apply: {listed}. A resume writes only inside its run folder; nothing was changed. "
         "Give the setting again on the command line (e.g. data.output_dir=<folder>) to choose "
         "where it writes."
     )
+
+
+def _shown(override: str) -> str:
+    return override if len(override) <= 120 else f"{override[:100]}... ({len(override)} chars)"
+
+
+def restated_settings(folder: Path) -> list[str]:
+    """The run's saved overrides that a resume takes only when given again on its command line
+    (folders outside the run it writes into): what its printed resume command must restate."""
+    try:
+        saved = read_yaml(folder / ".hydra" / "overrides.yaml", "list of overrides")
+    except (OSError, RecordError):
+        return []
+    if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
+        return []
+    refused = refused_saved_values(folder, saved, generated_data=True)
+    return [o for o, why in refused if why in (OUTSIDE, OUT_OF_RUN)]
 
 
 def _generated_data(overrides: list[str], compose: Callable[[list[str]], Any]) -> bool:
