@@ -37,6 +37,7 @@ from cass_lightning.io import (
     utc_timestamp,
 )
 from cass_lightning.model_card import model_card
+from cass_lightning.records import check_classifier_meta
 from cass_lightning.timm_folder import (
     contiguous_state,
     data_config,
@@ -334,6 +335,7 @@ def read_classifier_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
     missing = [k for k in (*CLASSIFIER_FIELDS, "file") if k not in meta]
     if missing:
         raise ValueError(f"{folder / META_FILE} lacks {', '.join(missing)}")
+    check_classifier_meta(meta, folder / META_FILE)  # every field that builds or feeds the model
     file = folder / str(meta["file"])
     if given.suffix == ".safetensors" and given.resolve() != file.resolve():
         raise ValueError(f"{folder / META_FILE} describes {meta['file']}, not {given.name}")

@@ -173,14 +173,91 @@ def write_csv(
     return atomic_write_text(path, buffer.getvalue())
 
 
-def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
-    """The JSON in ``path``; a ``ValueError`` naming the file (and ``what`` it should be) when
-    it is not valid JSON, rather than a bare ``JSONDecodeError``."""
-    file = Path(path)
+#: Nesting a file read back may have: records here are a few levels deep, and a deeper file
+#: would otherwise end in a RecursionError (a crafted ``[[[[...]]]]``) rather than a named error.
+MAX_DEPTH = 32
+#: The size of a JSON/YAML record read back (results with per-class tables stay far below).
+MAX_RECORD_BYTES = 64 << 20
+
+
+class RecordError(ValueError):
+    """A file read back (a run record, an export's ``meta.json``, saved settings) that is not
+    what it should be; the message names the file, the field and why."""
+
+
+def _depth_of(value: Any) -> int:
+    """The nesting depth of parsed JSON/YAML, counted without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth + 1)
+            if depth + 1 > MAX_DEPTH:
+                return depth + 1
+            stack.extend(
+                (v, depth + 1) for v in (item.values() if isinstance(item, dict) else item)
+            )
+    return deepest
+
+
+def _read_record_text(file: Path, what: str) -> str:
+    size = file.stat().st_size  # a missing file stays a FileNotFoundError
+    if size > MAX_RECORD_BYTES:
+        raise RecordError(f"{file} is not a valid {what} ({size} bytes, over {MAX_RECORD_BYTES})")
     try:
-        return json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{file} is not a valid {what} (not JSON: {err})") from err
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise RecordError(f"{file} is not a valid {what} (not UTF-8 text: {err})") from None
+
+
+def _bounded(file: Path, what: str, value: Any) -> Any:
+    if _depth_of(value) > MAX_DEPTH:
+        raise RecordError(f"{file} is not a valid {what} (nested deeper than {MAX_DEPTH} levels)")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def read_json(path: str | os.PathLike[str], what: str = "file", finite: bool = False) -> Any:
+    """The JSON in ``path`` as plain values (nothing in it is ever evaluated); a
+    :class:`RecordError` (a ``ValueError``) naming the file (and ``what`` it should be) when it
+    is not valid JSON, too large or nested deeper than :data:`MAX_DEPTH`; with ``finite``, a
+    ``NaN`` or ``Infinity`` literal is refused too."""
+    file = Path(path)
+    text = _read_record_text(file, what)
+    try:
+        if finite:
+            return _bounded(file, what, json.loads(text, parse_constant=_refuse_constant))
+        return _bounded(file, what, json.loads(text))
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{file} is not a valid {what} (not JSON: {err})") from None
+    except RecursionError:
+        raise RecordError(
+            f"{file} is not a valid {what} (nested deeper than {MAX_DEPTH} levels)"
+        ) from None
+    except ValueError as err:  # a NaN/Infinity literal (finite=True)
+        raise RecordError(f"{file} is not a valid {what} ({err})") from None
+
+
+def read_yaml(path: str | os.PathLike[str], what: str = "file") -> Any:
+    """The YAML in ``path`` as plain values (``yaml.safe_load``: no tags, no OmegaConf, so an
+    ``${...}`` in it stays text and is never resolved); a :class:`RecordError` naming the file
+    as :func:`read_json` does."""
+    import yaml
+
+    file = Path(path)
+    text = _read_record_text(file, what)
+    try:
+        return _bounded(file, what, yaml.safe_load(text))
+    except yaml.YAMLError as err:
+        first = " ".join(str(err).split())[:200]
+        raise RecordError(f"{file} is not a valid {what} (not YAML: {first})") from None
+    except RecursionError:
+        raise RecordError(
+            f"{file} is not a valid {what} (nested deeper than {MAX_DEPTH} levels)"
+        ) from None
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

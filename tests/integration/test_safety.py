@@ -160,6 +160,7 @@ def _main(app, argv: list[str], monkeypatch) -> SystemExit | None:
         ("hydra/job_logging=disabled", "changes Hydra"),
         ("data=../../evil", "not one of the app's data configs"),
         ("data=nowhere", "not one of the app's data configs"),
+        ("data=_common", "not one of the app's data configs"),
         ("remedy=[gentle,evil]", "remedy=evil"),
         ("evil/group=x", "config group evil/group"),
         ("data@model=synthetic", "another package"),

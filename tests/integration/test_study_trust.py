@@ -89,12 +89,13 @@ def test_an_environment_variable_never_reaches_the_run_folder(tmp_path, monkeypa
 
 
 def test_ordinary_saved_overrides_still_resume(tmp_path):
+    # (data read from a root, not generated there: a synthetic root must be inside the run)
     saved = ["debug=tiny", "experiment=quickstart", "trainer.max_epochs=3", "logger=csv",
-             "data.root='/data/a b,c=d'", "data.batch_size=4",
+             "data=image_folder", "data.root='/data/a b,c=d'", "data.batch_size=4",
              "model/optimizer=adamw", "seed=7", "resume=null"]  # fmt: skip
     run = _run_folder(tmp_path / "run", saved)
     argv = resume_argv(["cass-pretrain", f"resume={run}", "trainer.max_epochs=5"])
-    assert argv[1:8] == [o for o in saved if not o.startswith(("trainer", "resume"))]
+    assert argv[1:9] == [o for o in saved if not o.startswith(("trainer", "resume"))]
     assert "trainer.max_epochs=5" in argv and f"hydra.run.dir='{run}'" in argv
 
 

@@ -37,6 +37,7 @@ from cass_lightning.export import ARMS, META_FILE, export_classifier, export_mod
 from cass_lightning.io import UnreadableFileError, WriteRefusedError, load_torch_file, read_json
 from cass_lightning.modules import pretraining_module_for
 from cass_lightning.modules.classifier import EXPORT_RECORD_KEY, ClassifierModule
+from cass_lightning.records import check_classifier_meta, check_pretraining_hparams
 
 #: The file a fine-tuning run writes beside its checkpoints (see ``apps/finetune.py``).
 RESULTS_FILE = "results.json"
@@ -118,16 +119,16 @@ def classifier_meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
             "checkpoint written by cass-finetune"
         )
     scored = _same_file(results.get("best_checkpoint"), path)
-    return {
+    meta = {
         "method": record.get("method") or results.get("method"),
         "arm": hp["arm"],
         "timm_name": hp["timm_name"],
-        "img_size": int(preprocessing["img_size"]),
-        "in_chans": int(hp.get("in_chans", 3)),
-        "mean": [float(v) for v in preprocessing["mean"]],
-        "std": [float(v) for v in preprocessing["std"]],
-        "classes": [str(c) for c in classes],
-        "multi_label": bool(hp["multi_label"]),
+        "img_size": preprocessing["img_size"],
+        "in_chans": hp.get("in_chans", 3),
+        "mean": _listed(preprocessing["mean"]),
+        "std": _listed(preprocessing["std"]),
+        "classes": _listed(classes),
+        "multi_label": hp["multi_label"],
         "threshold": MULTI_LABEL_THRESHOLD if hp["multi_label"] else None,
         "mode": hp.get("mode"),
         "label_fraction": results.get("label_fraction", data.get("label_fraction")),
@@ -141,6 +142,12 @@ def classifier_meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
         "pretraining": results.get("weights_loaded") or record.get("weights_init")
         or {"init": hp.get("init"), "weights": hp.get("weights"), "verified": False},
     }  # fmt: skip
+    # checked as read, not converted: a string here would otherwise reach predict's data config
+    return check_classifier_meta(meta, path)
+
+
+def _listed(values: Any) -> Any:
+    return list(values) if isinstance(values, list | tuple) else values
 
 
 def classifier_context(checkpoint: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +243,8 @@ def export_checkpoint(
         del state
         return export_classifier_checkpoint(path, out_dir, repo)
     module = pretraining_module_for(hp)
+    for arm in ARMS:  # what builds the arms and goes into meta.json, checked as read
+        check_pretraining_hparams(hp, path, arm)
     try:
         model = module.load_from_checkpoint(
             path, map_location="cpu", weights_only=True, pretrained=False,

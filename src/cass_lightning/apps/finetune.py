@@ -64,6 +64,7 @@ from cass_lightning.encoders import record_of
 from cass_lightning.io import atomic_write_json, file_sha256
 from cass_lightning.machine import trainer_machine
 from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
+from cass_lightning.records import plain_floats, plain_int
 from cass_lightning.report.identity import settings_digest, weights_hashes
 from cass_lightning.runtime import apply_speed_settings, resolve_precision
 
@@ -96,11 +97,14 @@ def build_data(
     """The datamodule, fed as the weights need: their input size and, for pretrained weights,
     the normalisation they were trained with. Its training loader is the labelled subset.
     ``loader``: the resolved ``pin_memory`` / ``persistent_workers`` (speed settings)."""
+    # Keywords of instantiate become config nodes that OmegaConf resolves: only numbers (checked
+    # as read, converted here) ever reach it from the weights' files, never their strings.
     follow: dict[str, Any] = {"train_subset": "labelled"}
     if source.img_size is not None:
-        follow["img_size"] = source.img_size
+        follow["img_size"] = plain_int(source.img_size, "img_size of the weights")
     if source.mean is not None and source.std is not None:
-        follow["mean"], follow["std"] = list(source.mean), list(source.std)
+        follow["mean"] = plain_floats(source.mean, "mean of the weights")
+        follow["std"] = plain_floats(source.std, "std of the weights")
     changed = {k: v for k, v in follow.items() if k in cfg.data and cfg.data[k] != v}
     if changed and rank_zero_only.rank == 0:
         print(f"data follows the {source.init} weights: " +

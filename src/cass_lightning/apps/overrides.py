@@ -126,7 +126,7 @@ def _refusal(override: str, config_dir: Path, placement: set[str], parser: Any) 
             if (
                 "/" in name
                 or "\\" in name
-                or name.startswith(".")
+                or name.startswith((".", "_"))  # _common.yaml: a base, not a choice
                 or not (config_dir / key / f"{name}.yaml").is_file()
             ):
                 return f"names {key}={name}, which is not one of the app's {key} configs"

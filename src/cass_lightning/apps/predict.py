@@ -52,6 +52,7 @@ from cass_lightning.prediction import (
     probabilities,
     score,
 )
+from cass_lightning.records import plain_floats, plain_int
 
 PREDICTIONS_CSV = "predictions.csv"
 PREDICTIONS_JSON = "predictions.json"
@@ -70,7 +71,8 @@ def run_checkpoint(run: Path) -> Path:
     results = run / RESULTS_FILE
     if results.is_file():
         named = (read_json(results, "fine-tuning results.json") or {}).get("best_checkpoint")
-        if isinstance(named, str) and Path(named).is_file():
+        # a path read from a file: taken only when it lies in this run's own folder
+        if isinstance(named, str) and _inside(Path(named), run) and Path(named).is_file():
             return Path(named)
     folder = run / "checkpoints"
     best = sorted(folder.glob("best-*.ckpt"))
@@ -87,6 +89,10 @@ def run_checkpoint(run: Path) -> Path:
         f"{run} is neither a fine-tuning run folder (no checkpoints/best-*.ckpt or last.ckpt) "
         f"nor a classifier export (no {META_FILE})"
     )
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return folder.resolve() in path.resolve().parents
 
 
 def load_model(spec: Any) -> tuple[nn.Module, dict[str, Any], Path, str]:
@@ -113,7 +119,10 @@ def dataset_images(cfg: DictConfig, meta: dict[str, Any], split: str) -> tuple[I
     whether the splits are the distribution's own (else drawn from the ``data.*`` settings)."""
     with open_dict(cfg):
         data = cfg.data
-        data.img_size, data.mean, data.std = meta["img_size"], meta["mean"], meta["std"]
+        # numbers only (the meta was checked as read): OmegaConf resolves any string given here
+        data.img_size = plain_int(meta["img_size"], "img_size of the classifier")
+        data.mean = plain_floats(meta["mean"], "mean of the classifier")
+        data.std = plain_floats(meta["std"], "std of the classifier")
         data.train_views = "paper"
     dm = instantiate(data, _convert_="all")
     dm.prepare_data()

@@ -57,6 +57,7 @@ from cass_lightning.apps.console import (
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
 from cass_lightning.apps.resume import LAST_CHECKPOINT, RunStart, plan_start, resumable
+from cass_lightning.apps.resume_checks import restated_settings
 from cass_lightning.callbacks import (
     DataWait,
     ExportBackbones,
@@ -191,8 +192,10 @@ def data_inputs(model: Any, data_cfg: Any) -> dict[str, Any]:
 
 
 def resume_command(folder: Path) -> str:
-    """The exact command that continues the run in ``folder``."""
-    return f"cass-pretrain resume={shlex.quote(str(folder))}"
+    """The exact command that continues the run in ``folder``, restating the folders outside
+    it that the run writes into (a resume takes those only from its command line)."""
+    restated = [shlex.quote(o) for o in restated_settings(folder)]
+    return " ".join([f"cass-pretrain resume={shlex.quote(str(folder))}", *restated])
 
 
 def pretrain(cfg: DictConfig) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from cass_lightning.apps.overrides import (
     split_flags,
     unquote,
 )
+from cass_lightning.apps.resume_checks import outside_writes, records_problem
 from cass_lightning.apps.runfolder import LOCK_FILE, holder_alive, read_lock
 from cass_lightning.apps.runinfo import (
     LAST_CHECKPOINT,
@@ -57,7 +58,7 @@ from cass_lightning.apps.runinfo import (
     read_run_info,
     wandb_run_id,
 )
-from cass_lightning.io import UnreadableFileError, load_torch_file
+from cass_lightning.io import RecordError, UnreadableFileError, load_torch_file, read_yaml
 
 __all__ = [
     "LAST_CHECKPOINT", "RUN_INFO", "ResumeError", "RunStart", "check_resumable", "plan_start",
@@ -97,6 +98,9 @@ def check_resumable(folder: Path) -> Path:
             f"while exporting, after training. Nothing was changed. Export its final state with "
             f"`cass-export {folder / LAST_CHECKPOINT} --out <new folder>`."
         )
+    problem = records_problem(folder)  # run_info.json and .hydra/*.yaml, as plain data
+    if problem:
+        raise ResumeError(f"resume: {problem}. Nothing was changed.")
     ckpt = folder / LAST_CHECKPOINT
     if not ckpt.is_file():
         raise ResumeError(
@@ -159,7 +163,10 @@ def plan_start(cfg: DictConfig, folder: Path) -> RunStart:
             f"exporting. Nothing was changed. Export it with `cass-export {ckpt} --out "
             f"{folder / 'export'}`, or give a larger trainer.max_epochs to train further."
         )
-    run_id = read_run_info(folder).get("run_id") or wandb_run_id(folder) or new_run_id()
+    try:  # checked by check_resumable above; read again as the run starts from it
+        run_id = read_run_info(folder).get("run_id") or wandb_run_id(folder) or new_run_id()
+    except RecordError as err:
+        raise ResumeError(f"resume: {err}. Nothing was changed.") from None
     return RunStart(folder, str(run_id), ckpt)
 
 
@@ -204,10 +211,13 @@ def _training_complete(ckpt: Path, max_epochs: int | None, max_steps: int | None
 def _warn_if_started_elsewhere(folder: Path) -> None:
     """Relative paths in the saved overrides (and defaults such as ``CASS_DATA_ROOT=data``) are
     taken from the current folder: say so when the run was started from another one."""
-    try:
-        started_in = OmegaConf.load(folder / ".hydra" / "hydra.yaml").hydra.runtime.cwd
-    except Exception:  # no or unreadable hydra.yaml: nothing to compare
+    try:  # plain YAML: an ${...} in it is text, never resolved
+        saved = read_yaml(folder / ".hydra" / "hydra.yaml", "saved hydra.yaml")
+        started_in = saved["hydra"]["runtime"]["cwd"]
+    except (OSError, RecordError, KeyError, TypeError):  # no or unreadable hydra.yaml
         return
+    if not isinstance(started_in, str) or "${" in started_in or len(started_in) > 4096:
+        return  # not a folder name: nothing to compare or print
     if started_in and Path(started_in).resolve() != Path.cwd().resolve():
         print(
             f"Note: {folder} was started from {started_in}; relative paths in its overrides "
@@ -251,6 +261,9 @@ def resume_argv(argv: Sequence[str]) -> list[str]:
         extra.append(override)
     replaced = _PLACEMENT_KEYS | {TRUST_KEY} | {key for o in extra if (key := override_key(o))}
     kept = [o for o in saved if override_key(o) not in replaced]
+    problem = outside_writes(folder, kept, extra, _compose_pretrain)  # and overlong values
+    if problem:
+        raise ResumeError(problem)
     if not any(override_key(o) == TRUST_KEY and _is_true(override_value(o)) for o in extra):
         _refuse_untrusted(folder, kept)
         _refuse_unknown_keys(folder, kept)
@@ -283,9 +296,9 @@ def _saved_overrides(folder: Path) -> list[str]:
             "unknown (is it a cass-pretrain run folder?)"
         )
     try:
-        saved = OmegaConf.to_container(OmegaConf.load(saved_file))
-    except Exception as err:  # YAML errors of any kind: the file is damaged
-        raise ResumeError(f"resume: {saved_file} is not valid YAML ({err})") from None
+        saved = read_yaml(saved_file, "list of overrides")  # plain YAML, nothing resolved
+    except RecordError as err:  # the file is damaged
+        raise ResumeError(f"resume: {err}; nothing was changed") from None
     if not isinstance(saved, list) or not all(isinstance(o, str) for o in saved):
         raise ResumeError(f"resume: {saved_file} is not a list of overrides; nothing was changed")
     return saved
@@ -350,6 +363,14 @@ def _refuse_unknown_keys(folder: Path, overrides: list[str]) -> None:
         ) from None
 
 
+def _plain_select(record: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(record, dict):
+            return None
+        record = record.get(part)  # type: ignore[assignment]
+    return record
+
+
 def _refuse_shape_change(folder: Path, overrides: list[str], changed: list[str]) -> None:
     """Refuse, before Hydra saves anything, overrides given with ``resume=`` that change the
     shape of the model in ``last.ckpt`` (another encoder, size, head...): the restore would fail
@@ -364,17 +385,15 @@ def _refuse_shape_change(folder: Path, overrides: list[str], changed: list[str])
         cfg = _compose_pretrain(overrides)
     except Exception:  # Hydra reports an override it cannot compose itself, when it runs
         return
-    diffs, recorded = [], OmegaConf.create(hparams)
+    diffs = []
     for key in SHAPE_KEYS:
-        saved = OmegaConf.select(recorded, key, default=None)
+        saved = _plain_select(hparams, key)  # read as data: never resolved
         try:
             now = OmegaConf.select(cfg.model, key, default=None)
         except Exception:  # an interpolation only the running app can resolve: not a shape
             continue
         if OmegaConf.is_config(now):
             now = OmegaConf.to_container(now, resolve=True)
-        if OmegaConf.is_config(saved):
-            saved = OmegaConf.to_container(saved, resolve=True)
         if saved is not None and now is not None and _shape_value(now) != _shape_value(saved):
             diffs.append(f"model.{key}={now} (the checkpoint has {saved})")
     if diffs:

@@ -4,7 +4,6 @@ start writes its own. The task side of ``resume=`` (:mod:`.resume`) builds on it
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import shutil
@@ -20,20 +19,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from cass_lightning.apps.cluster.job import current_job
 from cass_lightning.io import atomic_write_json, first_free, is_temp_file, utc_timestamp
+from cass_lightning.records import RUN_ID, read_record
 
 RUN_INFO = "run_info.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 def read_run_info(folder: Path) -> dict[str, Any]:
-    """``<run>/run_info.json`` (run id, every start), or ``{}`` for runs made without one."""
+    """``<run>/run_info.json`` (run id, every start) as plain JSON, checked
+    (:func:`~cass_lightning.records.check_run_info`: a run id that is a plain name, finite
+    costs), or ``{}`` for runs made without one. A file that is there but not a valid record is
+    refused by name (:class:`~cass_lightning.io.RecordError`): its run id would go to wandb."""
     path = folder / RUN_INFO
     if not path.is_file():
         return {}
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return read_record(path, "run_info")
 
 
 def new_run_id() -> str:
@@ -44,10 +44,13 @@ def new_run_id() -> str:
 def wandb_run_id(folder: Path) -> str | None:
     """The id of a wandb run logged into ``folder`` by a start without ``run_info.json``."""
     root = folder / "wandb"
-    for path in sorted((root / "latest-run").glob("run-*.wandb")):
-        return path.stem.removeprefix("run-")
-    runs = sorted(p for p in root.glob("*run-*-*") if p.is_dir())
-    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
+    found = [path.stem.removeprefix("run-")
+             for path in sorted((root / "latest-run").glob("run-*.wandb"))][:1]  # fmt: skip
+    if not found:
+        runs = sorted(p for p in root.glob("*run-*-*") if p.is_dir())
+        found = [runs[-1].name.rsplit("-", 1)[-1]] if runs else []
+    # a file name is data too: only a plain id is taken (never ``${...}`` into the logger)
+    return found[0] if found and RUN_ID.fullmatch(found[0]) else None
 
 
 # ----------------------------------------------------------------------------- the task side

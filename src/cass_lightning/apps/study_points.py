@@ -53,6 +53,7 @@ from cass_lightning.apps.study_plan import (
     PlanRefused,
     Point,
     point_status,
+    refuse_unsafe,
     verified_plan,
 )
 from cass_lightning.io import atomic_write_json, first_free, read_json, utc_timestamp
@@ -135,8 +136,12 @@ def run_data_check(folder: Path) -> bool:
     ``True`` when it passed."""
     from cass_lightning.apps.data import check
 
-    overrides = read_json(folder / DATA_CHECK_REQUEST, "data check request")["overrides"]
+    request = folder / DATA_CHECK_REQUEST
+    overrides = (read_json(request, "data check request") or {}).get("overrides")
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise PlanRefused(f"{request}: overrides must be a list of strings; nothing was run")
     point = Point("data-check", "data_app", -1, "-", "-", list(overrides), "")
+    refuse_unsafe([point], CONFIG_DIR)  # a file in the study folder: plain settings only
     cfg = compose_point(point, folder, [])
     saved = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)

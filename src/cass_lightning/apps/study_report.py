@@ -22,6 +22,7 @@ from cass_lightning.apps.study_plan import (
 from cass_lightning.apps.study_points import TIMING_FILE
 from cass_lightning.io import first_free, read_json
 from cass_lightning.machine import device_label
+from cass_lightning.records import read_record
 from cass_lightning.report.validate import ResultsFileError, load_result
 
 #: When this invocation of the study started: files older than this are from earlier ones.
@@ -47,7 +48,7 @@ def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> di
             unfinished.setdefault((p.method, p.arm), []).append(reason)
             continue
         if p.app == "pretrain":
-            summary = read_json(folder / SUMMARY_FILE, "pretraining summary")
+            summary = read_record(folder / SUMMARY_FILE, "summary")  # checked plain JSON
             costs.append({**{k: summary.get(k) for k in (
                 "fit_seconds", "images_per_s", "peak_memory_gib", "memory_kind", "epochs",
                 "batch_size", "steps", "cost_comparable")}, "method": p.method, "arm": p.arm,

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cass_lightning.io import read_json
+
 # Sorted, so position in this tuple equals the label ImageFolderDataset assigns.
 SYNTHETIC_CLASSES: tuple[str, ...] = (
     "cell_cluster",
@@ -254,7 +256,7 @@ def _check_existing(folder: Path, params: dict[str, int]) -> None:
     if not folder.is_dir():
         raise FileExistsError(f"{folder} exists but is not a directory. {hint}")
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = read_json(manifest_path, "synthetic dataset manifest")  # plain, bounded
     except FileNotFoundError:
         raise FileExistsError(
             f"{folder} exists but has no {MANIFEST_NAME}, so it is not a complete synthetic "

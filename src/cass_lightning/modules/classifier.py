@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from cass_lightning.batches import images_and_targets
 from cass_lightning.checks import check_choice
 from cass_lightning.encoders import create_timm_model, record_of
-from cass_lightning.export import arm_meta, load_backbone, read_meta
+from cass_lightning.export import META_FILE, arm_meta, load_backbone, read_meta
 from cass_lightning.losses import sigmoid_focal_loss
 from cass_lightning.modules.cass import CASSModule
 from cass_lightning.modules.finite import (
@@ -50,6 +50,7 @@ from cass_lightning.modules.optim import (
     lightning_optimizers,
 )
 from cass_lightning.modules.registry import get_method, recorded_method
+from cass_lightning.records import check_backbone_meta, check_pretraining_hparams
 
 ARMS = ("cnn", "vit")
 INITS = ("export", "checkpoint", "imagenet", "random")
@@ -121,7 +122,7 @@ def read_arm_source(
                          in_chans, init)  # fmt: skip
     if init == "export":
         folder = _existing(weights, "export folder", want_dir=True)
-        meta = read_meta(folder)
+        meta = check_backbone_meta(read_meta(folder), folder / META_FILE)
         entry = arm_meta(folder, arm, meta)
         vit_size = (meta.get("vit") or {}).get("img_size")  # exports made before img_size
         trained_at = meta.get("img_size") or entry.get("img_size") or vit_size
@@ -130,10 +131,12 @@ def read_arm_source(
     else:
         path = _existing(weights, "CASS checkpoint", want_dir=False)
         try:
-            hp = stored_hparams(path)
-            name, trained_at, chans = hp[arm], hp["img_size"], hp.get("in_chans", 3)
+            stored = stored_hparams(path)
         except Exception as err:
             raise ValueError(f"{path} is not a readable CASS checkpoint: {err}") from err
+        # checked before any of it is used: a string here could reach the data's config
+        hp = check_pretraining_hparams(stored, path, arm)
+        name, trained_at, chans = hp[arm], hp["img_size"], hp.get("in_chans", 3)
         method = recorded_method(hp)
         if method != CASSModule.method:
             raise ValueError(

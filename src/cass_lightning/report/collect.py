@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cass_lightning.io import read_json
 from cass_lightning.modules.registry import get_method, method_names, recorded_method
 from cass_lightning.report.validate import load_result
 
@@ -41,10 +41,10 @@ def method_label(result: dict[str, Any], source: Path | None = None) -> str:
                 f"{meta_path} not found: the run{where} was fine-tuned from that export, whose "
                 "meta.json names the pretraining method. Put the export back at that path"
             )
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{meta_path} is not valid JSON ({err}): the run{where}") from None
+        try:  # plain JSON, bounded in size and depth
+            meta = read_json(meta_path, "export meta.json")
+        except ValueError as err:
+            raise ValueError(f"{err}: the run{where}") from None
         method = meta.get("method", "cass") if isinstance(meta, dict) else None
         if not isinstance(method, str):
             raise ValueError(f"{meta_path} names no method (the run{where})")

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cass_lightning.io import RecordError, read_yaml
+
 #: Config keys (dotted) that never change what a fine-tuning run measures: its seed (runs of
 #: one cell differ in it), where things are written or read from (the weights and data are
 #: recorded by content), how progress is logged and how many loader processes read the data.
@@ -90,11 +92,9 @@ def _config_beside(result: dict[str, Any]) -> dict[str, Any] | None:
     path = Path(str(file)).parent / CONFIG_FILE
     if not path.is_file():
         return None
-    try:
-        import yaml
-
-        config = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except Exception:  # an unreadable config: fall back to results.json's own keys
+    try:  # plain YAML, bounded in size and depth: nothing in it is resolved
+        config = read_yaml(path, "saved config.yaml")
+    except (OSError, RecordError):  # unreadable: fall back to results.json's own keys
         return None
     return config if isinstance(config, dict) else None
 

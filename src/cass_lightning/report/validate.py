@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cass_lightning.io import RecordError, read_json
+
 #: Keys every fine-tuning ``results.json`` holds (what the report reads).
 REQUIRED_KEYS = ("init", "arm", "mode", "dataset", "label_fraction", "metrics")
 
@@ -109,19 +111,13 @@ def check_result(
     return result
 
 
-def _refuse_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number JSON allows")
-
-
 def load_result(path: str | Path) -> dict[str, Any]:
     """Read and check one ``results.json`` (a NaN or Infinity literal is refused too)."""
     file = Path(path)
-    try:
-        result = json.loads(file.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ResultsFileError(f"{file} is not valid JSON: {err}") from None
-    except ValueError as err:
-        raise ResultsFileError(
-            f"{file}: {err} (cass-finetune records a non-finite metric as null)"
-        ) from None
+    try:  # plain JSON, bounded in size and depth
+        result = read_json(file, "results.json", finite=True)
+    except RecordError as err:
+        finite = "allows" in str(err)  # a NaN/Infinity literal
+        hint = " (cass-finetune records a non-finite metric as null)" if finite else ""
+        raise ResultsFileError(f"{err}{hint}") from None
     return check_result(result, str(file))

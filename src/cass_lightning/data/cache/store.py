@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from cass_lightning.data.index import SampleIndex
+from cass_lightning.io import read_json
 
 #: Bump when the file layout, the decoding or the resize changes; old caches then get a new
 #: folder and are never served again. 2: images are turned upright by their EXIF orientation.
@@ -194,8 +195,7 @@ def _check_positive_int(name: str, value: Any, allow_zero: bool = False) -> None
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
     try:
-        with open(folder / MANIFEST_FILE, encoding="utf-8") as f:
-            manifest = json.load(f)
+        manifest = read_json(folder / MANIFEST_FILE, "cache manifest")  # plain, bounded
     except (OSError, ValueError):
         return None
     return manifest if isinstance(manifest, dict) else None
