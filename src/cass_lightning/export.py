@@ -18,6 +18,7 @@ entry, its SHA-256, the keys loaded and adapted; ``{"init": "random"}`` without 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -36,7 +37,7 @@ from cass_lightning.io import (
     read_json,
     utc_timestamp,
 )
-from cass_lightning.weights import load_weights, read_state_dict, record_of
+from cass_lightning.weights import check_finite_state, load_weights, read_state_dict, record_of
 
 ARMS = ("cnn", "vit")
 META_FILE = "meta.json"
@@ -70,8 +71,11 @@ class Exportable(Protocol):
         ...
 
 
-def contiguous_state(module: nn.Module) -> dict[str, Any]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+def contiguous_state(module: nn.Module, where: str = "the model to export") -> dict[str, Any]:
+    """The tensors to write, refused when any holds NaN or inf (before anything is written)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    check_finite_state(state, where)
+    return state
 
 
 def weights_init(arms: dict[str, ExportedArm]) -> dict[str, dict[str, Any]]:
@@ -107,6 +111,10 @@ def export_backbones(
         raise FileExistsError(
             f"{out} already holds an export ({', '.join(existing)}); choose another folder"
         )
+    states = {arm: contiguous_state(exported.backbone, f"the {arm} backbone to export")
+              for arm, exported in arms.items()}  # fmt: skip
+    projectors = {arm: contiguous_state(exported.projector, f"the {arm} projector to export")
+                  for arm, exported in arms.items() if exported.projector is not None}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     full: dict[str, Any] = {
         "format": EXPORT_FORMAT,
@@ -119,13 +127,10 @@ def export_backbones(
     for arm, exported in arms.items():
         entry = asdict(exported.spec) | {"file": f"{arm}.safetensors", "projector_file": None}
         entry["init"] = records[arm]
-        atomic_write_bytes(
-            out / entry["file"], safetensors_bytes(contiguous_state(exported.backbone))
-        )
+        atomic_write_bytes(out / entry["file"], safetensors_bytes(states[arm]))
         if exported.projector is not None and any(True for _ in exported.projector.parameters()):
             entry["projector_file"] = f"{arm}_projector.safetensors"
-            state = contiguous_state(exported.projector)
-            atomic_write_bytes(out / entry["projector_file"], safetensors_bytes(state))
+            atomic_write_bytes(out / entry["projector_file"], safetensors_bytes(projectors[arm]))
         full[arm] = entry
     atomic_write_json(out / META_FILE, full)
     return out
@@ -154,6 +159,64 @@ def read_meta(export_dir: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise ValueError(f"{path} is not a cass-lightning export meta.json (not a JSON object)")
     return meta
+
+
+#: The image sizes a model is rebuilt at: beyond these a ViT's position table or one resized
+#: image no longer fits in memory, which is a damaged file rather than a model.
+IMG_SIZES = (8, 4096)
+
+
+def _field_error(where: str, key: str, why: str, value: Any) -> ValueError:
+    shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+    return ValueError(f"{where}: {key} {why}; got {shown}")
+
+
+def check_model_fields(entry: dict[str, Any], where: str, prefix: str = "") -> None:
+    """What rebuilding and feeding a model reads from a ``meta.json`` (an arm's entry or a
+    classifier's): a timm model name timm knows, an image size and channel count in range,
+    and, where given, mean/std of one value per channel on the 0..1 pixel scale (std > 0).
+    Refused by file and field before any model is built."""
+    name = entry.get("timm_name")
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise _field_error(where, f"{prefix}timm_name", "is not a timm model name", name)
+    size = entry.get("img_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                             or not IMG_SIZES[0] <= size <= IMG_SIZES[1]):  # fmt: skip
+        raise _field_error(where, f"{prefix}img_size", f"must be an integer in {IMG_SIZES}", size)
+    chans = entry.get("in_chans", 3)
+    if isinstance(chans, bool) or not isinstance(chans, int) or not 1 <= chans <= 64:
+        raise _field_error(where, f"{prefix}in_chans", "must be an integer in 1..64", chans)
+    for key in ("mean", "std"):
+        if key not in entry:
+            continue
+        values = entry[key]
+        ok = isinstance(values, list) and len(values) == chans and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and (0 <= v <= 1 if key == "mean" else 0 < v <= 1) for v in values)  # fmt: skip
+        if not ok:  # pixels are read as 0..1: mean and std are on that scale
+            span = "[0, 1]" if key == "mean" else "(0, 1]"
+            raise _field_error(where, f"{prefix}{key}", f"must be {chans} number(s) in {span}",
+                               values)  # fmt: skip
+
+
+def check_classifier_meta(meta: dict[str, Any], where: str) -> None:
+    """A classifier's ``meta.json`` fields (:func:`check_model_fields`, the arm, and class
+    names: distinct non-empty strings, so each names one probability column)."""
+    check_choice(f"{where}: arm", meta.get("arm"), ARMS)
+    check_model_fields(meta, where)
+    classes = meta.get("classes")
+    if (not isinstance(classes, list) or not classes
+            or not all(isinstance(c, str) and c.strip() for c in classes)):  # fmt: skip
+        raise _field_error(where, "classes", "must be a list of non-empty names", classes)
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        raise _field_error(where, "classes", "names a class twice", repeated)
+    if not isinstance(meta.get("multi_label"), bool):
+        raise _field_error(where, "multi_label", "must be true or false", meta.get("multi_label"))
+    threshold = meta.get("threshold")
+    if meta["multi_label"] and (not isinstance(threshold, (int, float)) or isinstance(
+            threshold, bool) or not 0 < threshold < 1):  # fmt: skip
+        raise _field_error(where, "threshold", "must be a number in (0, 1)", threshold)
 
 
 def exported_arms(meta: dict[str, Any]) -> list[str]:
@@ -189,6 +252,7 @@ def load_backbone(
     ``meta.json`` when the caller has already read it.
     """
     entry = arm_meta(export_dir, arm, meta)
+    check_model_fields(entry, str(Path(export_dir) / META_FILE), f"{arm}.")
     file = Path(export_dir) / entry["file"]
     kwargs: dict[str, Any] = {"in_chans": entry["in_chans"]}
     if entry["img_size"] is not None:
@@ -226,6 +290,7 @@ def export_classifier(
     missing = [k for k in CLASSIFIER_FIELDS if k not in meta]
     if missing:
         raise ValueError(f"classifier export meta lacks {', '.join(missing)}")
+    check_classifier_meta(meta, "the classifier to export")
     out = Path(out_dir)
     name = classifier_file(meta["arm"])
     existing = [n for n in (META_FILE, name) if (out / n).exists()]
@@ -233,9 +298,10 @@ def export_classifier(
         raise FileExistsError(
             f"{out} already holds an export ({', '.join(existing)}); choose another folder"
         )
+    state = contiguous_state(model, "the classifier to export")
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
-    atomic_write_bytes(path, safetensors_bytes(contiguous_state(model)))
+    atomic_write_bytes(path, safetensors_bytes(state))
     full = {
         "format": EXPORT_FORMAT,
         "kind": CLASSIFIER_KIND,
@@ -271,6 +337,9 @@ def read_classifier_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
     missing = [k for k in (*CLASSIFIER_FIELDS, "file") if k not in meta]
     if missing:
         raise ValueError(f"{folder / META_FILE} lacks {', '.join(missing)}")
+    check_classifier_meta(meta, str(folder / META_FILE))
+    if not isinstance(meta["file"], str) or Path(meta["file"]).name != meta["file"]:
+        raise _field_error(str(folder / META_FILE), "file", "must be a file name", meta["file"])
     file = folder / str(meta["file"])
     if given.suffix == ".safetensors" and given.resolve() != file.resolve():
         raise ValueError(f"{folder / META_FILE} describes {meta['file']}, not {given.name}")

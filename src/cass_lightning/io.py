@@ -181,6 +181,8 @@ def read_json(path: str | os.PathLike[str], what: str = "file") -> Any:
         return json.loads(file.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{file} is not a valid {what} (not JSON: {err})") from err
+    except RecursionError:
+        raise ValueError(f"{file} is not a valid {what} (JSON nested too deeply)") from None
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

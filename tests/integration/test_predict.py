@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -193,7 +194,25 @@ def test_folder_without_labels_and_folder_of_other_classes_are_told_apart(runs, 
     assert note.startswith("labels not scored: folder classes {cat, dog} are not the model's")
     assert note in capsys.readouterr().out
     rows = read_rows(tmp_path / "foreign_out" / PREDICTIONS_CSV)
-    assert sorted(r["label"] for r in rows) == ["cat", "dog"]
+    assert [r["label"] for r in rows] == ["", ""]  # not the model's classes: not shown as labels
+    assert result["counts"]["labelled"] == 0
+
+
+def test_loops_and_fifos_are_skipped_and_counted_and_an_empty_images_is_refused(
+    runs, tmp_path, capsys
+):
+    run = runs["cnn"]
+    folder = labelled_folder(tmp_path / "images", classes_of(run)[:1], per_class=2)
+    os.symlink(folder, folder / "loop")
+    os.mkfifo(folder / "waiting.png")
+    result = predict(predict_cfg(tmp_path, [f"classifier={run}", f"images={folder}"]))
+    assert result["counts"]["images"] == 2 and result["counts"]["predicted"] == 2
+    assert result["counts"]["skipped"] == {"link loops": 1, "not regular files": 1}
+    assert result["skipped"]["not regular files"] == [str(folder / "waiting.png")]
+    assert "skipped:     1 link loops" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="images= is empty"):
+        predict(predict_cfg(tmp_path, [f"classifier={run}", "images="], "empty"))
+    assert not (tmp_path / "empty" / PREDICTIONS_CSV).exists()
 
 
 def test_csv_input_with_labels_and_maps(runs, tmp_path):

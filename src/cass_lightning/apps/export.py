@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from cass_lightning.callbacks.export import WEIGHTS_INIT_KEY
-from cass_lightning.export import ARMS, export_classifier, export_module
+from cass_lightning.export import ARMS, check_classifier_meta, export_classifier, export_module
 from cass_lightning.io import UnreadableFileError, WriteRefusedError, load_torch_file, read_json
 from cass_lightning.modules import pretraining_module_for
 from cass_lightning.modules.classifier import EXPORT_RECORD_KEY, ClassifierModule
+from cass_lightning.weights import check_finite_state
 
 #: The file a fine-tuning run writes beside its checkpoints (see ``apps/finetune.py``).
 RESULTS_FILE = "results.json"
@@ -141,6 +142,7 @@ def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule
     if not is_classifier_hparams(hp):
         raise ValueError(f"{path} is not a fine-tuning checkpoint (written by cass-finetune)")
     meta = classifier_meta(path, state)
+    check_classifier_meta(meta, f"{path} (its recorded hyperparameters)")
     try:
         model = ClassifierModule.load_from_checkpoint(
             path, map_location="cpu", weights_only=True, init="random", weights=None,
@@ -149,6 +151,7 @@ def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule
     except RuntimeError as err:  # a state dict that does not fit its own hyperparameters
         first = str(err).strip().splitlines()[0][:300]
         raise UnreadableFileError(f"{path}: its weights do not fit its model ({first})") from None
+    check_finite_state(model.backbone.state_dict(), str(path))
     return model.eval(), meta
 
 

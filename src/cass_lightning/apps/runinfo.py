@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -21,6 +22,8 @@ from omegaconf import DictConfig, OmegaConf
 from cass_lightning.io import atomic_write_json, first_free, is_temp_file, utc_timestamp
 
 RUN_INFO = "run_info.json"
+#: What a run id may hold: it names wandb runs and files, so no path separators or markup.
+RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
@@ -30,9 +33,21 @@ def read_run_info(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:  # a damaged record: no new identity
+        raise ValueError(
+            f"{path} cannot be read ({type(err).__name__}); it holds the run's id, so the run "
+            "is not continued under a new one: restore the file, or start a new run"
+        ) from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{path} is not a run record (a JSON object); restore it")
+    run_id = info.get("run_id")
+    if run_id is not None and (not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id)):
+        shown = repr(run_id)[:40]
+        raise ValueError(f"{path}: run_id must be 1-64 letters, digits, _ or -; got {shown}")
+    if not isinstance(info.get("starts", []), list):
+        raise ValueError(f"{path}: starts must be a list of the run's starts")
+    return info
 
 
 def new_run_id() -> str:
@@ -57,6 +72,8 @@ class RunStart:
     folder: Path
     run_id: str
     ckpt_path: Path | None = None
+    #: Training had ended before the stop but the export had not: this start only exports.
+    finish_export: bool = False
 
     @property
     def resuming(self) -> bool:
