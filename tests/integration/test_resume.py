@@ -297,6 +297,29 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, monkeypatch):
     assert _digest(run) == before
 
 
+def test_a_run_stopped_between_its_last_step_and_its_export_exports_on_resume(tmp_path):
+    """The printed resume command of a run stopped after training but before (or during) its
+    export finishes the export: the cut-short files are kept aside, no step is trained again."""
+    from safetensors.torch import load_file
+
+    first = pretrain(compose_app(tmp_path, TINY_RUN))
+    run = tmp_path / "run"
+    os.rename(run / "export" / "meta.json", tmp_path / "meta.json")  # the export cut short
+    assert resume_argv(["cass-pretrain", f"resume={run}"])  # the printed command is accepted
+    result = pretrain(compose_app(tmp_path, [*TINY_RUN, f"resume={run}"]))
+    assert (run / "export" / "meta.json").is_file()
+    assert sorted(p.name for p in (run / "export.partial-1").iterdir()) == [
+        "cnn.safetensors", "vit.safetensors"]  # fmt: skip
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)["state_dict"]  # fmt: skip
+    for name, value in load_file(run / "export" / "cnn.safetensors").items():
+        assert torch.equal(value, state[f"cnn.{name}"]), name
+    assert result["steps"] == first["steps"] and len(result["attempts"]) == 2
+    assert result["attempts"][1]["steps"] == 0
+    with pytest.raises(ResumeError, match="already finished"):
+        resume_argv(["cass-pretrain", f"resume={run}"])
+
+
 def test_resume_must_name_the_run_folder_itself(tmp_path):
     other = _fake_run(tmp_path / "other", ["debug=tiny"])
     cfg = compose_app(tmp_path, [*TINY_RUN, f"resume={other}"])

@@ -57,11 +57,11 @@ from cass_lightning.apps.runinfo import (
     read_run_info,
     wandb_run_id,
 )
-from cass_lightning.io import UnreadableFileError, load_torch_file
+from cass_lightning.io import UnreadableFileError, first_free, load_torch_file
 
 __all__ = [
     "LAST_CHECKPOINT", "RUN_INFO", "ResumeError", "RunStart", "check_resumable", "plan_start",
-    "read_checkpoint", "read_run_info", "resumable", "resume_argv",
+    "read_checkpoint", "read_run_info", "resumable", "resume_argv", "set_aside_partial_export",
 ]  # fmt: skip
 
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
@@ -85,17 +85,11 @@ def check_resumable(folder: Path) -> Path:
     if not folder.is_dir():
         raise ResumeError(f"resume={folder}: no such run folder")
     export = folder / "export"
-    if export.is_dir() and any(export.iterdir()):
-        if (export / "meta.json").is_file():
-            raise ResumeError(
-                f"resume={folder}: this run has already finished; its export is in {export}. "
-                "Nothing was changed. To train further, start a new run (e.g. from its "
-                "weights), or export another checkpoint with cass-export."
-            )
+    if (export / "meta.json").is_file():  # a cut-short export (no meta.json) is redone
         raise ResumeError(
-            f"resume={folder}: {export} holds a partial export (no meta.json): the run stopped "
-            f"while exporting, after training. Nothing was changed. Export its final state with "
-            f"`cass-export {folder / LAST_CHECKPOINT} --out <new folder>`."
+            f"resume={folder}: this run has already finished; its export is in {export}. "
+            "Nothing was changed. To train further, start a new run (e.g. from its "
+            "weights), or export another checkpoint with cass-export."
         )
     ckpt = folder / LAST_CHECKPOINT
     if not ckpt.is_file():
@@ -152,21 +146,27 @@ def plan_start(cfg: DictConfig, folder: Path) -> RunStart:
         )
     ckpt = check_resumable(folder)
     trainer = cfg.get("trainer") or {}
-    if _training_complete(ckpt, trainer.get("max_epochs"), trainer.get("max_steps", -1)):
-        raise ResumeError(
-            f"resume={folder}: training had already finished (the last checkpoint is at the end "
-            "of the configured epochs or steps) but there is no export: the run stopped while "
-            f"exporting. Nothing was changed. Export it with `cass-export {ckpt} --out "
-            f"{folder / 'export'}`, or give a larger trainer.max_epochs to train further."
-        )
+    complete = _training_complete(ckpt, trainer.get("max_epochs"), trainer.get("max_steps", -1))
     run_id = read_run_info(folder).get("run_id") or wandb_run_id(folder) or new_run_id()
-    return RunStart(folder, str(run_id), ckpt)
+    return RunStart(folder, str(run_id), ckpt, finish_export=complete)
+
+
+def set_aside_partial_export(folder: Path) -> Path | None:
+    """Move an export a stop cut short (files, no ``meta.json``) to ``export.partial-<n>``, so
+    the resumed run writes a whole one (nothing is deleted); the new place, or ``None``."""
+    export = folder / "export"
+    if not export.is_dir() or (export / "meta.json").is_file() or not any(export.iterdir()):
+        return None
+    target = first_free(lambda n: folder / f"export.partial-{n}")
+    os.rename(export, target)
+    return target
 
 
 def _training_complete(ckpt: Path, max_epochs: int | None, max_steps: int | None) -> bool:
     """Whether ``trainer.fit`` from ``ckpt`` would stop at once (Lightning's ``FitLoop.done``).
 
-    Lightning then skips ``on_train_end``, so nothing would be exported. The checkpoint is
+    Lightning then skips ``on_train_end``, so the resumed start exports itself (a run stopped
+    between its last step and its export: ``RunStart.finish_export``). The checkpoint is
     memory-mapped: only the small loop state is read, not the weights.
     """
     try:

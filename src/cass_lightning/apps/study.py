@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -54,7 +55,11 @@ from cass_lightning.apps.study_report import (
     seconds_since_start,
     write_report,
 )
-from cass_lightning.apps.study_settings import check_study_settings
+from cass_lightning.apps.study_settings import (
+    check_study_names,
+    check_study_settings,
+    refuse_merged_grid,
+)
 from cass_lightning.apps.study_weights import resolve_weights
 from cass_lightning.io import atomic_write_json, read_json
 from cass_lightning.modules.registry import pretraining_methods
@@ -95,6 +100,7 @@ def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -
         r = plain["robustness"]
         grid = [(int(b), max(1, round(int(e) * scale))) for b in r["batch_sizes"]
                 for e in r["epochs"]]  # fmt: skip
+        refuse_merged_grid(r["epochs"], scale)
     o = plain["overrides"]
     common = list(o.get("common", []))
     if plain.get("device", "cpu") != "cpu":  # every point on the device: its trainer config
@@ -157,28 +163,39 @@ def run_stage(
     """Run ``points`` in one worker (a Hydra multirun over their ids), which first checks the
     data in ``data_check`` when given; returns its exit code.
 
-    A SIGTERM sent to the study is passed on to the worker, which saves the running point's
-    ``last.ckpt`` and stops; the study waits for that, then stops too. Ctrl-C reaches the
-    worker directly (one process group), so the study only waits for it."""
+    See :func:`wait_forwarding` for what a signal to the study does."""
     ids = ",".join(p.id for p in points)
     command = [sys.executable, "-m", "cass_lightning.apps.study_points", "-m",
                f"study_dir={quote(study_dir)}", f"point={ids}",
                f"parent='{parent_record(os.getpid())}'", *launcher]  # fmt: skip
     if data_check is not None:
         command.append(f"data_check={quote(data_check)}")
-    worker = subprocess.Popen(command)
+    return wait_forwarding(subprocess.Popen(command))
+
+
+def wait_forwarding(worker: subprocess.Popen) -> int:
+    """Wait for ``worker``; its exit code, or 128 + the signal that stopped the study.
+
+    SIGINT or SIGTERM sent to the study is passed on to the worker as SIGTERM: it saves the
+    running point's ``last.ckpt`` and stops; the study waits for that, then stops too, with the
+    code of the signal it was sent (130 for Ctrl-C). SIGTERM, not SIGINT, so that a Ctrl-C
+    which reached the worker directly (one process group) is not taken by it as a second
+    Ctrl-C (stop at once, unsaved); and a SIGINT sent to the study's process alone (``kill
+    -INT <pid>``) still stops the worker."""
+    got: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
-        if signum == signal.SIGTERM:
-            with contextlib.suppress(ProcessLookupError):
-                worker.send_signal(signum)
+        got.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            worker.send_signal(signal.SIGTERM)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return worker.wait()
+        code = worker.wait()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    return 128 + got[0] if got and code in STOPPED else code
 
 
 def _record_crash(points: list[Point], study_dir: Path, code: int) -> int:
@@ -327,8 +344,34 @@ def _run(cfg: DictConfig, settings: StudySettings, points: list[Point],
     if failed:
         print(f"cass-study: {len(failed)} point(s) not done: {', '.join(failed[:10])}",
               file=sys.stderr)  # fmt: skip
+        print("\n".join(ways_on(points, statuses, study_dir)), file=sys.stderr)
         return 1
     return 0
+
+
+def ways_on(points: list[Point], statuses: dict[str, str], study_dir: Path) -> list[str]:
+    """For each failed point: why (its ``failed.json``) and the commands that get past it, so a
+    point that fails on every rerun is never a dead end."""
+    lines = []
+    for point in points:
+        if statuses[point.id] != "failed":
+            continue
+        folder = point.folder(study_dir)
+        try:
+            record = read_json(folder / FAILED_FILE, "failure record")
+        except (OSError, ValueError):
+            record = None
+        record = record if isinstance(record, dict) else {}
+        why = str(record.get("message") or "no reason recorded").strip().splitlines()
+        lines.append(f"  {point.id} failed: {record.get('error', 'error')}: "
+                     f"{(why or [''])[0][:300]}")  # fmt: skip
+        lines.append(
+            "    a rerun retries it; if it fails the same way, fix the cause above, or start "
+            f"the point afresh (its folder is kept): mv {shlex.quote(str(folder))} "
+            f"{shlex.quote(str(folder)) + '.set-aside'} and run the same "
+            "cass-study command again"
+        )
+    return lines
 
 
 def launcher_overrides(overrides: list[str]) -> list[str]:
@@ -353,6 +396,10 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    refused = check_study_names(sys.argv[1:])  # Hydra makes the folder before the task runs
+    if refused:
+        print(f"Error: {refused}", file=sys.stderr)
+        raise SystemExit(1)
     _main()
 
 
