@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from app_helpers import app_env
-from cass_lightning.apps.study import wait_forwarding, ways_on
-from cass_lightning.apps.study_data import _data_listing
+from app_helpers import app_env, compose_app
+from cass_lightning.apps.study import settings_from, wait_forwarding, ways_on
+from cass_lightning.apps.study_data import _data_listing, data_check_folder
 from cass_lightning.apps.study_plan import FAILED_FILE, Point
+from cass_lightning.apps.study_points import DATA_REPORT, run_data_check
 from cass_lightning.apps.study_settings import (
     StudySettingsError,
     check_study_names,
+    fraction_problems,
     refuse_merged_grid,
 )
 from data_fixtures import image
@@ -103,3 +105,27 @@ def test_a_failed_point_is_named_with_its_reason_and_the_way_on(tmp_path):
     assert lines[0] == "  pretrain-cass-1234abcd failed: ValueError: the data is bad"
     assert f"mv {folder} {folder}.set-aside and run the same cass-study command" in lines[1]
     assert ways_on([point], {point.id: "done"}, tmp_path) == []
+
+
+def test_a_fraction_below_one_image_per_class_is_refused_where_the_data_is_known(tmp_path):
+    report = {"multi_label": False,
+              "splits": {"train": {"class_counts": {"a": 6, "b": 200}}}}  # fmt: skip
+    (problem,) = fraction_problems(report, [1.0, 0.5, 0.001])
+    assert problem.startswith("study.fractions: 0.001 (0.1 %) gives 2 class(es) less than one")
+    assert "raised to one image (16.7% of a), not 0.1 %" in problem
+    assert "at least 0.167" in problem
+    assert fraction_problems({**report, "multi_label": True}, [0.001]) == []
+    # The worker's data check (first run) and the study's reuse of a passed check (rerun).
+    cfg = compose_app(tmp_path, [
+        "study=smoke", "study.fractions=[0.001]", "study.encoders.img_size=32",
+        'study.overrides.data=["data.images_per_class=4","data.val_images_per_class=1",'
+        '"data.image_size=32","data.num_workers=0"]'], config_name="study")  # fmt: skip
+    settings = settings_from(cfg, [], tmp_path / "study")
+    folder = data_check_folder(settings, tmp_path / "study")
+    assert run_data_check(folder) is False
+    saved = json.loads((folder / DATA_REPORT).read_text())["problems"]
+    assert saved and saved[-1].startswith("study.fractions: 0.001 (0.1 %) gives 6 class(es)")
+    saved = json.loads((folder / DATA_REPORT).read_text())
+    (folder / DATA_REPORT).write_text(json.dumps({**saved, "problems": []}))  # as if it passed
+    with pytest.raises(ValueError, match=r"study.fractions: 0\.001 \(0\.1 %\) gives 6 class"):
+        data_check_folder(settings, tmp_path / "study")

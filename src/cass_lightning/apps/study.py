@@ -44,6 +44,7 @@ from cass_lightning.apps.study_plan import (
     write_plan,
 )
 from cass_lightning.apps.study_points import (
+    DATA_REPORT,
     compose_point,
     data_check_passed,
     parent_record,
@@ -232,9 +233,7 @@ def run_points(
             if code in STOPPED:
                 return 130 if code in (130, -signal.SIGINT) else 143
             if data_check is not None and not data_check_passed(data_check):
-                raise ValueError(
-                    f"the study's data did not pass the check (report in {data_check})"
-                )
+                raise _bad_data(data_check)
             data_check = None
             if code == 0 or not _record_crash(todo, study_dir, code):
                 break
@@ -242,7 +241,12 @@ def run_points(
 
 
 def _bad_data(folder: Path) -> ValueError:
-    return ValueError(f"the study's data did not pass the check (report in {folder})")
+    """The data check's refusal, with the problems its report names."""
+    report = folder / DATA_REPORT
+    found = read_json(report, "data report") if report.is_file() else {}
+    problems = found.get("problems") if isinstance(found, dict) else None
+    said = f": {' '.join(map(str, problems))}" if problems else ""
+    return ValueError(f"the study's data did not pass the check (report in {folder}){said}")
 
 
 def _todo(points: list[Point], study_dir: Path, stages: tuple[int, ...]) -> list[Point]:

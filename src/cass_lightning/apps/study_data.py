@@ -12,7 +12,13 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 
 from cass_lightning.apps.study_plan import Point, StudySettings, digest_of
-from cass_lightning.apps.study_points import DATA_CHECK_REQUEST, compose_point, data_check_passed
+from cass_lightning.apps.study_points import (
+    DATA_CHECK_REQUEST,
+    DATA_REPORT,
+    compose_point,
+    data_check_passed,
+)
+from cass_lightning.apps.study_settings import fraction_problems
 from cass_lightning.io import atomic_write_json, read_json
 from cass_lightning.walk import walk_files
 
@@ -28,13 +34,18 @@ def data_check_folder(settings: StudySettings, study_dir: Path) -> Path | None:
     record = folder / DATA_FILES
     listing = _data_listing(overrides, folder)
     if data_check_passed(folder):
+        problems = fraction_problems(read_json(folder / DATA_REPORT, "data report"),
+                                     settings.fractions)  # fmt: skip
+        if problems:
+            raise ValueError(" ".join(problems))
         if listing is not None and record.is_file():
             _refuse_changed_data(read_json(record, "data files record"), listing, study_dir)
         elif listing is not None:  # a study from before data files were recorded
             _record_data_files(record, listing)
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / DATA_CHECK_REQUEST, {"overrides": overrides})
+    atomic_write_json(folder / DATA_CHECK_REQUEST,
+                      {"overrides": overrides, "fractions": list(settings.fractions)})  # fmt: skip
     if listing is not None:
         _record_data_files(record, listing)
     return folder

@@ -126,3 +126,27 @@ def refuse_merged_grid(epochs: list[int], scale: float) -> None:
             f"{1 / smallest:.3g} (one epoch between the closest lengths), or fewer "
             "study.robustness.epochs"
         )
+
+
+def fraction_problems(report: dict[str, Any], fractions: Sequence[float]) -> list[str]:
+    """What each label fraction would become on this data (the study's ``data_report.json``):
+    a fraction that gives some class less than one labelled training image is raised to one
+    image of that class, so its column would not hold the fraction it is labelled with. One
+    sentence per such fraction, naming the smallest fraction that keeps its meaning."""
+    if report.get("multi_label"):
+        return []  # labels are drawn per label set there, not per class
+    train = ((report.get("splits") or {}).get("train") or {}).get("class_counts") or {}
+    counts = {c: n for c, n in train.items() if isinstance(n, int) and n > 0}
+    problems = []
+    for fraction in fractions:
+        short = {c: n for c, n in counts.items() if fraction * n < 1 - 1e-9}
+        if not short or fraction >= 1:
+            continue
+        name, n = min(short.items(), key=lambda item: item[1])
+        problems.append(
+            f"study.fractions: {fraction:g} ({fraction * 100:g} %) gives {len(short)} class(es) "
+            f"less than one labelled training image (e.g. {name}: {n} images): each would be "
+            f"raised to one image ({1 / n:.1%} of {name}), not {fraction * 100:g} %. Give "
+            f"fractions of at least {1 / min(counts.values()):.3g}, or leave {fraction:g} out"
+        )
+    return problems
