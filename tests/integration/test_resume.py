@@ -318,6 +318,12 @@ def test_a_run_stopped_between_its_last_step_and_its_export_exports_on_resume(tm
     assert result["attempts"][1]["steps"] == 0
     with pytest.raises(ResumeError, match="already finished"):
         resume_argv(["cass-pretrain", f"resume={run}"])
+    # Stopped after the export but before the summary: the resume writes the summary only.
+    exported = _digest(run / "export")
+    os.rename(run / "summary.json", tmp_path / "summary.json")
+    again = pretrain(compose_app(tmp_path, [*TINY_RUN, f"resume={run}"]))
+    assert (run / "summary.json").is_file() and _digest(run / "export") == exported
+    assert again["export_dir"] == str(run / "export") and len(again["attempts"]) == 3
 
 
 def test_resume_must_name_the_run_folder_itself(tmp_path):

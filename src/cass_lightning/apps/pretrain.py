@@ -295,10 +295,13 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         raise
     exporter = next((c for c in callbacks if isinstance(c, ExportBackbones)), None)
     if run.finish_export and exporter is not None and exporter.exported_to is None:
-        # Stopped after its last step, before its export: Lightning restored last.ckpt and,
-        # with nothing left to train, skipped on_train_end; the export is written here.
-        print("Training had finished before the stop; exporting its final state.")
-        exporter.on_train_end(trainer, model)
+        # Stopped after its last step, before its export (or its summary): Lightning restored
+        # last.ckpt and, with nothing left to train, skipped on_train_end; finished here.
+        if (exporter.dirpath / "meta.json").is_file():  # whole: only the summary was missing
+            exporter.exported_to = exporter.dirpath
+        else:
+            print("Training had finished before the stop; exporting its final state.")
+            exporter.on_train_end(trainer, model)
     elapsed = time.perf_counter() - start
     costs = finish("finished")
 

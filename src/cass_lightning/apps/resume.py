@@ -18,10 +18,12 @@ is refused, listed, unless ``resume_trust=true`` is given (for a folder you trus
 hostile checkpoint is refused with the folder left byte for byte as it was.
 
 The task then calls :func:`plan_start`: it checks the folder again (it must hold a readable
-``checkpoints/last.ckpt`` and no export yet), which gives ``trainer.fit`` its ``ckpt_path``;
-Lightning restores weights, optimizer, scheduler, epoch and global step, so the finished run has
-as many optimizer steps as one that was never stopped. Once the run has claimed its folder,
-:meth:`RunStart.record` keeps what the earlier starts wrote: ``.hydra/*.yaml`` go to
+``checkpoints/last.ckpt``, and not both a finished export and ``summary.json``), which gives
+``trainer.fit`` its ``ckpt_path``; Lightning restores weights, optimizer, scheduler, epoch and
+global step, so the finished run has as many optimizer steps as one that was never stopped. A
+run stopped after its last step but before its export (or summary) trains nothing more: the
+resumed start writes what is missing (``RunStart.finish_export``). Once the run has claimed
+its folder, :meth:`RunStart.record` keeps what the earlier starts wrote: ``.hydra/*.yaml`` go to
 ``.hydra/part<N>/``, ``csv/metrics.csv`` (which Lightning's CSVLogger would delete) becomes
 ``csv/metrics.part<N>.csv``, and ``run_info.json`` lists every start. The run id in
 ``run_info.json`` is given to any ``WandbLogger`` so the resumed run continues the same wandb run.
@@ -65,6 +67,8 @@ __all__ = [
 ]  # fmt: skip
 
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
+#: What cass-pretrain writes last: a run holding it (and its export) has finished.
+SUMMARY_FILE = "summary.json"
 #: Saved overrides that describe where the previous start ran, not what it trained.
 _PLACEMENT_KEYS = {"resume", "hydra.run.dir", "hydra.output_subdir", "hydra.job.name"}
 #: Given on the command line only: never taken from a folder's saved overrides.
@@ -85,7 +89,8 @@ def check_resumable(folder: Path) -> Path:
     if not folder.is_dir():
         raise ResumeError(f"resume={folder}: no such run folder")
     export = folder / "export"
-    if (export / "meta.json").is_file():  # a cut-short export (no meta.json) is redone
+    if (export / "meta.json").is_file() and (folder / SUMMARY_FILE).is_file():
+        # a cut-short export (no meta.json) is redone, a missing summary written on resume
         raise ResumeError(
             f"resume={folder}: this run has already finished; its export is in {export}. "
             "Nothing was changed. To train further, start a new run (e.g. from its "
