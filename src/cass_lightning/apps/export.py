@@ -17,6 +17,7 @@ truncated, not a checkpoint or that would need code to load is refused by name (
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -108,15 +109,19 @@ def classifier_meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
             "checkpoint written by cass-finetune"
         )
     scored = _same_file(results.get("best_checkpoint"), path)
+    try:
+        numbers = {"img_size": _whole(preprocessing["img_size"]),
+                   "in_chans": _whole(hp.get("in_chans", 3)),
+                   "mean": [float(v) for v in preprocessing["mean"]],
+                   "std": [float(v) for v in preprocessing["std"]]}  # fmt: skip
+    except (TypeError, ValueError) as err:  # a hand-made checkpoint: named, never evaluated
+        raise ValueError(f"{path}: its recorded preprocessing is not numbers ({err})") from None
     return {
         "method": record.get("method") or results.get("method"),
         "arm": hp["arm"],
         "timm_name": hp["timm_name"],
-        "img_size": int(preprocessing["img_size"]),
-        "in_chans": int(hp.get("in_chans", 3)),
-        "mean": [float(v) for v in preprocessing["mean"]],
-        "std": [float(v) for v in preprocessing["std"]],
-        "classes": [str(c) for c in classes],
+        **numbers,
+        "classes": [c if isinstance(c, str) else repr(c) for c in classes],
         "multi_label": bool(hp["multi_label"]),
         "threshold": MULTI_LABEL_THRESHOLD if hp["multi_label"] else None,
         "mode": hp.get("mode"),
@@ -131,6 +136,14 @@ def classifier_meta(path: Path, state: dict[str, Any]) -> dict[str, Any]:
         "pretraining": results.get("weights_loaded") or record.get("weights_init")
         or {"init": hp.get("init"), "weights": hp.get("weights"), "verified": False},
     }  # fmt: skip
+
+
+def _whole(value: Any) -> int:
+    """``value`` as an int when it is one (a float with no fraction too), else ValueError."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value != int(value)):  # fmt: skip
+        raise ValueError(f"{value!r} is not a whole number"[:120])
+    return int(value)
 
 
 def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule, dict[str, Any]]:
