@@ -260,9 +260,9 @@ def test_a_hostile_classifier_export_is_refused_before_anything_is_written(runs,
     state["hyper_parameters"]["img_size"] = payload  # loads with weights_only: a plain string
     ckpt = tmp_path / "hostile.ckpt"
     torch.save(state, ckpt)
-    with pytest.raises(ValueError, match="hostile.ckpt: its recorded preprocessing is not num"):
+    with pytest.raises(ValueError, match=r"hostile\.ckpt: its recorded preprocessing is not num"):
         predict(predict_cfg(tmp_path, [f"classifier={ckpt}", "data=synthetic"], "out-ckpt"))
-    with pytest.raises(ValueError, match="hostile.ckpt: its recorded preprocessing is not num"):
+    with pytest.raises(ValueError, match=r"hostile\.ckpt: its recorded preprocessing is not num"):
         export_checkpoint(ckpt, tmp_path / "out-export")
     assert not marker.exists() and not (tmp_path / "out-export").exists()
 

@@ -14,7 +14,7 @@ import pytest
 from cass_lightning.report import compare, table_rows, write_study_report
 from cass_lightning.report.collect import collect_results
 from cass_lightning.report.identity import prepare
-from cass_lightning.report.validate import ResultsFileError, check_result
+from cass_lightning.report.validate import ResultsFileError, check_result, load_result
 
 
 def res(method: str, seed: int, value: float, **extra: Any) -> dict[str, Any]:
@@ -44,6 +44,12 @@ def test_a_value_no_run_writes_is_refused_by_key(change, message):
     check_result(res("cass", 0, 0.5), "ok.json")
     with pytest.raises(ResultsFileError, match=f"bad.json: {message}"):
         check_result({**res("cass", 0, 0.5), **change}, "bad.json")
+
+
+def test_a_results_file_nested_too_deeply_is_named(tmp_path):
+    (tmp_path / "results.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(ResultsFileError, match=r"is not a results\.json .JSON nested"):
+        load_result(tmp_path / "results.json")
 
 
 def test_a_seed_run_twice_is_named_and_counted_once():

@@ -179,6 +179,8 @@ def load_result(path: str | Path) -> dict[str, Any]:
         result = json.loads(file.read_text(encoding="utf-8"), parse_constant=_refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ResultsFileError(f"{file} is not valid JSON: {err}") from None
+    except RecursionError:
+        raise ResultsFileError(f"{file} is not a results.json (JSON nested too deeply)") from None
     except ValueError as err:
         raise ResultsFileError(
             f"{file}: {err} (cass-finetune records a non-finite metric as null)"
