@@ -89,8 +89,9 @@ def check_finite_state(state: dict[str, Tensor], where: str) -> None:
            if value.is_floating_point() and not bool(torch.isfinite(value).all())]  # fmt: skip
     if bad:
         raise ValueError(
-            f"{where} holds NaN or inf weights ({len(bad)} tensor(s): {_first(bad)}); a model "
-            "with them predicts nothing: use the weights of an earlier, finite checkpoint"
+            f"{where} hold non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. "
+            f"{_first(bad)}; a model with them predicts nothing: use the weights of an earlier, "
+            "finite checkpoint"
         )
 
 

@@ -80,11 +80,12 @@ def test_non_finite_weights_are_refused_at_export_and_at_load(tmp_path, tiny_mod
     poisoned["fc.weight"][0, 0] = float("nan")
     bad = timm.create_model("resnet10t", pretrained=False, num_classes=2)
     bad.load_state_dict(poisoned)
-    with pytest.raises(ValueError, match=r"NaN or inf weights \(1 tensor\(s\): fc.weight"):
+    one = r"non-finite values \(NaN or inf\) in 1 tensor\(s\), e\.g\. fc\.weight"
+    with pytest.raises(ValueError, match=one):
         export_classifier(bad, tmp_path / "bad", dict(META))
     assert not (tmp_path / "bad").exists()  # refused before the folder was made
     save_file(poisoned, str(file))  # the export's file replaced by a NaN one
-    with pytest.raises(ValueError, match=f"{file}.*NaN or inf weights"):
+    with pytest.raises(ValueError, match=f"{file} hold non-finite values"):
         load_classifier(out)
 
 
