@@ -182,13 +182,26 @@ def wait_forwarding(worker: subprocess.Popen) -> int:
     code of the signal it was sent (130 for Ctrl-C). SIGTERM, not SIGINT, so that a Ctrl-C
     which reached the worker directly (one process group) is not taken by it as a second
     Ctrl-C (stop at once, unsaved); and a SIGINT sent to the study's process alone (``kill
-    -INT <pid>``) still stops the worker."""
+    -INT <pid>``) still stops the worker. A SIGINT is passed on after a second, only to a
+    worker still running then: a worker the terminal's Ctrl-C reached outside a training loop
+    has stopped by then, and gets no second signal while it says how it stopped."""
+    import threading
+
     got: list[int] = []
+
+    def terminate() -> None:
+        if worker.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.send_signal(signal.SIGTERM)
 
     def forward(signum: int, frame: Any) -> None:
         got.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            worker.send_signal(signal.SIGTERM)
+        if signum == signal.SIGTERM:
+            terminate()
+        else:
+            timer = threading.Timer(1.0, terminate)
+            timer.daemon = True
+            timer.start()
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
