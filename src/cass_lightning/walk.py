@@ -20,7 +20,8 @@ from pathlib import Path
 class Walk:
     """What :func:`walk_files` found: ``files`` (regular files, sorted depth first), ``loops``
     (linked folders already listed: a loop or a second link to one folder) and ``special``
-    (entries that are not regular files: FIFOs, devices, sockets, broken links)."""
+    (entries that are not regular files: FIFOs, devices, sockets, broken links, folders that
+    cannot be listed)."""
 
     files: list[Path] = field(default_factory=list)
     loops: list[Path] = field(default_factory=list)
@@ -61,9 +62,13 @@ def walk_files(
             found.loops.append(folder)
             continue
         seen.add((info.st_dev, info.st_ino))
-        with os.scandir(folder) as listing:
-            entries = sorted((e for e in listing if hidden or not _hidden(e.name)),
-                             key=lambda e: e.name)  # fmt: skip
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted((e for e in listing if hidden or not _hidden(e.name)),
+                                 key=lambda e: e.name)  # fmt: skip
+        except OSError:  # a folder this user may not list: skipped, and said
+            found.special.append(folder)
+            continue
         folders = []
         for entry in entries:
             path = Path(entry.path)
