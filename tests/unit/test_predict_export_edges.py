@@ -134,3 +134,16 @@ def test_deep_json_and_damaged_run_records_are_named(tmp_path):
             read_run_info(tmp_path)
     record.write_text('{"run_id": "ab12cd34", "starts": []}')
     assert read_run_info(tmp_path)["run_id"] == "ab12cd34"
+
+
+def test_a_fifo_in_a_class_folder_is_a_bad_file_named_as_one(tmp_path):
+    from cass_lightning.data.layouts import build_index
+
+    image(tmp_path / "a" / "1.png")
+    image(tmp_path / "b" / "2.png")
+    os.mkfifo(tmp_path / "a" / "pipe.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "b" / "dangling.png")
+    index = build_index("image_folder", tmp_path, on_bad_file="skip")
+    reasons = {Path(key).name: why for key, why in index.skipped}
+    assert reasons == {"pipe.png": "not a regular file (a FIFO, device or socket)",
+                       "dangling.png": "broken symbolic link"}  # fmt: skip
