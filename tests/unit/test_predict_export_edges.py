@@ -147,3 +147,23 @@ def test_a_fifo_in_a_class_folder_is_a_bad_file_named_as_one(tmp_path):
     reasons = {Path(key).name: why for key, why in index.skipped}
     assert reasons == {"pipe.png": "not a regular file (a FIFO, device or socket)",
                        "dangling.png": "broken symbolic link"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [({"timm_name": "no_such_net"}, "cnn.timm_name is not a timm model name"),
+     ({"img_size": 100000}, "cnn.img_size must be an integer in"),
+     ({"in_chans": "3"}, "cnn.in_chans must be an integer")],
+)  # fmt: skip
+def test_a_backbone_export_entry_out_of_range_is_refused_when_loaded(tmp_path, change, message):
+    from cass_lightning.encoders import EncoderSpec
+    from cass_lightning.export import ExportedArm, export_backbones, load_backbone
+
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=4)
+    spec = EncoderSpec("resnet10t", None, 3, 4, model.num_features)
+    out = export_backbones({"cnn": ExportedArm(spec, model)}, tmp_path / "e", {"method": "cass"})
+    assert load_backbone(out, "cnn").num_classes == 4
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "cnn": {**meta["cnn"], **change}}))
+    with pytest.raises(ValueError, match=f"{out / 'meta.json'}: {message}"):
+        load_backbone(out, "cnn")
