@@ -20,11 +20,11 @@ from typing import Any
 #: report does not import torch).
 ARMS = ("cnn", "vit")
 MODES = ("finetune", "linear")
-SAFE_PUNCTUATION = "space . _ - + ( ) /"
+SAFE_PUNCTUATION = "space . , ' & _ - + ( ) /"
 #: What a name read from a results file may hold: it is printed into Markdown and CSV tables,
 #: so no newline, pipe, backtick, bracket or markup character can make a row of its own (the
 #: one bracket allowed is the report's own tag of a dataset told apart by its files).
-SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._+()/-]{0,99}( \[data [0-9a-f]{8}\])?")
+SAFE_NAME = re.compile(r"[^\W_][\w .,'&+()/-]{0,99}( \[data [0-9a-f]{8}\])?")
 #: A class name (a folder or column of the user's data): anything printable but what would
 #: break a Markdown table or link.
 CLASS_NAME = re.compile(r"[^\x00-\x1f\x7f|`<>\[\]\\]{1,100}")
