@@ -37,7 +37,7 @@ from cass_lightning.io import (
     utc_timestamp,
 )
 from cass_lightning.model_card import model_card
-from cass_lightning.records import check_classifier_meta
+from cass_lightning.records import check_backbone_meta, check_classifier_meta
 from cass_lightning.timm_folder import (
     contiguous_state,
     data_config,
@@ -116,6 +116,10 @@ def export_backbones(
         raise FileExistsError(
             f"{out} already holds an export ({', '.join(existing)}); choose another folder"
         )
+    states = {arm: contiguous_state(exported.backbone, f"the {arm} backbone to export")
+              for arm, exported in arms.items()}  # fmt: skip
+    projectors = {arm: contiguous_state(exported.projector, f"the {arm} projector to export")
+                  for arm, exported in arms.items() if exported.projector is not None}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     full: dict[str, Any] = {
         "format": EXPORT_FORMAT,
@@ -129,13 +133,10 @@ def export_backbones(
     for arm, exported in arms.items():
         entry = asdict(exported.spec) | {"file": f"{arm}.safetensors", "projector_file": None}
         entry["init"] = records[arm]
-        atomic_write_bytes(
-            out / entry["file"], safetensors_bytes(contiguous_state(exported.backbone))
-        )
+        atomic_write_bytes(out / entry["file"], safetensors_bytes(states[arm]))
         if exported.projector is not None and any(True for _ in exported.projector.parameters()):
             entry["projector_file"] = f"{arm}_projector.safetensors"
-            state = contiguous_state(exported.projector)
-            atomic_write_bytes(out / entry["projector_file"], safetensors_bytes(state))
+            atomic_write_bytes(out / entry["projector_file"], safetensors_bytes(projectors[arm]))
         entry["timm_folder"] = timm_folder_name(arm)
         sha = file_sha256(out / entry["file"])
         evaluated = [r for r in (context or {}).get("results") or [] if evaluated_with(r, sha)]
@@ -241,6 +242,8 @@ def load_backbone(
     timm does for any pretrained file (the fine-tuning use). ``meta`` is the export's
     ``meta.json`` when the caller has already read it.
     """
+    meta = read_meta(export_dir) if meta is None else meta
+    check_backbone_meta(meta, Path(export_dir) / META_FILE)  # every field that builds the model
     entry = arm_meta(export_dir, arm, meta)
     file = Path(export_dir) / entry["file"]
     kwargs: dict[str, Any] = {"in_chans": entry["in_chans"]}
@@ -284,6 +287,7 @@ def export_classifier(
     missing = [k for k in CLASSIFIER_FIELDS if k not in meta]
     if missing:
         raise ValueError(f"classifier export meta lacks {', '.join(missing)}")
+    check_classifier_meta(meta, "the classifier to export")
     out = Path(out_dir)
     name = classifier_file(meta["arm"])
     folder = timm_folder_name(meta["arm"])
@@ -292,9 +296,10 @@ def export_classifier(
         raise FileExistsError(
             f"{out} already holds an export ({', '.join(existing)}); choose another folder"
         )
+    state = contiguous_state(model, "the classifier to export")
     out.mkdir(parents=True, exist_ok=True)
     path = out / name
-    atomic_write_bytes(path, safetensors_bytes(contiguous_state(model)))
+    atomic_write_bytes(path, safetensors_bytes(state))
     full = {
         "format": EXPORT_FORMAT,
         "kind": CLASSIFIER_KIND,
@@ -336,6 +341,10 @@ def read_classifier_meta(path: str | Path) -> tuple[dict[str, Any], Path]:
     if missing:
         raise ValueError(f"{folder / META_FILE} lacks {', '.join(missing)}")
     check_classifier_meta(meta, folder / META_FILE)  # every field that builds or feeds the model
+    if not isinstance(meta["file"], str) or Path(meta["file"]).name != meta["file"]:
+        raise ValueError(
+            f"{folder / META_FILE}: field file must be a file name, not {meta['file']!r}"
+        )
     file = folder / str(meta["file"])
     if given.suffix == ".safetensors" and given.resolve() != file.resolve():
         raise ValueError(f"{folder / META_FILE} describes {meta['file']}, not {given.name}")

@@ -9,7 +9,6 @@ subfolders are other names is told apart from a folder without labels (:class:`L
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from cass_lightning.data.index import IMAGE_EXTENSIONS, SPLITS, load_rgb
 from cass_lightning.data.transforms import eval_transform
 from cass_lightning.modules.metrics import PerClassBreakdown, build_metrics
+from cass_lightning.walk import walk_files
 
 
 @dataclass
@@ -45,6 +45,8 @@ class ImageSet:
     labels: list[tuple[str, ...]]
     labels_state: Labels
     reader: Callable[[str], Image.Image] = load_rgb
+    #: What a folder walk did not list, by why: ``{"link loops": [...], "not regular files": ...}``
+    skipped: dict[str, list[str]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -81,10 +83,8 @@ def folder_images(root: str | Path, classes: Sequence[str]) -> ImageSet:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"image folder not found: {root}")
-    files: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath) / n for n in sorted(filenames) if _is_image(n)]
+    walk = walk_files(root, _is_image)
+    files = walk.files
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     parts = [f.relative_to(root).parts for f in files]
@@ -92,10 +92,12 @@ def folder_images(root: str | Path, classes: Sequence[str]) -> ImageSet:
     skip = 1 if tops and tops <= set(SPLITS) else 0
     labels = [(p[skip],) if len(p) > 1 + skip else () for p in parts]
     state = judge_labels([lab[0] for lab in labels if lab], classes, "folder")
-    if state.state != "scored":
-        labels = [() for _ in labels] if state.state == "none" else labels
+    if state.state == "none":
+        labels = [() for _ in labels]
     keys = [str(f) for f in files]
-    return ImageSet(keys, keys, labels, state)
+    skipped = {"link loops": [str(p) for p in walk.loops],
+               "not regular files": [str(p) for p in walk.special]}  # fmt: skip
+    return ImageSet(keys, keys, labels, state, skipped={k: v for k, v in skipped.items() if v})
 
 
 def csv_images(file: str | Path, classes: Sequence[str], separator: str = "|") -> ImageSet:

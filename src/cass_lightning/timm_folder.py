@@ -37,10 +37,15 @@ FOREIGN_KEYS = ("tag", "license", "origin_url", "paper_ids", "paper_name", "note
 RESIZE = {"interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash"}
 
 
-def contiguous_state(module: nn.Module) -> dict[str, Any]:
+def contiguous_state(module: nn.Module, where: str = "the model to export") -> dict[str, Any]:
     """The module's exact state, on the CPU and contiguous (safetensors refuses strided views,
-    e.g. channels_last weights)."""
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    e.g. channels_last weights); refused, naming ``where``, when a tensor holds NaN or inf
+    (before anything is written)."""
+    from cass_lightning.weights import check_finite_state
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    check_finite_state(state, where)
+    return state
 
 
 def timm_folder_name(arm: str) -> str:

@@ -78,7 +78,21 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             f"{file} holds no state dict (a mapping of names to tensors): save the timm "
             "model's state_dict(), e.g. safetensors.torch.save_file(model.state_dict(), path)"
         )
+    check_finite_state(state, str(file))
     return state
+
+
+def check_finite_state(state: dict[str, Tensor], where: str) -> None:
+    """Refuse, by file and tensor name, weights holding NaN or inf: a model built from them
+    predicts nothing (every output NaN) while looking like it ran."""
+    bad = [name for name, value in state.items()
+           if value.is_floating_point() and not bool(torch.isfinite(value).all())]  # fmt: skip
+    if bad:
+        raise ValueError(
+            f"{where} hold non-finite values (NaN or inf) in {len(bad)} tensor(s), e.g. "
+            f"{_first(bad)}; a model with them predicts nothing: use the weights of an earlier, "
+            "finite checkpoint"
+        )
 
 
 def _names(value: Any) -> tuple[str, ...]:

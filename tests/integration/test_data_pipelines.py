@@ -93,9 +93,7 @@ def _clear_hydra():
     GlobalHydra.instance().clear()
 
 
-@pytest.mark.parametrize(
-    "name", sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml") if p.stem != "_common")
-)
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONFIG_DIR / "data").glob("*.yaml")))
 def test_every_data_config_composes_into_pretraining(tmp_path, name):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

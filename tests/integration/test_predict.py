@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -193,7 +195,76 @@ def test_folder_without_labels_and_folder_of_other_classes_are_told_apart(runs, 
     assert note.startswith("labels not scored: folder classes {cat, dog} are not the model's")
     assert note in capsys.readouterr().out
     rows = read_rows(tmp_path / "foreign_out" / PREDICTIONS_CSV)
-    assert sorted(r["label"] for r in rows) == ["cat", "dog"]
+    assert [r["label"] for r in rows] == ["", ""]  # not the model's classes: not shown as labels
+    assert result["counts"]["labelled"] == 0
+
+
+def test_loops_and_fifos_are_skipped_and_counted_and_an_empty_images_is_refused(
+    runs, tmp_path, capsys
+):
+    run = runs["cnn"]
+    folder = labelled_folder(tmp_path / "images", classes_of(run)[:1], per_class=2)
+    os.symlink(folder, folder / "loop")
+    os.mkfifo(folder / "waiting.png")
+    result = predict(predict_cfg(tmp_path, [f"classifier={run}", f"images={folder}"]))
+    assert result["counts"]["images"] == 2 and result["counts"]["predicted"] == 2
+    assert result["counts"]["skipped"] == {"link loops": 1, "not regular files": 1}
+    assert result["skipped"]["not regular files"] == [str(folder / "waiting.png")]
+    assert "skipped:     1 link loops" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="images= is empty"):
+        predict(predict_cfg(tmp_path, [f"classifier={run}", "images="], "empty"))
+    assert not (tmp_path / "empty" / PREDICTIONS_CSV).exists()
+
+
+def test_a_hostile_classifier_export_is_refused_before_anything_is_written(runs, tmp_path):
+    """Payload meta.json files (and NaN weights) in a classifier export handed over: each is
+    refused naming the file and the field, before the output folder exists; no marker file,
+    the export and the data left as they were."""
+    from safetensors.torch import save_file
+
+    from data_fixtures import snapshot
+
+    good = export_checkpoint(best_checkpoint(runs["cnn"]), tmp_path / "good")
+    meta = json.loads((good / "meta.json").read_text())
+    marker = tmp_path / "PWNED"
+    payload = f"${{oc.create:{{_target_:builtins.open,file:{marker},mode:w}}}}"
+    cases = {
+        "img_size": {"img_size": payload},
+        "mean": {"mean": [payload, 0.5, 0.5]},
+        "std": {"std": [0, 0, 0]},
+        "classes": {"classes": [meta["classes"][0]] * len(meta["classes"])},
+        "timm_name": {"timm_name": "resnet_no_such"},
+        "img_size ": {"img_size": 100000},
+    }
+    data = tmp_path / "data" / "synthetic"
+    tried = 0
+    for field, change in cases.items():
+        export = tmp_path / f"export-{tried}"
+        shutil.copytree(good, export)
+        (export / "meta.json").write_text(json.dumps({**meta, **change}))
+        before = snapshot(tmp_path)
+        over = [f"classifier={export}", "data=synthetic", f"data.root={data}"]
+        with pytest.raises(ValueError, match=f"{export / 'meta.json'}: {field.strip()}"):
+            predict(predict_cfg(tmp_path, over, f"out-{tried}"))
+        assert snapshot(tmp_path) == before and not marker.exists()
+        tried += 1
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(good, poisoned)
+    weights = load_file(poisoned / meta["file"])
+    weights["fc.weight"][0, 0] = float("inf")
+    save_file(weights, str(poisoned / meta["file"]))
+    with pytest.raises(ValueError, match="hold non-finite values"):
+        predict(predict_cfg(tmp_path, [f"classifier={poisoned}", "images=x"], "out-nan"))
+    assert not (tmp_path / "out-nan").exists() and tried == len(cases)
+    state = torch.load(best_checkpoint(runs["cnn"]), map_location="cpu", weights_only=True)
+    state["hyper_parameters"]["img_size"] = payload  # loads with weights_only: a plain string
+    ckpt = tmp_path / "hostile.ckpt"
+    torch.save(state, ckpt)
+    with pytest.raises(ValueError, match=r"hostile\.ckpt: its recorded preprocessing is not num"):
+        predict(predict_cfg(tmp_path, [f"classifier={ckpt}", "data=synthetic"], "out-ckpt"))
+    with pytest.raises(ValueError, match=r"hostile\.ckpt: its recorded preprocessing is not num"):
+        export_checkpoint(ckpt, tmp_path / "out-export")
+    assert not marker.exists() and not (tmp_path / "out-export").exists()
 
 
 def test_csv_input_with_labels_and_maps(runs, tmp_path):

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from app_helpers import app_env_with_tests, compose_app, run_app
 from cass_lightning import CASSModule
 from cass_lightning.apps import pretrain as pretrain_app
+from cass_lightning.apps.console import RunStopped
 from cass_lightning.apps.loggers import build_loggers
 from cass_lightning.apps.pretrain import pretrain
 from cass_lightning.apps.resume import ResumeError, plan_start, resume_argv
@@ -73,6 +74,15 @@ class PoisonWeightsAt(L.Callback):
         if trainer.global_step == self.step:
             with torch.no_grad():
                 next(pl_module.parameters()).view(-1)[0] = float("nan")
+
+
+class SignalAtTheEnd(L.Callback):
+    """Sends this process SIGTERM as the last epoch's last step ends (as a scheduler would):
+    Lightning stops after marking the epoch done, before ``on_train_end`` exports."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, *_: object) -> None:
+        if trainer.current_epoch == trainer.max_epochs - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 @pytest.fixture(autouse=True)
@@ -295,6 +305,50 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, monkeypatch):
     with pytest.raises(ResumeError, match="already finished"):
         pretrain(compose_app(tmp_path, [*TINY_RUN, f"resume={run}"]))
     assert _digest(run) == before
+
+
+def test_a_run_stopped_between_its_last_step_and_its_export_exports_on_resume(tmp_path):
+    """The printed resume command of a run stopped after training but before (or during) its
+    export finishes the export: the cut-short files are kept aside, no step is trained again."""
+    from safetensors.torch import load_file
+
+    first = pretrain(compose_app(tmp_path, TINY_RUN))
+    run = tmp_path / "run"
+    os.rename(run / "export" / "meta.json", tmp_path / "meta.json")  # the export cut short
+    assert resume_argv(["cass-pretrain", f"resume={run}"])  # the printed command is accepted
+    result = pretrain(compose_app(tmp_path, [*TINY_RUN, f"resume={run}"]))
+    assert (run / "export" / "meta.json").is_file()
+    assert sorted(p.name for p in (run / "export.partial-1").iterdir()) == [
+        "cnn.safetensors", "vit.safetensors"]  # fmt: skip
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
+                       weights_only=True)["state_dict"]  # fmt: skip
+    for name, value in load_file(run / "export" / "cnn.safetensors").items():
+        assert torch.equal(value, state[f"cnn.{name}"]), name
+    assert result["steps"] == first["steps"] and len(result["attempts"]) == 2
+    assert result["attempts"][1]["steps"] == 0
+    with pytest.raises(ResumeError, match="already finished"):
+        resume_argv(["cass-pretrain", f"resume={run}"])
+    # Stopped after the export but before the summary: the resume writes the summary only.
+    exported = _digest(run / "export")
+    os.rename(run / "summary.json", tmp_path / "summary.json")
+    again = pretrain(compose_app(tmp_path, [*TINY_RUN, f"resume={run}"]))
+    assert (run / "summary.json").is_file() and _digest(run / "export") == exported
+    assert again["export_dir"] == str(run / "export") and len(again["attempts"]) == 3
+
+
+def test_sigterm_on_the_last_step_stops_and_the_printed_command_finishes_the_export(tmp_path):
+    """The issue's case: SIGTERM on the last optimizer step. The run saves and stops before its
+    export; the printed resume command is accepted and ends with the export, no step retrained."""
+    stop = "+callbacks.stop._target_=test_resume.SignalAtTheEnd"
+    with pytest.raises(RunStopped) as stopped:
+        pretrain(compose_app(tmp_path, [*TINY_RUN, stop]))
+    run = tmp_path / "run"
+    assert f"cass-pretrain resume={run}" in stopped.value.message
+    assert not (run / "export" / "meta.json").exists()
+    assert resume_argv(["cass-pretrain", f"resume={run}", TRUSTED])  # not refused
+    result = pretrain(compose_app(tmp_path, [*TINY_RUN, f"resume={run}"]))
+    assert (run / "export" / "meta.json").is_file()
+    assert result["steps"] == STEPS_PER_EPOCH and result["attempts"][1]["steps"] == 0
 
 
 def test_resume_must_name_the_run_folder_itself(tmp_path):

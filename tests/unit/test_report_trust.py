@@ -155,26 +155,20 @@ def test_two_datasets_of_one_name_land_in_separate_tables(tmp_path):
 
 
 # --- 5. CSV formula cells --------------------------------------------------------------------
-def test_report_and_verdict_csvs_neutralise_formula_cells(tmp_path):
+def test_a_name_that_could_be_a_formula_is_refused_before_any_csv_is_written(tmp_path, capsys):
+    """CSV cells are neutralised when written (tests/unit/test_csv_cells.py); a name read from a
+    results file is refused before that: it could be a formula or a row of its own."""
     name = '=HYPERLINK("http://x","click")'
     runs = [result(s, 0.7 + s / 100, dataset=name, run_id=f"c{s}") for s in range(2)]
-    base = [result(s, 0.6, dataset=name, run_id=f"d{s}") for s in range(2)]
-    paths = write_study_report(labelled(runs, "cass") + labelled(base, "dino"), [],
-                               tmp_path / "study")  # fmt: skip
-    for file in ("report.csv", "verdicts.csv"):
-        with paths[file].open() as fh:
-            rows = list(csv.DictReader(fh))
-        assert rows and all(r["dataset"] == "'" + name for r in rows), file
-    with paths["verdicts.csv"].open() as fh:
-        verdict = next(r for r in csv.DictReader(fh) if r["other"] == "dino")
-    assert float(verdict["mean_difference"]) == pytest.approx(0.105)  # a number, no prefix
+    with pytest.raises(ValueError, match="dataset must be a name of letters"):
+        write_study_report(labelled(runs, "cass"), [], tmp_path / "study")
+    assert not (tmp_path / "study").exists()
     runs_dir = tmp_path / "runs"
     for s, r in enumerate(runs):
         save(runs_dir / str(s), r)
-    assert report_main([str(runs_dir), "--out", str(tmp_path / "plain")]) == 0
-    with (tmp_path / "plain" / "report.csv").open() as fh:
-        (row,) = list(csv.DictReader(fh))
-    assert row["dataset"] == "'" + name and float(row["mean"]) == pytest.approx(0.705)
+    assert report_main([str(runs_dir), "--out", str(tmp_path / "plain")]) == 1
+    assert "dataset must be a name of letters" in capsys.readouterr().err
+    assert not (tmp_path / "plain").exists()
 
 
 # --- 6. disk full / file limits --------------------------------------------------------------

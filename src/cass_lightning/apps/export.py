@@ -27,6 +27,7 @@ from these weights (same SHA-256) into the backbones' model cards. ``hub_repo=<o
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from cass_lightning.io import UnreadableFileError, WriteRefusedError, load_torch
 from cass_lightning.modules import pretraining_module_for
 from cass_lightning.modules.classifier import EXPORT_RECORD_KEY, ClassifierModule
 from cass_lightning.records import check_classifier_meta, check_pretraining_hparams
+from cass_lightning.weights import check_finite_state
 
 #: The file a fine-tuning run writes beside its checkpoints (see ``apps/finetune.py``).
 RESULTS_FILE = "results.json"
@@ -195,6 +197,14 @@ def found_results(folders: list[str] | None) -> list[dict[str, Any]]:
     return found
 
 
+def _whole(value: Any) -> int:
+    """``value`` as an int when it is one (a float with no fraction too), else ValueError."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value != int(value)):  # fmt: skip
+        raise ValueError(f"{value!r} is not a whole number"[:120])
+    return int(value)
+
+
 def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule, dict[str, Any]]:
     """A fine-tuning checkpoint as ``(ClassifierModule in eval mode, export meta)``; the module
     is rebuilt untrained (no weights files needed) and given the checkpoint's weights."""
@@ -204,6 +214,7 @@ def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule
     if not is_classifier_hparams(hp):
         raise ValueError(f"{path} is not a fine-tuning checkpoint (written by cass-finetune)")
     meta = classifier_meta(path, state)
+    check_classifier_meta(meta, f"{path} (its recorded hyperparameters)")
     try:
         model = ClassifierModule.load_from_checkpoint(
             path, map_location="cpu", weights_only=True, init="random", weights=None,
@@ -212,6 +223,7 @@ def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule
     except RuntimeError as err:  # a state dict that does not fit its own hyperparameters
         first = str(err).strip().splitlines()[0][:300]
         raise UnreadableFileError(f"{path}: its weights do not fit its model ({first})") from None
+    check_finite_state(model.backbone.state_dict(), str(path))
     return model.eval(), meta
 
 

@@ -268,6 +268,7 @@ def _finetune(
         "timm_name": hp.timm_name,
         "img_size": hp.img_size,
         "dataset": dm.report.dataset if dm.report else dm.layout,
+        "layout": getattr(dm, "layout", None),  # the report chooses the metric by it
         "num_classes": dm.num_classes,
         "multi_label": dm.multi_label,
         "label_fraction": float(dm.hparams.label_fraction),

@@ -179,6 +179,8 @@ def read_images(cfg: DictConfig, meta: dict[str, Any]) -> tuple[ImageSet, dict[s
         source = {"kind": "data", "layout": data.get("layout", "synthetic"),
                   "root": str(data.get("root")), "split": split, "split_note": note}  # fmt: skip
     else:
+        if not str(images).strip():
+            raise ValueError("images= is empty; give a folder or a .csv (images=<path>)")
         path = Path(str(images)).expanduser()
         if path.suffix.lower() == ".csv":
             found = csv_images(path, meta["classes"])
@@ -312,6 +314,7 @@ def _predict(
     probs = probabilities(logits, multi)
     names = predicted_labels(probs, classes, multi, threshold)
     has_labels = labels_state.state != "none"
+    scored = labels_state.state == "scored"  # labels that are not the model's are not shown
     header = ["path", "predicted", *(f"prob_{c}" for c in classes)]
     header += ["label"] if has_labels else []
     header += ["error"]
@@ -319,10 +322,9 @@ def _predict(
     for i, path in enumerate(images.paths):
         cells = ["" if np.isnan(p) else round(float(p), 6) for p in probs[i]]
         row = [path, names[i], *cells]
-        row += ["|".join(images.labels[i])] if has_labels else []
+        row += ["|".join(images.labels[i]) if scored else ""] if has_labels else []
         rows.append([*row, errors[i]])
     write_csv(folder / PREDICTIONS_CSV, header, rows)
-    scored = labels_state.state == "scored"
     metrics = score(logits, images.labels, classes, multi) if scored else None
     unreadable = [p for p, e in zip(images.paths, errors, strict=True) if e]
     maps: list[str] = []
@@ -350,11 +352,13 @@ def _predict(
         "counts": {
             "images": len(images), "predicted": len(images) - len(unreadable),
             "unreadable": len(unreadable),
-            "labelled": sum(1 for lab in images.labels if lab) if has_labels else 0,
+            "labelled": sum(1 for lab in images.labels if lab) if scored else 0,
+            "skipped": {why: len(paths) for why, paths in images.skipped.items()},
             "per_predicted_class": {c: sum(1 for n in names if c in n.split("|"))
                                     for c in classes},
         },
         "unreadable": unreadable,
+        "skipped": images.skipped,
         "metrics": metrics,
         "maps": maps,
         "device": str(device),
@@ -376,6 +380,8 @@ def _report(folder: Path, result: dict[str, Any]) -> None:
     ]
     if counts["unreadable"]:
         lines.append(f"  unreadable:  {counts['unreadable']} (named in the error column)")
+    for why, count in counts["skipped"].items():
+        lines.append(f"  skipped:     {count} {why} (listed in {PREDICTIONS_JSON})")
     if result["labels"]["note"]:
         lines.append(f"  {result['labels']['note']}")
     for key in ("acc", "balanced_acc", "f1_macro", "f1_micro", "exact_match"):

@@ -56,7 +56,13 @@ from cass_lightning.apps.console import (
     reported_errors,
 )
 from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.apps.resume import LAST_CHECKPOINT, RunStart, plan_start, resumable
+from cass_lightning.apps.resume import (
+    LAST_CHECKPOINT,
+    RunStart,
+    plan_start,
+    resumable,
+    set_aside_partial_export,
+)
 from cass_lightning.apps.resume_checks import restated_settings
 from cass_lightning.callbacks import (
     DataWait,
@@ -267,6 +273,8 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     if cfg.trainer.get("enable_progress_bar", True):  # the loss read back at the logging steps
         callbacks.append(progress_bar(rich=bool(cfg.get("rich_progress_bar", False))))
     run.record(speed)  # run_info.json; a resumed run's old metrics.csv becomes metrics.part<N>.csv
+    if run.resuming and (moved := set_aside_partial_export(folder)) is not None:
+        print(f"An export cut short by the stop is kept as {moved.name}; exporting again.")
     save_run_config(folder, cfg)  # .hydra/*.yaml, written now that the folder is this run's
     logger_cfg = run.logger_cfg(cfg.get("logger"))  # wandb keeps the run's id when resuming
     loggers = build_loggers(logger_cfg, **logger_context(cfg))  # CSV + offline-safe wandb
@@ -308,11 +316,19 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
         with contextlib.suppress(OSError):  # nor the error that ended the fit
             finish("failed")
         raise
+    exporter = next((c for c in callbacks if isinstance(c, ExportBackbones)), None)
+    if run.finish_export and exporter is not None and exporter.exported_to is None:
+        # Stopped after its last step, before its export (or its summary): Lightning restored
+        # last.ckpt and, with nothing left to train, skipped on_train_end; finished here.
+        if (exporter.dirpath / "meta.json").is_file():  # whole: only the summary was missing
+            exporter.exported_to = exporter.dirpath
+        else:
+            print("Training had finished before the stop; exporting its final state.")
+            exporter.on_train_end(trainer, model)
     elapsed = time.perf_counter() - start
     costs = finish("finished")
 
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # best, and last
-    exporter = next((c for c in callbacks if isinstance(c, ExportBackbones)), None)
     throughput = next((c for c in callbacks if isinstance(c, ImagesPerSecond)), None)
     result: dict[str, Any] = {
         "method": getattr(model, "method_name", type(model).__name__),

@@ -18,10 +18,12 @@ is refused, listed, unless ``resume_trust=true`` is given (for a folder you trus
 hostile checkpoint is refused with the folder left byte for byte as it was.
 
 The task then calls :func:`plan_start`: it checks the folder again (it must hold a readable
-``checkpoints/last.ckpt`` and no export yet), which gives ``trainer.fit`` its ``ckpt_path``;
-Lightning restores weights, optimizer, scheduler, epoch and global step, so the finished run has
-as many optimizer steps as one that was never stopped. Once the run has claimed its folder,
-:meth:`RunStart.record` keeps what the earlier starts wrote: ``.hydra/*.yaml`` go to
+``checkpoints/last.ckpt``, and not both a finished export and ``summary.json``), which gives
+``trainer.fit`` its ``ckpt_path``; Lightning restores weights, optimizer, scheduler, epoch and
+global step, so the finished run has as many optimizer steps as one that was never stopped. A
+run stopped after its last step but before its export (or summary) trains nothing more: the
+resumed start writes what is missing (``RunStart.finish_export``). Once the run has claimed
+its folder, :meth:`RunStart.record` keeps what the earlier starts wrote: ``.hydra/*.yaml`` go to
 ``.hydra/part<N>/``, ``csv/metrics.csv`` (which Lightning's CSVLogger would delete) becomes
 ``csv/metrics.part<N>.csv``, and ``run_info.json`` lists every start. The run id in
 ``run_info.json`` is given to any ``WandbLogger`` so the resumed run continues the same wandb run.
@@ -58,14 +60,22 @@ from cass_lightning.apps.runinfo import (
     read_run_info,
     wandb_run_id,
 )
-from cass_lightning.io import RecordError, UnreadableFileError, load_torch_file, read_yaml
+from cass_lightning.io import (
+    RecordError,
+    UnreadableFileError,
+    first_free,
+    load_torch_file,
+    read_yaml,
+)
 
 __all__ = [
     "LAST_CHECKPOINT", "RUN_INFO", "ResumeError", "RunStart", "check_resumable", "plan_start",
-    "read_checkpoint", "read_run_info", "resumable", "resume_argv",
+    "read_checkpoint", "read_run_info", "resumable", "resume_argv", "set_aside_partial_export",
 ]  # fmt: skip
 
 SAVED_OVERRIDES = Path(".hydra") / "overrides.yaml"
+#: What cass-pretrain writes last: a run holding it (and its export) has finished.
+SUMMARY_FILE = "summary.json"
 #: Saved overrides that describe where the previous start ran, not what it trained.
 _PLACEMENT_KEYS = {"resume", "hydra.run.dir", "hydra.output_subdir", "hydra.job.name"}
 #: Given on the command line only: never taken from a folder's saved overrides.
@@ -86,17 +96,12 @@ def check_resumable(folder: Path) -> Path:
     if not folder.is_dir():
         raise ResumeError(f"resume={folder}: no such run folder")
     export = folder / "export"
-    if export.is_dir() and any(export.iterdir()):
-        if (export / "meta.json").is_file():
-            raise ResumeError(
-                f"resume={folder}: this run has already finished; its export is in {export}. "
-                "Nothing was changed. To train further, start a new run (e.g. from its "
-                "weights), or export another checkpoint with cass-export."
-            )
+    if (export / "meta.json").is_file() and (folder / SUMMARY_FILE).is_file():
+        # a cut-short export (no meta.json) is redone, a missing summary written on resume
         raise ResumeError(
-            f"resume={folder}: {export} holds a partial export (no meta.json): the run stopped "
-            f"while exporting, after training. Nothing was changed. Export its final state with "
-            f"`cass-export {folder / LAST_CHECKPOINT} --out <new folder>`."
+            f"resume={folder}: this run has already finished; its export is in {export}. "
+            "Nothing was changed. To train further, start a new run (e.g. from its "
+            "weights), or export another checkpoint with cass-export."
         )
     problem = records_problem(folder)  # run_info.json and .hydra/*.yaml, as plain data
     if problem:
@@ -156,18 +161,23 @@ def plan_start(cfg: DictConfig, folder: Path) -> RunStart:
         )
     ckpt = check_resumable(folder)
     trainer = cfg.get("trainer") or {}
-    if _training_complete(ckpt, trainer.get("max_epochs"), trainer.get("max_steps", -1)):
-        raise ResumeError(
-            f"resume={folder}: training had already finished (the last checkpoint is at the end "
-            "of the configured epochs or steps) but there is no export: the run stopped while "
-            f"exporting. Nothing was changed. Export it with `cass-export {ckpt} --out "
-            f"{folder / 'export'}`, or give a larger trainer.max_epochs to train further."
-        )
+    complete = _training_complete(ckpt, trainer.get("max_epochs"), trainer.get("max_steps", -1))
     try:  # checked by check_resumable above; read again as the run starts from it
         run_id = read_run_info(folder).get("run_id") or wandb_run_id(folder) or new_run_id()
     except RecordError as err:
         raise ResumeError(f"resume: {err}. Nothing was changed.") from None
-    return RunStart(folder, str(run_id), ckpt)
+    return RunStart(folder, str(run_id), ckpt, finish_export=complete)
+
+
+def set_aside_partial_export(folder: Path) -> Path | None:
+    """Move an export a stop cut short (files, no ``meta.json``) to ``export.partial-<n>``, so
+    the resumed run writes a whole one (nothing is deleted); the new place, or ``None``."""
+    export = folder / "export"
+    if not export.is_dir() or (export / "meta.json").is_file() or not any(export.iterdir()):
+        return None
+    target = first_free(lambda n: folder / f"export.partial-{n}")
+    os.rename(export, target)
+    return target
 
 
 def _fresh_or_requeued(folder: Path) -> RunStart:
@@ -192,7 +202,8 @@ def _fresh_or_requeued(folder: Path) -> RunStart:
 def _training_complete(ckpt: Path, max_epochs: int | None, max_steps: int | None) -> bool:
     """Whether ``trainer.fit`` from ``ckpt`` would stop at once (Lightning's ``FitLoop.done``).
 
-    Lightning then skips ``on_train_end``, so nothing would be exported. The checkpoint is
+    Lightning then skips ``on_train_end``, so the resumed start exports itself (a run stopped
+    between its last step and its export: ``RunStart.finish_export``). The checkpoint is
     memory-mapped: only the small loop state is read, not the weights.
     """
     try:

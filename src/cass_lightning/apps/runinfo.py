@@ -63,6 +63,8 @@ class RunStart:
     ckpt_path: Path | None = None
     #: started again by the scheduler (a requeued SLURM job): the folder's record is kept
     requeued: bool = False
+    #: Training had ended before the stop but the export had not: this start only exports.
+    finish_export: bool = False
 
     @property
     def resuming(self) -> bool:

@@ -43,6 +43,7 @@ from cass_lightning.apps.study_plan import (
     write_plan,
 )
 from cass_lightning.apps.study_points import (
+    DATA_REPORT,
     HEARTBEAT_S,
     compose_point,
     data_check_passed,
@@ -55,7 +56,12 @@ from cass_lightning.apps.study_report import (
     seconds_since_start,
     write_report,
 )
-from cass_lightning.apps.study_settings import check_study_settings
+from cass_lightning.apps.study_settings import (
+    check_study_names,
+    check_study_settings,
+    refuse_merged_grid,
+)
+from cass_lightning.apps.study_status import refuse_orphans, ways_on
 from cass_lightning.apps.study_weights import resolve_weights
 from cass_lightning.io import atomic_write_json, read_json
 from cass_lightning.modules.registry import pretraining_methods
@@ -96,6 +102,7 @@ def settings_from(cfg: DictConfig, task_overrides: list[str], study_dir: Path) -
         r = plain["robustness"]
         grid = [(int(b), max(1, round(int(e) * scale))) for b in r["batch_sizes"]
                 for e in r["epochs"]]  # fmt: skip
+        refuse_merged_grid(r["epochs"], scale)
     o = plain["overrides"]
     common = list(o.get("common", []))
     if plain.get("device", "cpu") != "cpu":  # every point on the device: its trainer config
@@ -158,9 +165,7 @@ def run_stage(
     """Run ``points`` in one worker (a Hydra multirun over their ids), which first checks the
     data in ``data_check`` when given; returns its exit code.
 
-    A SIGTERM sent to the study is passed on to the worker, which saves the running point's
-    ``last.ckpt`` and stops; the study waits for that, then stops too. Ctrl-C reaches the
-    worker directly (one process group), so the study only waits for it."""
+    See :func:`wait_forwarding` for what a signal to the study does."""
     ids = ",".join(p.id for p in points)
     token = (read_lock(study_dir / LOCK_FILE) or {}).get("token", "")
     command = [sys.executable, "-m", "cass_lightning.apps.study_points", "-m",
@@ -168,23 +173,53 @@ def run_stage(
                f"parent='{parent_record(os.getpid(), str(token))}'", *launcher]  # fmt: skip
     if data_check is not None:
         command.append(f"data_check={quote(data_check)}")
-    worker = subprocess.Popen(command)
+    return wait_forwarding(subprocess.Popen(command), study_dir / LOCK_FILE)
+
+
+def wait_forwarding(worker: subprocess.Popen, heartbeat: Path | None = None) -> int:
+    """Wait for ``worker``; its exit code, or 128 + the signal that stopped the study. While
+    waiting, ``heartbeat`` (the study folder's lock) is touched every :data:`HEARTBEAT_S`: jobs
+    on other hosts check that their study still runs by it.
+
+    SIGINT or SIGTERM sent to the study is passed on to the worker as SIGTERM: it saves the
+    running point's ``last.ckpt`` and stops; the study waits for that, then stops too, with the
+    code of the signal it was sent (130 for Ctrl-C). SIGTERM, not SIGINT, so that a Ctrl-C
+    which reached the worker directly (one process group) is not taken by it as a second
+    Ctrl-C (stop at once, unsaved); and a SIGINT sent to the study's process alone (``kill
+    -INT <pid>``) still stops the worker. A SIGINT is passed on after a second, only to a
+    worker still running then: a worker the terminal's Ctrl-C reached outside a training loop
+    has stopped by then, and gets no second signal while it says how it stopped."""
+    import threading
+
+    got: list[int] = []
+
+    def terminate() -> None:
+        if worker.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                worker.send_signal(signal.SIGTERM)
 
     def forward(signum: int, frame: Any) -> None:
+        got.append(signum)
         if signum == signal.SIGTERM:
-            with contextlib.suppress(ProcessLookupError):
-                worker.send_signal(signum)
+            terminate()
+        else:
+            timer = threading.Timer(1.0, terminate)
+            timer.daemon = True
+            timer.start()
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         while True:  # the heartbeat: jobs on other hosts check that this study still runs
-            with contextlib.suppress(OSError):
-                os.utime(study_dir / LOCK_FILE)
+            if heartbeat is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(heartbeat)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                return worker.wait(timeout=HEARTBEAT_S)
+                code = worker.wait(timeout=HEARTBEAT_S)
+                break
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    return 128 + got[0] if got and code in STOPPED else code
 
 
 def _record_crash(points: list[Point], study_dir: Path, code: int) -> int:
@@ -221,9 +256,7 @@ def run_points(
             if code in STOPPED:
                 return 130 if code in (130, -signal.SIGINT) else 143
             if data_check is not None and not data_check_passed(data_check):
-                raise ValueError(
-                    f"the study's data did not pass the check (report in {data_check})"
-                )
+                raise _bad_data(data_check)
             data_check = None
             if code == 0 or not _record_crash(todo, study_dir, code):
                 break
@@ -231,7 +264,12 @@ def run_points(
 
 
 def _bad_data(folder: Path) -> ValueError:
-    return ValueError(f"the study's data did not pass the check (report in {folder})")
+    """The data check's refusal, with the problems its report names."""
+    report = folder / DATA_REPORT
+    found = read_json(report, "data report") if report.is_file() else {}
+    problems = found.get("problems") if isinstance(found, dict) else None
+    said = f": {' '.join(map(str, problems))}" if problems else ""
+    return ValueError(f"the study's data did not pass the check (report in {folder}){said}")
 
 
 def _todo(points: list[Point], study_dir: Path, stages: tuple[int, ...]) -> list[Point]:
@@ -287,39 +325,6 @@ def _claimed(study_dir: Path) -> Any:
         ) from None
 
 
-def refuse_orphans(points: list[Point], study_dir: Path) -> None:
-    """Refuse to run beside a worker of an earlier ``cass-study`` that is still running a point
-    on this machine (its ``cass-study`` was killed, the worker was not): named by process."""
-    from cass_lightning.apps.cluster.job import job_alive
-    from cass_lightning.apps.runfolder import holder_alive
-    from cass_lightning.apps.study_plan import STARTED_FILE
-
-    for point in points:
-        started = point.folder(study_dir) / STARTED_FILE
-        if not started.is_file():
-            continue
-        record = read_json(started, "point start record")
-        if not isinstance(record, dict):
-            continue
-        job = record.get("slurm") if isinstance(record.get("slurm"), dict) else None
-        alive = holder_alive(record)
-        if job is not None and alive is not False and job_alive(job) is not False:
-            raise RunFolderBusy(
-                f"point {point.id} of {study_dir} is held by SLURM job {job.get('job')} "
-                f"(on {record.get('host')}, started {record.get('started')}), which is still in "
-                f"the queue; nothing was written. Wait for it to end (squeue -j "
-                f"{job.get('job')}) or cancel it (scancel {job.get('job')}: the run saves its "
-                "last.ckpt), then run the same command again."
-            )
-        if alive is True:
-            raise RunFolderBusy(
-                f"point {point.id} of {study_dir} is still being run by process "
-                f"{record.get('pid')} on {record.get('host')} (a worker of an earlier "
-                f"cass-study, started {record.get('started')}); nothing was written. Wait for it "
-                f"to stop or stop it (kill {record.get('pid')}), then run the same command again."
-            )
-
-
 def _run(cfg: DictConfig, settings: StudySettings, points: list[Point],
          statuses: dict[str, str], study_dir: Path, launcher: list[str]) -> int:  # fmt: skip
     """Run what is not done, report, and say how long it took (the study folder is held)."""
@@ -346,6 +351,7 @@ def _run(cfg: DictConfig, settings: StudySettings, points: list[Point],
     if failed:
         print(f"cass-study: {len(failed)} point(s) not done: {', '.join(failed[:10])}",
               file=sys.stderr)  # fmt: skip
+        print("\n".join(ways_on(points, statuses, study_dir)), file=sys.stderr)
         return 1
     return 0
 
@@ -378,6 +384,10 @@ def _main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    refused = check_study_names(sys.argv[1:])  # Hydra makes the folder before the task runs
+    if refused:
+        print(f"Error: {refused}", file=sys.stderr)
+        raise SystemExit(1)
     _main()
 
 

@@ -5,14 +5,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
 from cass_lightning.apps.study_plan import Point, StudySettings, digest_of
-from cass_lightning.apps.study_points import DATA_CHECK_REQUEST, compose_point, data_check_passed
+from cass_lightning.apps.study_points import (
+    DATA_CHECK_REQUEST,
+    DATA_REPORT,
+    compose_point,
+    data_check_passed,
+)
+from cass_lightning.apps.study_settings import fraction_problems
 from cass_lightning.io import atomic_write_json, read_json
+from cass_lightning.walk import walk_files
 
 
 def data_check_folder(settings: StudySettings, study_dir: Path) -> Path | None:
@@ -26,13 +34,18 @@ def data_check_folder(settings: StudySettings, study_dir: Path) -> Path | None:
     record = folder / DATA_FILES
     listing = _data_listing(overrides, folder)
     if data_check_passed(folder):
+        problems = fraction_problems(read_json(folder / DATA_REPORT, "data report"),
+                                     settings.fractions)  # fmt: skip
+        if problems:
+            raise ValueError(" ".join(problems))
         if listing is not None and record.is_file():
             _refuse_changed_data(read_json(record, "data files record"), listing, study_dir)
         elif listing is not None:  # a study from before data files were recorded
             _record_data_files(record, listing)
         return None
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(folder / DATA_CHECK_REQUEST, {"overrides": overrides})
+    atomic_write_json(folder / DATA_CHECK_REQUEST,
+                      {"overrides": overrides, "fractions": list(settings.fractions)})  # fmt: skip
     if listing is not None:
         _record_data_files(record, listing)
     return folder
@@ -44,8 +57,9 @@ DATA_FILES = "data_files.json"
 
 def _data_listing(overrides: list[str], folder: Path) -> dict[str, Any] | None:
     """Every file under the data root (relative path -> ``<size>-<mtime_ns>``; hidden files
-    left out), or ``None`` for synthetic data (drawn from its seed, written by the first
-    check: nothing a user changes) and a root that does not exist.
+    left out; linked folders followed, a link loop refused by name), or ``None`` for
+    synthetic data (drawn from its seed, written by the first check: nothing a user changes)
+    and a root that does not exist.
 
     A walk of the root rather than the dataset's index: the index needs the training stack,
     which ``cass-study`` itself never imports; every image the index can hold is a file here.
@@ -62,14 +76,28 @@ def _data_listing(overrides: list[str], folder: Path) -> dict[str, Any] | None:
         HydraConfig.instance().cfg = saved  # type: ignore[assignment]
     if not root.is_dir():
         return None
+    walk = walk_files(root)
+    loops = [p for p in walk.loops if _is_ancestor_link(p)]
+    if loops:
+        raise ValueError(
+            f"the study's data under {root} holds a symbolic-link loop: {loops[0]} leads back "
+            f"to a folder above it ({os.path.realpath(loops[0])}); remove the link, so the data "
+            "has one finite listing"
+        )
     files: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        hidden = any(part.startswith(".") for part in path.relative_to(root).parts)
-        if path.is_file() and not hidden:
-            stat = path.stat()
-            files[path.relative_to(root).as_posix()] = f"{stat.st_size}-{stat.st_mtime_ns}"
+    for path in walk.files:  # linked folders followed: the dataset reads through them too
+        stat = path.stat()
+        files[path.relative_to(root).as_posix()] = f"{stat.st_size}-{stat.st_mtime_ns}"
     digest = hashlib.sha256(json.dumps(sorted(files.items())).encode()).hexdigest()
     return {"sha256": digest, "root": str(root), "files": files}
+
+
+def _is_ancestor_link(path: Path) -> bool:
+    """Whether the linked folder ``path`` is one of the folders above it (a loop), rather than
+    a second link to a folder listed elsewhere."""
+    real = Path(os.path.realpath(path))
+    return real in Path(os.path.realpath(path.parent)).parents or real == Path(
+        os.path.realpath(path.parent))  # fmt: skip
 
 
 def _record_data_files(record: Path, listing: dict[str, Any]) -> None:

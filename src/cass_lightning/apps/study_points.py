@@ -56,6 +56,7 @@ from cass_lightning.apps.study_plan import (
     refuse_unsafe,
     verified_plan,
 )
+from cass_lightning.apps.study_settings import fraction_problems
 from cass_lightning.io import atomic_write_json, first_free, read_json, utc_timestamp
 
 TIMING_FILE = "timing.json"
@@ -146,9 +147,17 @@ def run_data_check(folder: Path) -> bool:
     saved = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(cfg)
     try:
-        return check(cfg) == 0 and data_check_passed(folder)
+        if check(cfg) != 0 or not data_check_passed(folder):
+            return False
     finally:
         HydraConfig.instance().cfg = saved  # type: ignore[assignment]
+    report = read_json(folder / DATA_REPORT, "data report")
+    problems = fraction_problems(report, request.get("fractions") or [])
+    if problems:  # a fraction this data cannot hold: the study stops, naming it
+        report["problems"] = [*report.get("problems", []), *problems]
+        atomic_write_json(folder / DATA_REPORT, report)
+        print("\n".join(problems), file=sys.stderr)
+    return not problems
 
 
 def _task(app: str) -> Callable[[DictConfig], dict[str, Any]]:

@@ -37,6 +37,7 @@ def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> di
     range, not a number, no metrics) is left out and named in the notes with the reason."""
     results, costs, notes = [], [], []
     unfinished: dict[tuple[str, str], list[str]] = {}
+    by_id = {p.id: p for p in points}
     for p in points:
         folder = p.folder(study_dir)
         if statuses[p.id] != "done":
@@ -65,6 +66,9 @@ def gather(points: list[Point], study_dir: Path, statuses: dict[str, str]) -> di
                 continue
             result["method"] = p.method
             result["results_file"] = str(folder / RESULTS_FILE)
+            need = by_id.get(p.needs) if p.needs else None
+            if need is not None:  # what the pretraining it fine-tunes cost (verdicts need one)
+                result["pretrain_budget"] = {k: need.info.get(k) for k in ("batch_size", "epochs")}
             if "grid_batch_size" in p.info:
                 result["pretrain"] = {"batch_size": p.info["grid_batch_size"],
                                       "epochs": p.info["grid_epochs"]}  # fmt: skip

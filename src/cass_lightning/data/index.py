@@ -19,6 +19,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
+from cass_lightning.walk import is_regular
+
 SPLITS = ("train", "val", "test")
 #: Formats Pillow registers but can only identify, not decode (or only with outside programs).
 _IDENTIFY_ONLY = frozenset({"MPEG", "EPS"})
@@ -61,9 +63,27 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         values = np.asarray(image).astype(np.float64)
         scaled = np.round(np.clip(values, 0.0, 65535.0) / 257.0).astype(np.uint8)
         image = Image.fromarray(scaled)  # uint8 2-D -> "L"
+    elif image.mode == "F":
+        image = Image.fromarray(_float_to_bytes(np.asarray(image, dtype=np.float64)))
     elif image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _float_to_bytes(values: np.ndarray) -> np.ndarray:
+    """A float image (32-bit TIFF) as 8-bit: values in 0..1 (the usual scale of float scans)
+    times 255, values in 0..255 as they are; any other range (or NaN/inf) has no one meaning,
+    so it is refused by name rather than clipped to black or white."""
+    finite = np.isfinite(values).all()
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not finite or low < 0.0 or high > 255.0:
+        shown = "NaN or inf values" if not finite else f"values {low:g}..{high:g}"
+        raise ValueError(
+            f"a floating-point image with {shown}: only 0..1 or 0..255 can be read as "
+            "brightness; convert it to 8- or 16-bit"
+        )
+    scale = 255.0 if high <= 1.0 else 1.0
+    return np.round(values * scale).astype(np.uint8)
 
 
 #: How every :class:`ImageTooLarge` message starts.
@@ -117,7 +137,11 @@ def _too_large(path: str | Path, exc: BaseException) -> ImageTooLarge:
 @contextmanager
 def open_image(path: str | Path) -> Iterator[ImageFile.ImageFile]:
     """``Image.open(path)``, with an image over ``Image.MAX_IMAGE_PIXELS`` refused as
-    :class:`ImageTooLarge` (Pillow only warns up to twice the limit; here both refuse)."""
+    :class:`ImageTooLarge` (Pillow only warns up to twice the limit; here both refuse). A path
+    that is not a regular file (a FIFO or a device named like an image) is refused before it is
+    opened: reading one blocks, or never ends."""
+    if isinstance(path, (str, os.PathLike)) and os.path.exists(path) and not is_regular(path):
+        raise OSError(f"{path} is not a regular file (a folder, FIFO, device or socket)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -9,6 +9,7 @@ from typing import Any
 from cass_lightning.io import read_json
 from cass_lightning.modules.registry import get_method, method_names, recorded_method
 from cass_lightning.report.validate import load_result
+from cass_lightning.walk import walk_files
 
 RESULTS_FILE = "results.json"  # what cass-finetune writes (apps/finetune.py)
 META_FILE = "meta.json"  # what an export holds (export.py)
@@ -58,9 +59,10 @@ def method_label(result: dict[str, Any], source: Path | None = None) -> str:
 def collect_results(folders: Iterable[str | Path]) -> list[dict[str, Any]]:
     """Every ``results.json`` under ``folders`` (searched recursively), each with its method.
 
-    Each returned dict is the file's content plus ``method`` and ``results_file``. A file found
-    through two overlapping folders counts once, so no run is averaged in twice (copies of a run
-    in other folders are collapsed by the report: :mod:`.identity`). A file that is not a
+    Each returned dict is the file's content plus ``method`` and ``results_file``. Linked
+    folders are followed (each real folder once: a link loop ends there). A file found through
+    two overlapping folders (or two links) counts once, so no run is averaged in twice (copies
+    of a run in other folders are collapsed by the report: :mod:`.identity`). A file that is not a
     results.json the report can trust is refused by name (:func:`.validate.load_result`).
     """
     roots = [Path(f) for f in folders]
@@ -69,7 +71,8 @@ def collect_results(folders: Iterable[str | Path]) -> list[dict[str, Any]]:
     missing = [str(r) for r in roots if not r.is_dir()]
     if missing:
         raise FileNotFoundError(f"not a folder: {', '.join(missing)}")
-    files = sorted({p.resolve() for r in roots for p in r.rglob(RESULTS_FILE) if p.is_file()})
+    files = sorted({p.resolve() for r in roots  # run folders reached through links included
+                    for p in walk_files(r, lambda name: name == RESULTS_FILE).files})  # fmt: skip
     if not files:
         raise FileNotFoundError(
             f"no {RESULTS_FILE} found under {', '.join(str(r) for r in roots)}: point at the "
@@ -80,8 +83,27 @@ def collect_results(folders: Iterable[str | Path]) -> list[dict[str, Any]]:
         result = load_result(file)
         result["method"] = method_label(result, file)
         result["results_file"] = str(file)
+        result.setdefault("pretrain_budget", pretrain_budget(result))
         results.append(result)
     return results
+
+
+def pretrain_budget(result: dict[str, Any]) -> dict[str, int] | None:
+    """The epochs and batch size of the pretraining a run fine-tuned (from ``summary.json``
+    of the run its export lies in), or ``None`` when it is not a pretraining export or the
+    summary is gone or holds no whole numbers there."""
+    if result.get("init") != "export" or not result.get("weights"):
+        return None
+    summary = Path(str(result["weights"])).parent / "summary.json"
+    try:
+        found = read_json(summary, "summary.json")
+    except (OSError, ValueError):  # gone, or not a record: no budget to compare
+        return None
+    if not isinstance(found, dict):
+        return None
+    budget = {k: found.get(k) for k in ("epochs", "batch_size")}
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in budget.values())
+    return budget if ok else None
 
 
 def missing_reason(

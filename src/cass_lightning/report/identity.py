@@ -183,9 +183,38 @@ def separate_datasets(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str,
     return out, notes
 
 
+def one_run_per_seed(
+    results: Sequence[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The results with one run per seed of a setting: two runs (different run ids) of one
+    method, arm, mode, fraction, settings, data, seed and label seed are the same seed run twice,
+    not two independent seeds; the first found is kept, and a note names both."""
+    kept: dict[tuple[Any, ...], dict[str, Any]] = {}
+    repeats: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for result in results:
+        if result.get("seed") is None:
+            kept[("no seed", id(result))] = result
+            continue
+        key = (result.get("method"), result.get("arm"), result.get("mode"),
+               result.get("label_fraction"), settings_of(result), data_of(result),
+               str(result.get("seed")), str(result.get("label_seed")))  # fmt: skip
+        repeats.setdefault(key, []).append(result)
+        kept.setdefault(key, result)
+    notes = []
+    for key, found in repeats.items():
+        if len(found) > 1:
+            runs = ", ".join(f"{run_key(r)} ({r.get('results_file', '?')})" for r in found)
+            notes.append(
+                f"seed {key[6]} of {key[0]} {key[1]} ({key[2]}, fraction {key[3]:g}) was run "
+                f"{len(found)} times: {runs}; counted once (the first), not as independent seeds"
+            )
+    return list(kept.values()), notes
+
+
 def prepare(results: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Every run once (:func:`count_once`), each dataset version apart
-    (:func:`separate_datasets`); with the notes a report shows about both."""
+    """Every run once (:func:`count_once`), every seed once (:func:`one_run_per_seed`), each
+    dataset version apart (:func:`separate_datasets`); with the notes a report shows."""
     once, copies = count_once(results)
-    separated, datasets = separate_datasets(once)
-    return separated, [*copies, *datasets]
+    seeded, repeated = one_run_per_seed(once)
+    separated, datasets = separate_datasets(seeded)
+    return separated, [*copies, *repeated, *datasets]

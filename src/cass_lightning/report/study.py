@@ -59,9 +59,25 @@ def paper_methods() -> tuple[str, ...]:
 FIGURE_KINDS = {"per_class_f1": "per-class F1", "confusion": "confusion matrices"}
 
 
-def default_metric(dataset: str) -> str:
-    """The paper's metric for a dataset: balanced accuracy for ISIC-2019, macro-F1 otherwise."""
-    return "balanced_acc" if re.sub(r"[^a-z0-9]", "", dataset.lower()) == "isic2019" else "f1_macro"
+def default_metric(dataset: str, layout: str | None = None) -> str:
+    """The paper's metric for a dataset: balanced accuracy for ISIC-2019, macro-F1 otherwise.
+
+    Chosen by the dataset's ``layout`` where its results record it; else by its name, without
+    the ``[data ...]`` tag a dataset told apart by its files carries (it is still ISIC-2019)."""
+    if layout is not None:
+        return "balanced_acc" if layout == "isic2019" else "f1_macro"
+    name = re.sub(r"\s*\[data [0-9a-f]+\]$", "", dataset)
+    return "balanced_acc" if re.sub(r"[^a-z0-9]", "", name.lower()) == "isic2019" else "f1_macro"
+
+
+def layouts_of(results: Sequence[dict[str, Any]]) -> dict[str, str | None]:
+    """Each dataset's layout, where its results record one (a dataset name -> its layout)."""
+    found: dict[str, str | None] = {}
+    for result in results:
+        layout = result.get("layout")
+        name = str(result["dataset"])
+        found[name] = found.get(name) or (str(layout) if layout else None)
+    return found
 
 
 def check_results(results: Sequence[dict[str, Any]]) -> None:
@@ -110,8 +126,9 @@ def table_rows(
     fraction for every layout row without main runs (``n`` 0, the reason in ``note``)."""
     check_results(results)
     rows: list[dict[str, Any]] = []
+    layouts = layouts_of(results)
     for dataset in sorted({str(r["dataset"]) for r in results}):
-        chosen = metric or default_metric(dataset)
+        chosen = metric or default_metric(dataset, layouts[dataset])
         rows += aggregate([r for r in results if str(r["dataset"]) == dataset], chosen)
     rows = [{**r, "note": None} for r in rows]
     main = [r for r in rows if r["pretrain_batch_size"] is None and r["pretrain_epochs"] is None]
@@ -297,8 +314,10 @@ def write_study_report(
     order_rows = layout(results, missing)
     rows = table_rows(results, missing, metric)
 
+    layouts = layouts_of(results)
+
     def metric_for(dataset: str) -> str:
-        return metric or default_metric(dataset)
+        return metric or default_metric(dataset, layouts.get(dataset))
 
     present = {str(r["method"]) for r in results} | {str(m["method"]) for m in missing}
     comparisons = verdicts(results, metric_for, missing=missing, others=compared_methods(present))

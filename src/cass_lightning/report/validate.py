@@ -11,12 +11,25 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cass_lightning.io import RecordError, read_json
 
+#: The arms and fine-tuning modes a result may name (ClassifierModule's; kept here so the
+#: report does not import torch).
+ARMS = ("cnn", "vit")
+MODES = ("finetune", "linear")
+SAFE_PUNCTUATION = "space . , ' & _ - + ( ) /"
+#: What a name read from a results file may hold: it is printed into Markdown and CSV tables,
+#: so no newline, pipe, backtick, bracket or markup character can make a row of its own (the
+#: one bracket allowed is the report's own tag of a dataset told apart by its files).
+SAFE_NAME = re.compile(r"[^\W_][\w .,'&+()/-]{0,99}( \[data [0-9a-f]{8}\])?")
+#: A class name (a folder or column of the user's data): anything printable but what would
+#: break a Markdown table or link.
+CLASS_NAME = re.compile(r"[^\x00-\x1f\x7f|`<>\[\]\\]{1,100}")
 #: Keys every fine-tuning ``results.json`` holds (what the report reads).
 REQUIRED_KEYS = ("init", "arm", "mode", "dataset", "label_fraction", "metrics")
 
@@ -64,7 +77,7 @@ def _check_support(result: dict[str, Any], where: str) -> None:
         if values is not None and not isinstance(values, list):
             raise ResultsFileError(f"{where}: per_class.{key} must be a list, one per class")
     for value in per_class.get("support") or []:
-        if not _number(value) or not math.isfinite(value) or value < 0:
+        if not _count(value):
             raise ResultsFileError(f"{where}: per_class.support holds {value!r}, not a count")
     for i, value in enumerate(per_class.get("f1") or []):
         check_metric(f"per_class.f1[{i}]", value, where)
@@ -85,9 +98,22 @@ def check_result(
         raise ResultsFileError(
             f"{where} lacks {', '.join(absent)}: not a cass-finetune results.json"
         )
-    for key in ("arm", "mode", "dataset", "init", "method"):
-        if key in result and (not isinstance(result[key], str) or not result[key]):
-            raise ResultsFileError(f"{where}: {key} must be a name, not {result[key]!r}")
+    for key in ("arm", "mode", "dataset", "init", "method", "timm_name", "layout"):
+        if key in result and (not isinstance(result[key], str) or not SAFE_NAME.fullmatch(
+                result[key])):  # fmt: skip
+            raise ResultsFileError(
+                f"{where}: {key} must be a name of letters, digits and {SAFE_PUNCTUATION} "
+                f"(at most 100), not {json.dumps(result[key])[:60]}"
+            )
+    for key, allowed in (("arm", ARMS), ("mode", MODES)):
+        if result.get(key, allowed[0]) not in allowed:
+            raise ResultsFileError(
+                f"{where}: {key} is {result[key]!r}, not one of {', '.join(allowed)}"
+            )
+    img_size = result.get("img_size")
+    if img_size is not None and (not isinstance(img_size, int) or isinstance(img_size, bool)
+                                 or img_size < 1):  # fmt: skip
+        raise ResultsFileError(f"{where}: img_size must be a whole number, not {img_size!r}")
     fraction = result.get("label_fraction")
     if not _number(fraction) or not math.isfinite(fraction) or not 0 < fraction <= 1:
         raise ResultsFileError(
@@ -107,8 +133,41 @@ def check_result(
     pretrain = result.get("pretrain")
     if pretrain is not None and not isinstance(pretrain, dict):
         raise ResultsFileError(f"{where}: pretrain must be an object with batch_size and epochs")
+    for key in ("batch_size", "epochs"):
+        value = (pretrain or {}).get(key)
+        if value is not None and not _count(value, minimum=1):
+            raise ResultsFileError(
+                f"{where}: pretrain.{key} must be a whole number >= 1, not {json.dumps(value)}"
+            )
+    classes = result.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(
+            isinstance(c, str) and CLASS_NAME.fullmatch(c) for c in classes)):  # fmt: skip
+        raise ResultsFileError(
+            f"{where}: classes must be names without line breaks, pipes, backticks, brackets "
+            f"or angle brackets, found {json.dumps(classes)[:60]}"
+        )
     _check_support(result, where)
+    _check_confusion(result.get("confusion"), where)
     return result
+
+
+def _count(value: Any, minimum: int = 0) -> bool:
+    """A whole number of things (an int, or a float with no fraction, as JSON may write it)."""
+    return _number(value) and math.isfinite(value) and value == int(value) and value >= minimum
+
+
+def _check_confusion(confusion: Any, where: str) -> None:
+    """A confusion matrix: rows of counts, square (multi-label: one 2 x 2 per class)."""
+    if confusion is None:
+        return
+    cells = confusion
+    while isinstance(cells, list) and cells and isinstance(cells[0], list):
+        cells = [c for row in cells for c in row]
+    if not isinstance(confusion, list) or not all(_count(c) for c in cells):
+        raise ResultsFileError(
+            f"{where}: confusion must hold counts (whole numbers >= 0), found "
+            f"{json.dumps(confusion)[:60]}"
+        )
 
 
 def load_result(path: str | Path) -> dict[str, Any]:

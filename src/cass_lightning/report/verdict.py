@@ -9,6 +9,7 @@ subset brings. The mean difference gets a 95% confidence interval from Student's
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections.abc import Callable, Iterable, Sequence
@@ -161,6 +162,8 @@ class Comparison:
     reason: str | None = None  # ... and why
     seeds: tuple[str, str] = ("", "")  # each side's seeds, shown when none of them pair
     blocked: str | None = None  # "CASS-CNN cell split: 2 settings": no pairs are formed
+    #: Why the two sides cannot be compared (other encoders, resolution or pretraining budget).
+    incomparable: str | None = None
 
     @property
     def n(self) -> int:
@@ -175,7 +178,7 @@ class Comparison:
         """``better``, ``worse``, ``unresolved``, ``no verdict`` (under 2 pairs) or ``missing``."""
         if self.missing_row:
             return "missing"
-        if self.blocked:
+        if self.blocked or self.incomparable:
             return "no verdict"
         interval = self.interval
         if interval is None:
@@ -196,6 +199,8 @@ class Comparison:
             return head + f"{self.missing_row} missing ({self.reason}): no verdict"
         if self.blocked:
             return head + f"{self.blocked}, never averaged together: no verdict"
+        if self.incomparable:
+            return head + f"not comparable, {self.incomparable}: no verdict"
         if self.n == 0:
             return head + (
                 "no paired seeds, none with the same seed and label seed "
@@ -224,6 +229,8 @@ class Comparison:
             return f"no verdict ({self.missing_row} missing)"
         if self.blocked:
             return "no verdict (cell split)"
+        if self.incomparable:
+            return f"no verdict (not comparable: {self.incomparable.split(':')[0]})"
         if self.n == 0:
             return "no verdict (no paired seeds)"
         interval = self.interval
@@ -302,11 +309,41 @@ def compare(
         if len(kinds) > 1:
             blocked = f"{row_name(name, arm)} cell split: {len(kinds)} settings"
             return Comparison(**base, blocked=blocked)
+    differ = incomparable(mine, theirs, (row_name(method, arm), row_name(other, arm)))
+    if differ:
+        return Comparison(**base, incomparable=differ)
     seeds = tuple(
         " ".join(sorted({str(r.get("seed")) for r in rs}, key=seed_order)) for rs in (mine, theirs)
     )
     pairs = tuple(paired_differences(mine, theirs, metric))
     return Comparison(**base, pairs=pairs, seeds=seeds)  # type: ignore[arg-type]
+
+
+#: What two sides of a verdict must share: the encoder, the input size and the pretraining
+#: budget (a better score bought with a larger model or more pretraining is no verdict). The
+#: budget (``pretrain_budget``: epochs and batch of the pretraining run) is compared where both
+#: sides were pretrained; the ImageNet and random baselines have none.
+COMPARED_ON = (("encoders", "timm_name"), ("resolution", "img_size"),
+               ("pretraining budget", "pretrain_budget"))  # fmt: skip
+
+
+def incomparable(
+    mine: Sequence[dict[str, Any]], theirs: Sequence[dict[str, Any]], names: tuple[str, str]
+) -> str | None:
+    """Why ``mine`` and ``theirs`` cannot be compared (``"other encoders: CASS-CNN resnet10t,
+    DINO-CNN resnet50"``), or ``None`` when they share what :data:`COMPARED_ON` lists."""
+
+    def shown(runs: Sequence[dict[str, Any]], key: str) -> str:
+        values = {json.dumps(r.get(key), sort_keys=True) for r in runs}
+        return " / ".join(sorted(v.replace('"', "") for v in values))
+
+    for what, key in COMPARED_ON:
+        if key == "pretrain_budget" and not all(r.get(key) for r in [*mine, *theirs]):
+            continue
+        a, b = shown(mine, key), shown(theirs, key)
+        if a != b:
+            return f"other {what}: {names[0]} {a}, {names[1]} {b}"
+    return None
 
 
 def verdicts(

@@ -77,7 +77,10 @@ class FolderScan:
                         if via_link or entry.is_symlink():
                             self.linked.add(key)
                     else:
-                        self.bad.add(entry.path, "broken symbolic link", split, (label,))
+                        why = ("broken symbolic link" if entry.is_symlink() and not
+                               os.path.exists(entry.path) else
+                               "not a regular file (a FIFO, device or socket)")  # fmt: skip
+                        self.bad.add(entry.path, why, split, (label,))
                 else:
                     self.ignored[extension_of(entry.name)] += 1
             stack.extend(reversed(folders))
