@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torch import Tensor, nn
+from torch import Tensor
 
 from app_helpers import compose_app
 from cass_lightning.apps.export import export_checkpoint
@@ -24,11 +23,10 @@ from cass_lightning.callbacks import OnlineEvaluation
 from cass_lightning.data import SyntheticDataModule
 from cass_lightning.export import load_backbone, read_meta
 from cass_lightning.modules import pretraining_module_for
-from cass_lightning.modules.base import PretrainingModule
+from cass_lightning.modules.base import OneArmMethod
 from cass_lightning.modules.byol import BYOLModule
 from cass_lightning.modules.dino import DINOModule
 from cass_lightning.modules.legacy import stored_hparams
-from cass_lightning.modules.optim import arm_param_groups
 from cass_lightning.modules.registry import (
     ONE,
     Method,
@@ -51,8 +49,8 @@ def test_registry_lists_every_method_and_refuses_unknown_names():
     assert get_method("dino").exported_arms("vit") == ("vit",)
     assert get_method("cass").exported_arms() == ("cnn", "vit")
     assert not get_method("imagenet").pretrains
-    with pytest.raises(ValueError, match="unknown method 'simclr'"):
-        get_method("simclr")
+    with pytest.raises(ValueError, match="unknown method 'swav'"):
+        get_method("swav")
     with pytest.raises(ValueError, match="already registered"):
         register(Method("cass", "CASS again"))
 
@@ -61,8 +59,8 @@ def test_old_files_are_labelled_by_the_legacy_rule_and_new_ones_by_their_record(
     assert recorded_method({"head": "logits"}) == "cass"  # an export from before the key
     assert recorded_method({"global_crops": 2, "arm": "vit"}) == "dino"
     assert recorded_method({"method": "BYOL", "global_crops": 2}) == "byol"  # recorded wins
-    with pytest.raises(ValueError, match="unknown method 'simclr'"):
-        recorded_method({"method": "simclr"})
+    with pytest.raises(ValueError, match="unknown method 'swav'"):
+        recorded_method({"method": "swav"})
 
 
 @pytest.mark.parametrize(
@@ -107,46 +105,16 @@ def test_online_probe_and_knn_readings_in_a_dino_run(tmp_path):
 
 
 # --------------------------------------------------- a toy method, registered only here
-class ToyModule(PretrainingModule):
-    """One CNN arm pushed to spread its pooled features over the batch (not a real method)."""
+class ToyModule(OneArmMethod):
+    """One arm pushed to spread its pooled features over the batch (not a real method): all a
+    new method must write is its loss (docs/extending.md)."""
 
     method = "toy"
     method_name = "Toy"
 
-    def __init__(
-        self, arm: str = "cnn", cnn: str = "resnet10t", vit: str = "vit_tiny_patch16_224",
-        img_size: int = 32, in_chans: int = 3, pretrained: bool = False,
-        cnn_weights_file: str | None = None, vit_weights_file: str | None = None,
-        cnn_kwargs: dict | None = None, vit_kwargs: dict | None = None,
-        mean: tuple = (0.5, 0.5, 0.5), std: tuple = (0.5, 0.5, 0.5),
-        batch_lr_factor: float = 1.0,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.save_hyperparameters()
-        self.record_method()
-        self.optimizer_cfg = {"name": "adam", "lr": 1e-3}
-        self.scheduler_cfg = {"name": "none"}
-        self.backbone, _ = self.build_arm(arm)
-        self.keep_pooled(arm, self.backbone)
-        from cass_lightning.modules.finite import FiniteLossGuard
-
-        self.finite = FiniteLossGuard("Toy", "none")
-
-    def trained_arms(self) -> tuple[str, ...]:
-        return (self.hparams.arm,)
-
-    def arm_backbone(self, arm: str) -> nn.Module:
-        return self.backbone
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        loss = -F.normalize(self.backbone(images), dim=1).std(dim=0).mean()
-        self.finite.record(loss, self.global_step)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=images.shape[0])
-        return loss
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return arm_param_groups(self.hparams.arm, [self.backbone], lr=1e-3, weight_decay=0.0)
+    def training_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        z = self.backbone(views[0])
+        return -F.normalize(z, dim=1).std(dim=0).mean(), {self.hparams.arm: z}
 
 
 @pytest.fixture
@@ -160,7 +128,7 @@ def toy_method():
 def test_a_registered_toy_method_pretrains_exports_finetunes_and_is_reported(
     toy_method, synthetic, tmp_path
 ):
-    model = toy_method.module_class()(arm="cnn")
+    model = toy_method.module_class()(arm="cnn", **TINY_ENCODERS)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     synthetic.setup("fit")
