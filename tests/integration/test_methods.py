@@ -1,5 +1,6 @@
 """The method family: the registry, the method recorded in checkpoints and exports, the
-callbacks' protocol on every method, a toy method registered here end to end, and BYOL."""
+callbacks' protocol on every method, a toy method registered here end to end, and the two-view
+one-arm methods (BYOL, SimSiam, SimCLR)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from cass_lightning.callbacks import OnlineEvaluation
 from cass_lightning.data import SyntheticDataModule
 from cass_lightning.export import load_backbone, read_meta
 from cass_lightning.modules import pretraining_module_for
-from cass_lightning.modules.base import OneArmMethod
 from cass_lightning.modules.byol import BYOLModule
 from cass_lightning.modules.dino import DINOModule
 from cass_lightning.modules.legacy import stored_hparams
+from cass_lightning.modules.one_arm import OneArmMethod
 from cass_lightning.modules.registry import (
     ONE,
     Method,
@@ -44,7 +45,7 @@ TINY_ENCODERS = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32)
 
 # ------------------------------------------------------------------------ the registry
 def test_registry_lists_every_method_and_refuses_unknown_names():
-    assert method_names()[:3] == ("cass", "dino", "byol")
+    assert method_names()[:5] == ("cass", "dino", "byol", "simsiam", "simclr")
     assert method_names()[-2:] == ("imagenet", "random")
     assert get_method("dino").exported_arms("vit") == ("vit",)
     assert get_method("cass").exported_arms() == ("cnn", "vit")
@@ -152,41 +153,80 @@ def test_a_registered_toy_method_pretrains_exports_finetunes_and_is_reported(
     assert "| toy | cnn |" in (tmp_path / "report" / "report.md").read_text()
 
 
-# ---------------------------------------------------------------------------- BYOL
-def test_byol_trains_one_arm_on_two_views_and_exports_it():
-    model = BYOLModule(arm="cnn", **TINY_ENCODERS, head={"hidden_dim": 32, "dim": 16,
-                                                         "predictor_hidden_dim": 32})  # fmt: skip
+# ---------------------------------------------- BYOL, SimSiam, SimCLR: one arm, two views
+SMALL_HEADS = {
+    "byol": {"hidden_dim": 32, "dim": 16, "predictor_hidden_dim": 32},
+    "simsiam": {"hidden_dim": 32, "dim": 16, "predictor_hidden_dim": 8},
+    "simclr": {"hidden_dim": 32, "dim": 16, "temperature": 0.2},
+}
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam", "simclr"])
+def test_two_view_methods_train_one_arm_and_export_it(method):
+    model = get_method(method).module_class()(arm="cnn", **TINY_ENCODERS,
+                                              head=SMALL_HEADS[method])  # fmt: skip
     views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
     loss = model.training_step((views, torch.zeros(4, dtype=torch.long)), 0)
-    assert loss.ndim == 0 and -1.0 <= float(loss.detach()) <= 1.0  # a negative cosine
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    if method != "simclr":
+        assert -1.0 <= float(loss.detach()) <= 1.0  # a negative cosine
     loss.backward()
     assert model.backbone.conv1[0].weight.grad is not None
-    assert all(p.grad is None for p in model.target_backbone.parameters())
+    targets = [m for n, m in model.named_children() if n.startswith("target_")]
+    assert all(p.grad is None for t in targets for p in t.parameters())
+    assert bool(targets) == (method == "byol")  # only BYOL has a momentum target
     arms, meta = model.exportable()
-    assert list(arms) == ["cnn"] and meta["method"] == "byol"
-    assert model.hparams["method"] == "byol" and model.data_views() == "pair"
+    assert list(arms) == ["cnn"] and meta["method"] == method
+    assert model.hparams["method"] == method and model.data_views() == "pair"
+    assert {g["name"] for g in model.param_groups()} == {"cnn", "cnn_no_decay"}
     with pytest.raises(ValueError, match="two views"):
         model.training_step(torch.randn(4, 3, 32, 32), 0)
+    with pytest.raises(ValueError, match=r"model\.head has unknown key"):
+        get_method(method).module_class()(arm="cnn", **TINY_ENCODERS, head={"widht": 8})
 
 
-BYOL_SMALL = ["model.head.hidden_dim=32", "model.head.dim=16", "model.head.predictor_hidden_dim=32"]
+def test_simsiam_stops_the_gradient_on_the_projection_side():
+    """SimSiam's one guard against collapse: each view's projection is a target with no
+    gradient; the loss reaches the projection head only through the predictions."""
+    model = get_method("simsiam").module_class()(arm="cnn", **TINY_ENCODERS,
+                                                 head=SMALL_HEADS["simsiam"])  # fmt: skip
+    x0, x1 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    params = list(model.projection_head.parameters())
+
+    def grads(stop: bool | None) -> list[Tensor]:
+        if stop is None:
+            loss = model.training_loss([x0, x1])[0]
+        else:
+            z0, z1 = model(x0), model(x1)
+            p0, p1 = model.prediction_head(z0), model.prediction_head(z1)
+            t0, t1 = (z0.detach(), z1.detach()) if stop else (z0, z1)
+            loss = 0.5 * (model.criterion(p0, t1) + model.criterion(p1, t0))
+        return torch.autograd.grad(loss, params)
+
+    module, stopped, unstopped = grads(None), grads(True), grads(False)
+    assert all(torch.allclose(a, b) for a, b in zip(module, stopped, strict=True))
+    assert not all(torch.allclose(a, b) for a, b in zip(module, unstopped, strict=True))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arm", ["cnn", "vit"])
-def test_byol_through_the_apps_pretrain_export_finetune(arm, tmp_path):
-    cfg = compose_app(tmp_path, ["model=byol", f"model.arm={arm}", "debug=tiny",
+@pytest.mark.parametrize(
+    ("method", "arm"), [("byol", "cnn"), ("byol", "vit"), ("simsiam", "cnn"), ("simclr", "vit")]
+)
+def test_two_view_methods_through_the_apps_pretrain_export_finetune(method, arm, tmp_path):
+    small = [f"model.head.{k}={v}" for k, v in SMALL_HEADS[method].items()]
+    cfg = compose_app(tmp_path, [f"model={method}", f"model.arm={arm}", "debug=tiny",
                                  "print_config=false", "rich_progress_bar=false",
-                                 "trainer.max_epochs=2", *BYOL_SMALL])  # fmt: skip
+                                 "trainer.max_epochs=2", *small])  # fmt: skip
     assert cfg.data.train_views is None  # the app asks the model: two views per image
     result = pretrain(cfg)
-    assert result["method"] == "BYOL"
+    assert result["method"] == get_method(method).label
     assert math.isfinite(result["metrics"]["train/loss_epoch"])
+    assert f"train/{arm}_std_epoch" in result["metrics"]  # the collapse reading
     meta = read_meta(result["export_dir"])
     other = "vit" if arm == "cnn" else "cnn"
-    assert meta["method"] == "byol" and arm in meta and other not in meta
+    assert meta["method"] == method and arm in meta and other not in meta
     again = export_checkpoint(result["last_checkpoint"], tmp_path / "export-last")  # cass-export
-    assert read_meta(again)["method"] == "byol" and other not in read_meta(again)
+    assert read_meta(again)["method"] == method and other not in read_meta(again)
     ft = compose_app(tmp_path, [
         "data=synthetic", "data.images_per_class=3", "data.val_images_per_class=1",
         "data.image_size=32", "data.batch_size=6", "data.num_workers=0", "trainer.max_epochs=1",
@@ -194,7 +234,7 @@ def test_byol_through_the_apps_pretrain_export_finetune(arm, tmp_path):
         "logger=csv",
     ], config_name="finetune", output_dir=tmp_path / "ft")  # fmt: skip
     finetune(ft)
-    assert [r["method"] for r in collect_results([tmp_path / "ft"])] == ["byol"]
+    assert [r["method"] for r in collect_results([tmp_path / "ft"])] == [method]
 
 
 # ------------------------------------------------------------- the "best" checkpoint
@@ -228,7 +268,7 @@ def test_pretrain_takes_the_views_the_model_declares_and_refuses_others():
         data_views(model, "paper")
 
 
-@pytest.mark.parametrize("method", ["cass", "dino", "byol"])
+@pytest.mark.parametrize("method", ["cass", "dino", "byol", "simsiam", "simclr"])
 def test_pretrain_gives_the_data_the_models_size_and_normalisation_and_refuses_others(
     tmp_path, method
 ):

@@ -22,13 +22,13 @@ from lightly.loss import NegativeCosineSimilarity
 from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from torch import Tensor, nn
 
-from cass_lightning.modules.base import OneArmMethod
 from cass_lightning.modules.ema import momentum_copy
+from cass_lightning.modules.one_arm import OneArmMethod
 
 
 class BYOLModule(OneArmMethod):
     """BYOL on one backbone (``arm``); ``head``: the widths (BYOL's: 4096 hidden, 256 out) and
-    the target's momentum; the rest as :class:`~.base.OneArmMethod`."""
+    the target's momentum; the rest as :class:`~.one_arm.OneArmMethod`."""
 
     method = "byol"
     method_name = "BYOL"

@@ -27,9 +27,9 @@ from torch import Tensor, nn
 
 from cass_lightning.batches import batch_labels, multicrop_views
 from cass_lightning.checks import check_int
-from cass_lightning.modules.base import OneArmMethod
 from cass_lightning.modules.encoder_settings import merged_settings
 from cass_lightning.modules.legacy import upgrade_dino_hparams
+from cass_lightning.modules.one_arm import OneArmMethod
 
 #: DINO's reference optimiser for ViTs: AdamW, lr 5e-4 per 256 images (the apps scale it by the
 #: effective batch through ``lr_scaling``, see ``conf/model/dino.yaml``), and a weight decay that
