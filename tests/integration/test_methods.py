@@ -351,3 +351,62 @@ def test_each_method_declares_its_arms_views_and_idle_parameters():
     assert dino.arm_backbone("vit") is dino.student_backbone
     with pytest.raises(KeyError, match="trains the vit arm, not cnn"):
         dino.arm_backbone("cnn")
+
+
+# ------------------------------------------------------- the base: one place for the settings
+def _saved(model: L.LightningModule, path: Path) -> Path:
+    trainer = L.Trainer(max_steps=0, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_the_base_checks_the_shared_settings_and_refuses_what_no_method_takes(tmp_path):
+    simsiam = get_method("simsiam").module_class()
+    head = SMALL_HEADS["simsiam"]
+    with pytest.raises(TypeError, match=r"SimSiamModule\(\) got unexpected argument.*'arn'"):
+        simsiam(arn="cnn", **TINY_ENCODERS, head=head)
+    with pytest.raises(ValueError, match=r"model\.img_size must be an integer >= 1; got 0"):
+        simsiam(arm="cnn", **{**TINY_ENCODERS, "img_size": 0}, head=head)
+    with pytest.raises(ValueError, match=r"model\.cnn_kwargs must be a mapping"):
+        simsiam(arm="cnn", **TINY_ENCODERS, cnn_kwargs="drop_path_rate=0.1", head=head)
+    with pytest.raises(ValueError, match=r"model\.arm must be one of cnn, vit"):
+        simsiam(arm="both", **TINY_ENCODERS, head=head)
+    with pytest.raises(ValueError, match=r"model\.optimizer\.lr must be > 0"):
+        simsiam(arm="cnn", **TINY_ENCODERS, head=head, optimizer={"lr": 0})
+    with pytest.raises(ValueError, match=r"model\.head\.momentum start <= end"):
+        BYOLModule(arm="cnn", **TINY_ENCODERS, head={**SMALL_HEADS["byol"], "momentum_end": 0.5})
+    model = simsiam(arm="cnn", **TINY_ENCODERS, head=head, batch_lr_factor=0.5)
+    assert model.learning_rate() == pytest.approx(5e-4)  # CASS's lr 1e-3, times the factor
+    assert [g["lr"] for g in model.param_groups()] == pytest.approx([5e-4, 5e-4])
+
+    # A checkpoint loads with its own method only; stored names no method takes are ignored
+    # with a warning (they were dropped silently before the method was recorded).
+    path = _saved(model, tmp_path / "simsiam.ckpt")
+    again = simsiam.load_from_checkpoint(path, weights_only=True)
+    assert again.hparams.batch_lr_factor == 0.5 and again.head_cfg == model.head_cfg
+    with pytest.raises(ValueError, match=r"records method 'simsiam', not 'simclr'"):
+        get_method("simclr").module_class().load_from_checkpoint(path, weights_only=True)
+    state = torch.load(path, weights_only=True)
+    state["hyper_parameters"]["channels_last"] = True  # an old name: upgraded, no word
+    state["hyper_parameters"]["colour"] = "blue"
+    torch.save(state, tmp_path / "extra.ckpt")
+    with pytest.warns(UserWarning, match=r"\['colour'\] are no argument of SimSiamModule"):
+        simsiam.load_from_checkpoint(tmp_path / "extra.ckpt", weights_only=True)
+
+
+def test_the_online_probe_reads_the_first_views_features_of_each_batch():
+    model = get_method("simclr").module_class()(arm="cnn", **TINY_ENCODERS,
+                                                head=SMALL_HEADS["simclr"])  # fmt: skip
+    model.eval()
+    first, second = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    model.on_train_batch_start(None, 0)
+    model.training_loss([first, second])
+    with torch.no_grad():
+        expected = model.backbone.forward_head(model.backbone.forward_features(first), True)
+    torch.testing.assert_close(model.pooled_features("cnn"), expected)
+    model.on_validation_batch_start(None, 0)
+    assert model.pooled_features("cnn") is None  # each batch starts clean
+    model.validation_step(second, 0)  # no loss of its own, but the backbone runs for the probe
+    assert model.pooled_features("cnn").shape == (4, model.backbone.num_features)
