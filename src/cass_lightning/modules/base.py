@@ -236,7 +236,9 @@ class PretrainingModule(
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self.pooled.clear()  # the batch's first forward pass fills it again
 
-    def on_validation_batch_start(self, batch: Any, batch_idx: int, dataloader_idx: int = 0):
+    def on_validation_batch_start(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
         self.pooled.clear()
 
     def schedule_readings(self) -> dict[str, float]:

@@ -23,11 +23,10 @@ from cass_lightning.export import ExportedArm
 from cass_lightning.losses import DEFAULT_EPS, cosine_similarity, normalized_std
 from cass_lightning.modules.base import PAPER_OPTIMIZER, PretrainingModule
 from cass_lightning.modules.ema import EMATargets
+from cass_lightning.modules.encoder_settings import ARMS
 from cass_lightning.modules.legacy import upgrade_cass_hparams
 from cass_lightning.modules.objective import CASSObjective, Remedies
 from cass_lightning.modules.optim import arm_param_groups
-
-ARMS = ("cnn", "vit")
 
 
 class CASSModule(PretrainingModule):
