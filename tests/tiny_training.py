@@ -1,9 +1,11 @@
-"""The three training modules on tiny encoders with in-memory loaders of ``steps`` batches:
-CASS (one view), DINO (multi-crop) and fine-tuning, for tests that train each a few steps."""
+"""The training modules on tiny encoders with in-memory loaders of ``steps`` batches: CASS (one
+view), DINO (multi-crop), the two-view one-arm methods (BYOL, SimSiam, SimCLR) and fine-tuning,
+for tests that train each a few steps."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import lightning as L
 import torch
@@ -35,6 +37,19 @@ def tiny_dino(steps: int) -> Setup:
     return DINOModule(arm="cnn", **TINY_DINO), DataLoader(views, batch_size=None)
 
 
+def tiny_two_view(method: str, steps: int) -> Setup:
+    """BYOL, SimSiam or SimCLR on the CNN arm, small heads, two views per image."""
+    from cass_lightning.modules.registry import get_method
+
+    head = {"byol": dict(hidden_dim=16, dim=8, predictor_hidden_dim=16),
+            "simsiam": dict(hidden_dim=16, dim=8, predictor_hidden_dim=4),
+            "simclr": dict(hidden_dim=16, dim=8)}[method]  # fmt: skip
+    model = get_method(method).module_class()(arm="cnn", cnn="resnet10t", img_size=32, head=head)
+    pairs = [[[torch.randn(2, 3, 32, 32), torch.randn(2, 3, 32, 32)], torch.zeros(2)]
+             for _ in range(steps)]  # fmt: skip
+    return model, DataLoader(pairs, batch_size=None)
+
+
 def tiny_classifier(steps: int) -> Setup:
     data = TensorDataset(torch.randn(2 * steps, 3, 32, 32), torch.arange(2 * steps) % 3)
     model = ClassifierModule(init="random", timm_name="resnet10t", num_classes=3)
@@ -43,4 +58,5 @@ def tiny_classifier(steps: int) -> Setup:
 
 TINY_SETUPS: dict[str, Callable[[int], Setup]] = {
     "cass": tiny_cass, "dino": tiny_dino, "classifier": tiny_classifier,
+    **{m: partial(tiny_two_view, m) for m in ("byol", "simsiam", "simclr")},
 }  # fmt: skip

@@ -16,7 +16,9 @@ from torch import Tensor, nn
 
 
 class KeepPooled:
-    """Forward hook on a classifier: stores its (detached) input, the pooled features.
+    """Forward hook on a classifier: stores its (detached) input, the pooled features, of the
+    first forward pass since ``store`` was last cleared (a method that runs a backbone on two
+    views keeps the first view's, so the probe's labels match; the owner clears it per batch).
 
     A class rather than a closure so the module still pickles (``ddp_spawn``, workers)."""
 
@@ -24,7 +26,8 @@ class KeepPooled:
         self.store, self.arm = store, arm
 
     def __call__(self, module: Any, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-        self.store[self.arm] = inputs[0].detach()
+        if self.arm not in self.store:
+            self.store[self.arm] = inputs[0].detach()
 
 
 def pooled_features(backbone: nn.Module, images: Tensor) -> Tensor:

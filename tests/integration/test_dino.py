@@ -116,7 +116,7 @@ def test_trains_a_few_steps_with_finite_loss(arm):
     assert trainer.global_step == 3
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
     assert f"lr/{arm}" in trainer.callback_metrics
-    assert "train/teacher_momentum" in trainer.callback_metrics
+    assert "train/ema_momentum" in trainer.callback_metrics
 
 
 def test_teacher_gets_no_gradient_and_moves_by_ema_only():

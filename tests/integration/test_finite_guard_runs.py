@@ -59,7 +59,8 @@ _cass, _dino, _classifier = (
     ("build", "names"),
     [(_cass, "CASS loss (nan) at global step 7 (noticed at step 10); non-finite output from cnn "
               "and vit; last finite loss"),
-     (_dino, "DINO loss (nan) at global step 7 (noticed at step 10); last finite loss"),
+     (_dino, "DINO loss (nan) at global step 7 (noticed at step 10); non-finite output from cnn; "
+             "last finite loss"),
      (_classifier, "fine-tuning loss (nan) at global step 7 (noticed at step 10); last finite")],
     ids=["cass", "dino", "classifier"],
 )  # fmt: skip

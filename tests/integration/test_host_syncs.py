@@ -14,7 +14,7 @@ from cass_lightning.modules.classifier import ClassifierModule
 from cass_lightning.modules.finite import FiniteLossGuard
 from run_helpers import make_trainer
 from sync_counter import CountSyncsDuringTraining, HostSyncCounter, count_host_syncs
-from tiny_training import tiny_cass, tiny_classifier, tiny_dino
+from tiny_training import tiny_cass, tiny_classifier, tiny_dino, tiny_two_view
 
 STEPS, EVERY = 20, 5
 
@@ -37,13 +37,16 @@ def test_the_counter_sees_every_read_back_but_not_the_optimizers_own_counters():
     assert len(counter.calls) == STEPS > STEPS // EVERY
 
 
-# the three modules on tiny encoders, each with a loader of STEPS batches
+# the modules on tiny encoders, each with a loader of STEPS batches (BYOL: a momentum target;
+# SimCLR: a contrastive loss)
 _cass, _dino, _classifier = (
     partial(build, STEPS) for build in (tiny_cass, tiny_dino, tiny_classifier)
 )
+_byol, _simclr = (partial(tiny_two_view, method, STEPS) for method in ("byol", "simclr"))
 
 
-@pytest.mark.parametrize("build", [_cass, _dino, _classifier], ids=["cass", "dino", "classifier"])
+@pytest.mark.parametrize("build", [_cass, _dino, _byol, _simclr, _classifier],
+                         ids=["cass", "dino", "byol", "simclr", "classifier"])  # fmt: skip
 def test_training_steps_read_back_at_most_once_per_logging_interval(build):
     model, loader = build()
     counter = HostSyncCounter()

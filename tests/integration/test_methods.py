@@ -1,19 +1,19 @@
 """The method family: the registry, the method recorded in checkpoints and exports, the
-callbacks' protocol on every method, a toy method registered here end to end, and BYOL."""
+callbacks' protocol on every method, a toy method registered here end to end, and the two-view
+one-arm methods (BYOL, SimSiam, SimCLR)."""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from torch import Tensor, nn
+from torch import Tensor
 
 from app_helpers import compose_app
 from cass_lightning.apps.export import export_checkpoint
@@ -24,11 +24,10 @@ from cass_lightning.callbacks import OnlineEvaluation
 from cass_lightning.data import SyntheticDataModule
 from cass_lightning.export import load_backbone, read_meta
 from cass_lightning.modules import pretraining_module_for
-from cass_lightning.modules.base import PretrainingModule
 from cass_lightning.modules.byol import BYOLModule
 from cass_lightning.modules.dino import DINOModule
 from cass_lightning.modules.legacy import stored_hparams
-from cass_lightning.modules.optim import arm_param_groups
+from cass_lightning.modules.one_arm import OneArmMethod
 from cass_lightning.modules.registry import (
     ONE,
     Method,
@@ -46,13 +45,13 @@ TINY_ENCODERS = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32)
 
 # ------------------------------------------------------------------------ the registry
 def test_registry_lists_every_method_and_refuses_unknown_names():
-    assert method_names()[:3] == ("cass", "dino", "byol")
+    assert method_names()[:5] == ("cass", "dino", "byol", "simsiam", "simclr")
     assert method_names()[-2:] == ("imagenet", "random")
     assert get_method("dino").exported_arms("vit") == ("vit",)
     assert get_method("cass").exported_arms() == ("cnn", "vit")
     assert not get_method("imagenet").pretrains
-    with pytest.raises(ValueError, match="unknown method 'simclr'"):
-        get_method("simclr")
+    with pytest.raises(ValueError, match="unknown method 'swav'"):
+        get_method("swav")
     with pytest.raises(ValueError, match="already registered"):
         register(Method("cass", "CASS again"))
 
@@ -61,8 +60,8 @@ def test_old_files_are_labelled_by_the_legacy_rule_and_new_ones_by_their_record(
     assert recorded_method({"head": "logits"}) == "cass"  # an export from before the key
     assert recorded_method({"global_crops": 2, "arm": "vit"}) == "dino"
     assert recorded_method({"method": "BYOL", "global_crops": 2}) == "byol"  # recorded wins
-    with pytest.raises(ValueError, match="unknown method 'simclr'"):
-        recorded_method({"method": "simclr"})
+    with pytest.raises(ValueError, match="unknown method 'swav'"):
+        recorded_method({"method": "swav"})
 
 
 @pytest.mark.parametrize(
@@ -107,46 +106,16 @@ def test_online_probe_and_knn_readings_in_a_dino_run(tmp_path):
 
 
 # --------------------------------------------------- a toy method, registered only here
-class ToyModule(PretrainingModule):
-    """One CNN arm pushed to spread its pooled features over the batch (not a real method)."""
+class ToyModule(OneArmMethod):
+    """One arm pushed to spread its pooled features over the batch (not a real method): all a
+    new method must write is its loss (docs/extending.md)."""
 
     method = "toy"
     method_name = "Toy"
 
-    def __init__(
-        self, arm: str = "cnn", cnn: str = "resnet10t", vit: str = "vit_tiny_patch16_224",
-        img_size: int = 32, in_chans: int = 3, pretrained: bool = False,
-        cnn_weights_file: str | None = None, vit_weights_file: str | None = None,
-        cnn_kwargs: dict | None = None, vit_kwargs: dict | None = None,
-        mean: tuple = (0.5, 0.5, 0.5), std: tuple = (0.5, 0.5, 0.5),
-        batch_lr_factor: float = 1.0,
-    ) -> None:  # fmt: skip
-        super().__init__()
-        self.save_hyperparameters()
-        self.record_method()
-        self.optimizer_cfg = {"name": "adam", "lr": 1e-3}
-        self.scheduler_cfg = {"name": "none"}
-        self.backbone, _ = self.build_arm(arm)
-        self.keep_pooled(arm, self.backbone)
-        from cass_lightning.modules.finite import FiniteLossGuard
-
-        self.finite = FiniteLossGuard("Toy", "none")
-
-    def trained_arms(self) -> tuple[str, ...]:
-        return (self.hparams.arm,)
-
-    def arm_backbone(self, arm: str) -> nn.Module:
-        return self.backbone
-
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        images = batch[0] if isinstance(batch, (list, tuple)) else batch
-        loss = -F.normalize(self.backbone(images), dim=1).std(dim=0).mean()
-        self.finite.record(loss, self.global_step)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=images.shape[0])
-        return loss
-
-    def param_groups(self) -> list[dict[str, Any]]:
-        return arm_param_groups(self.hparams.arm, [self.backbone], lr=1e-3, weight_decay=0.0)
+    def training_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        z = self.backbone(views[0])
+        return -F.normalize(z, dim=1).std(dim=0).mean(), {self.hparams.arm: z}
 
 
 @pytest.fixture
@@ -160,7 +129,7 @@ def toy_method():
 def test_a_registered_toy_method_pretrains_exports_finetunes_and_is_reported(
     toy_method, synthetic, tmp_path
 ):
-    model = toy_method.module_class()(arm="cnn")
+    model = toy_method.module_class()(arm="cnn", **TINY_ENCODERS)
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
     synthetic.setup("fit")
@@ -184,41 +153,80 @@ def test_a_registered_toy_method_pretrains_exports_finetunes_and_is_reported(
     assert "| toy | cnn |" in (tmp_path / "report" / "report.md").read_text()
 
 
-# ---------------------------------------------------------------------------- BYOL
-def test_byol_trains_one_arm_on_two_views_and_exports_it():
-    model = BYOLModule(arm="cnn", **TINY_ENCODERS, head={"hidden_dim": 32, "dim": 16,
-                                                         "predictor_hidden_dim": 32})  # fmt: skip
+# ---------------------------------------------- BYOL, SimSiam, SimCLR: one arm, two views
+SMALL_HEADS = {
+    "byol": {"hidden_dim": 32, "dim": 16, "predictor_hidden_dim": 32},
+    "simsiam": {"hidden_dim": 32, "dim": 16, "predictor_hidden_dim": 8},
+    "simclr": {"hidden_dim": 32, "dim": 16, "temperature": 0.2},
+}
+
+
+@pytest.mark.parametrize("method", ["byol", "simsiam", "simclr"])
+def test_two_view_methods_train_one_arm_and_export_it(method):
+    model = get_method(method).module_class()(arm="cnn", **TINY_ENCODERS,
+                                              head=SMALL_HEADS[method])  # fmt: skip
     views = [torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)]
     loss = model.training_step((views, torch.zeros(4, dtype=torch.long)), 0)
-    assert loss.ndim == 0 and -1.0 <= float(loss.detach()) <= 1.0  # a negative cosine
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    if method != "simclr":
+        assert -1.0 <= float(loss.detach()) <= 1.0  # a negative cosine
     loss.backward()
     assert model.backbone.conv1[0].weight.grad is not None
-    assert all(p.grad is None for p in model.target_backbone.parameters())
+    targets = [m for n, m in model.named_children() if n.startswith("target_")]
+    assert all(p.grad is None for t in targets for p in t.parameters())
+    assert bool(targets) == (method == "byol")  # only BYOL has a momentum target
     arms, meta = model.exportable()
-    assert list(arms) == ["cnn"] and meta["method"] == "byol"
-    assert model.hparams["method"] == "byol" and model.data_views() == "pair"
+    assert list(arms) == ["cnn"] and meta["method"] == method
+    assert model.hparams["method"] == method and model.data_views() == "pair"
+    assert {g["name"] for g in model.param_groups()} == {"cnn", "cnn_no_decay"}
     with pytest.raises(ValueError, match="two views"):
         model.training_step(torch.randn(4, 3, 32, 32), 0)
+    with pytest.raises(ValueError, match=r"model\.head has unknown key"):
+        get_method(method).module_class()(arm="cnn", **TINY_ENCODERS, head={"widht": 8})
 
 
-BYOL_SMALL = ["model.head.hidden_dim=32", "model.head.dim=16", "model.head.predictor_hidden_dim=32"]
+def test_simsiam_stops_the_gradient_on_the_projection_side():
+    """SimSiam's one guard against collapse: each view's projection is a target with no
+    gradient; the loss reaches the projection head only through the predictions."""
+    model = get_method("simsiam").module_class()(arm="cnn", **TINY_ENCODERS,
+                                                 head=SMALL_HEADS["simsiam"])  # fmt: skip
+    x0, x1 = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    params = list(model.projection_head.parameters())
+
+    def grads(stop: bool | None) -> list[Tensor]:
+        if stop is None:
+            loss = model.training_loss([x0, x1])[0]
+        else:
+            z0, z1 = model(x0), model(x1)
+            p0, p1 = model.prediction_head(z0), model.prediction_head(z1)
+            t0, t1 = (z0.detach(), z1.detach()) if stop else (z0, z1)
+            loss = 0.5 * (model.criterion(p0, t1) + model.criterion(p1, t0))
+        return torch.autograd.grad(loss, params)
+
+    module, stopped, unstopped = grads(None), grads(True), grads(False)
+    assert all(torch.allclose(a, b) for a, b in zip(module, stopped, strict=True))
+    assert not all(torch.allclose(a, b) for a, b in zip(module, unstopped, strict=True))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("arm", ["cnn", "vit"])
-def test_byol_through_the_apps_pretrain_export_finetune(arm, tmp_path):
-    cfg = compose_app(tmp_path, ["model=byol", f"model.arm={arm}", "debug=tiny",
+@pytest.mark.parametrize(
+    ("method", "arm"), [("byol", "cnn"), ("byol", "vit"), ("simsiam", "cnn"), ("simclr", "vit")]
+)
+def test_two_view_methods_through_the_apps_pretrain_export_finetune(method, arm, tmp_path):
+    small = [f"model.head.{k}={v}" for k, v in SMALL_HEADS[method].items()]
+    cfg = compose_app(tmp_path, [f"model={method}", f"model.arm={arm}", "debug=tiny",
                                  "print_config=false", "rich_progress_bar=false",
-                                 "trainer.max_epochs=2", *BYOL_SMALL])  # fmt: skip
+                                 "trainer.max_epochs=2", *small])  # fmt: skip
     assert cfg.data.train_views is None  # the app asks the model: two views per image
     result = pretrain(cfg)
-    assert result["method"] == "BYOL"
+    assert result["method"] == get_method(method).label
     assert math.isfinite(result["metrics"]["train/loss_epoch"])
+    assert f"train/{arm}_std_epoch" in result["metrics"]  # the collapse reading
     meta = read_meta(result["export_dir"])
     other = "vit" if arm == "cnn" else "cnn"
-    assert meta["method"] == "byol" and arm in meta and other not in meta
+    assert meta["method"] == method and arm in meta and other not in meta
     again = export_checkpoint(result["last_checkpoint"], tmp_path / "export-last")  # cass-export
-    assert read_meta(again)["method"] == "byol" and other not in read_meta(again)
+    assert read_meta(again)["method"] == method and other not in read_meta(again)
     ft = compose_app(tmp_path, [
         "data=synthetic", "data.images_per_class=3", "data.val_images_per_class=1",
         "data.image_size=32", "data.batch_size=6", "data.num_workers=0", "trainer.max_epochs=1",
@@ -226,7 +234,7 @@ def test_byol_through_the_apps_pretrain_export_finetune(arm, tmp_path):
         "logger=csv",
     ], config_name="finetune", output_dir=tmp_path / "ft")  # fmt: skip
     finetune(ft)
-    assert [r["method"] for r in collect_results([tmp_path / "ft"])] == ["byol"]
+    assert [r["method"] for r in collect_results([tmp_path / "ft"])] == [method]
 
 
 # ------------------------------------------------------------- the "best" checkpoint
@@ -260,7 +268,7 @@ def test_pretrain_takes_the_views_the_model_declares_and_refuses_others():
         data_views(model, "paper")
 
 
-@pytest.mark.parametrize("method", ["cass", "dino", "byol"])
+@pytest.mark.parametrize("method", ["cass", "dino", "byol", "simsiam", "simclr"])
 def test_pretrain_gives_the_data_the_models_size_and_normalisation_and_refuses_others(
     tmp_path, method
 ):
@@ -343,3 +351,62 @@ def test_each_method_declares_its_arms_views_and_idle_parameters():
     assert dino.arm_backbone("vit") is dino.student_backbone
     with pytest.raises(KeyError, match="trains the vit arm, not cnn"):
         dino.arm_backbone("cnn")
+
+
+# ------------------------------------------------------- the base: one place for the settings
+def _saved(model: L.LightningModule, path: Path) -> Path:
+    trainer = L.Trainer(max_steps=0, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)  # fmt: skip
+    trainer.strategy.connect(model)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_the_base_checks_the_shared_settings_and_refuses_what_no_method_takes(tmp_path):
+    simsiam = get_method("simsiam").module_class()
+    head = SMALL_HEADS["simsiam"]
+    with pytest.raises(TypeError, match=r"SimSiamModule\(\) got unexpected argument.*'arn'"):
+        simsiam(arn="cnn", **TINY_ENCODERS, head=head)
+    with pytest.raises(ValueError, match=r"model\.img_size must be an integer >= 1; got 0"):
+        simsiam(arm="cnn", **{**TINY_ENCODERS, "img_size": 0}, head=head)
+    with pytest.raises(ValueError, match=r"model\.cnn_kwargs must be a mapping"):
+        simsiam(arm="cnn", **TINY_ENCODERS, cnn_kwargs="drop_path_rate=0.1", head=head)
+    with pytest.raises(ValueError, match=r"model\.arm must be one of cnn, vit"):
+        simsiam(arm="both", **TINY_ENCODERS, head=head)
+    with pytest.raises(ValueError, match=r"model\.optimizer\.lr must be > 0"):
+        simsiam(arm="cnn", **TINY_ENCODERS, head=head, optimizer={"lr": 0})
+    with pytest.raises(ValueError, match=r"model\.head\.momentum start <= end"):
+        BYOLModule(arm="cnn", **TINY_ENCODERS, head={**SMALL_HEADS["byol"], "momentum_end": 0.5})
+    model = simsiam(arm="cnn", **TINY_ENCODERS, head=head, batch_lr_factor=0.5)
+    assert model.learning_rate() == pytest.approx(5e-4)  # CASS's lr 1e-3, times the factor
+    assert [g["lr"] for g in model.param_groups()] == pytest.approx([5e-4, 5e-4])
+
+    # A checkpoint loads with its own method only; stored names no method takes are ignored
+    # with a warning (they were dropped silently before the method was recorded).
+    path = _saved(model, tmp_path / "simsiam.ckpt")
+    again = simsiam.load_from_checkpoint(path, weights_only=True)
+    assert again.hparams.batch_lr_factor == 0.5 and again.head_cfg == model.head_cfg
+    with pytest.raises(ValueError, match=r"records method 'simsiam', not 'simclr'"):
+        get_method("simclr").module_class().load_from_checkpoint(path, weights_only=True)
+    state = torch.load(path, weights_only=True)
+    state["hyper_parameters"]["channels_last"] = True  # an old name: upgraded, no word
+    state["hyper_parameters"]["colour"] = "blue"
+    torch.save(state, tmp_path / "extra.ckpt")
+    with pytest.warns(UserWarning, match=r"\['colour'\] are no argument of SimSiamModule"):
+        simsiam.load_from_checkpoint(tmp_path / "extra.ckpt", weights_only=True)
+
+
+def test_the_online_probe_reads_the_first_views_features_of_each_batch():
+    model = get_method("simclr").module_class()(arm="cnn", **TINY_ENCODERS,
+                                                head=SMALL_HEADS["simclr"])  # fmt: skip
+    model.eval()
+    first, second = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    model.on_train_batch_start(None, 0)
+    model.training_loss([first, second])
+    with torch.no_grad():
+        expected = model.backbone.forward_head(model.backbone.forward_features(first), True)
+    torch.testing.assert_close(model.pooled_features("cnn"), expected)
+    model.on_validation_batch_start(None, 0)
+    assert model.pooled_features("cnn") is None  # each batch starts clean
+    model.validation_step(second, 0)  # no loss of its own, but the backbone runs for the probe
+    assert model.pooled_features("cnn").shape == (4, model.backbone.num_features)

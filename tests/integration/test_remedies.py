@@ -97,7 +97,7 @@ def test_ema_copies_follow_the_online_arms(tiny_kwargs):
         online_w = online.get_classifier().weight
         assert not torch.equal(ema_w, online_w)
         assert not torch.equal(ema_w, start[f"{arm}.0.{'fc' if arm == 'cnn' else 'head'}.weight"])
-    assert model._ema_updated_at == 3
+    assert model.trainer.global_step == 3
     # EMA copies are not optimised
     optimised = {id(p) for p in model.trainer.optimizers[0].param_groups[0]["params"]}
     assert not optimised & {id(p) for p in model.ema.parameters()}
@@ -139,11 +139,12 @@ def test_ema_momentum_rises_along_a_cosine(tiny_kwargs):
 
     model.update_ema = record
     make_trainer(max_steps=4).fit(model, DataLoader(images(16), batch_size=4))
-    # lightly's cosine_schedule: the end value is reached at step max_steps - 1
-    expected = [1.0 - 0.1 * 0.5 * (1 + math.cos(math.pi * s / 3)) if s < 3 else 1.0
-                for s in (1, 2, 3, 4)]  # fmt: skip
-    assert [s for s, _ in seen] == [1, 2, 3, 4]
+    # After each optimiser step, at that step's index (DINO's reference): lightly's
+    # cosine_schedule reaches the end value at the last step, max_steps - 1.
+    expected = [1.0 - 0.1 * 0.5 * (1 + math.cos(math.pi * s / 3)) for s in (0, 1, 2, 3)]
+    assert [s for s, _ in seen] == [0, 1, 2, 3]
     assert [m for _, m in seen] == pytest.approx(expected)
+    assert seen[-1][1] == pytest.approx(1.0)
 
 
 def test_ema_updates_once_per_optimizer_step_under_accumulation(tiny_kwargs):
@@ -160,7 +161,7 @@ def test_ema_updates_once_per_optimizer_step_under_accumulation(tiny_kwargs):
     trainer.fit(model, DataLoader(images(16), batch_size=4))
     assert trainer.global_step == 2
     # One update after each of the two optimiser steps, none for the batches in between.
-    assert steps == [1, 2]
+    assert steps == [0, 1]
 
 
 def test_bad_ema_momentum_is_refused(tiny_kwargs):

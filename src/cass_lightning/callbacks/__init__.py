@@ -2,7 +2,7 @@
 
 - :mod:`.export`: the trained arms as plain timm weights when a fit completes.
 - :mod:`.checkpoint`: atomic checkpoint writes and a ``last.ckpt`` kept fresh within epochs.
-- :mod:`.monitors`: training throughput and CASS's collapse signals.
+- :mod:`.monitors`: training throughput and every method's collapse alarm.
 - :mod:`.datawait`: how long each training step waits for its batch (the loader's share).
 - :mod:`.online_eval`: a linear probe and kNN per arm during pretraining.
 - :mod:`.media`: grids of augmented samples, ViT attention and CNN Grad-CAM maps.

@@ -1,4 +1,4 @@
-"""Monitors that read a run as it goes: training throughput, and CASS's collapse signals."""
+"""Monitors that read a run as it goes: training throughput, and every method's collapse alarm."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
 from cass_lightning.batches import batch_images
 
@@ -119,14 +119,18 @@ class LoopTimer(L.Callback):
 
 
 class CollapseMonitor(L.Callback):
-    """Warns once (with the epoch and the numbers) when CASS shows collapse, or stops the run.
+    """Warns once, naming the method and the arm, when a method's outputs collapse, or stops
+    the run.
 
-    Collapse here: the two arms agree on one direction for every image. Read at each training
-    epoch end from what :class:`CASSModule` logs: the mean cosine between the arms
-    (``train/cosine_epoch``) above ``cosine_threshold`` AND an arm's spread of normalised
-    outputs below ``spread_threshold`` times a well-spread value (``1/sqrt(dim)``); healthy runs
-    stay near 1 (docs/remedies.md shows what collapsed runs read). ``stop=True`` ends the run at
-    that epoch (checkpoints and export as usual).
+    Collapse: every image mapped to nearly one direction. Read at each training epoch end from
+    what every :class:`~cass_lightning.modules.base.PretrainingModule` logs per trained arm:
+    the std of its l2-normalised outputs over the batch (``train/<arm>_std_epoch``; lightly's
+    ``std_of_l2_normalized``, SimSiam's collapse reading), relative to a well-spread value
+    ``1/sqrt(dim)``: an arm below ``spread_threshold`` has collapsed. For CASS, whose collapse is
+    the two arms agreeing on one direction, the mean cosine between the arms
+    (``train/cosine_epoch``) must also exceed ``cosine_threshold``. Healthy runs stay near 1
+    (docs/remedies.md shows what collapsed runs read). ``stop=True`` ends the run at that epoch
+    (checkpoints and export as usual).
     """
 
     def __init__(
@@ -137,41 +141,38 @@ class CollapseMonitor(L.Callback):
         self.stop = stop
         self.collapsed_at: int | None = None
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        arms = pl_module.trained_arms() if hasattr(pl_module, "trained_arms") else ()
-        if stage == "fit" and set(arms) != {"cnn", "vit"}:
-            rank_zero_only(print)(
-                f"collapse monitor off: it reads the cosine between the CNN and the ViT, and "
-                f"{type(pl_module).__name__} trains {', '.join(arms) or 'neither'} (the online "
-                "probe and kNN still measure the representation)"
-            )
+    def spreads(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
+        """Each trained arm's spread of normalised outputs this epoch, times ``sqrt(dim)``."""
+        metrics, widths = trainer.callback_metrics, getattr(pl_module, "output_widths", {})
+        return {
+            arm: float(metrics[f"train/{arm}_std_epoch"]) * math.sqrt(widths[arm])
+            for arm in pl_module.trained_arms()
+            if f"train/{arm}_std_epoch" in metrics and widths.get(arm, 0) > 0
+        }
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = trainer.callback_metrics
-        needed = ("train/cosine_epoch", "train/cnn_std_epoch", "train/vit_std_epoch")
-        if self.collapsed_at is not None or not all(k in metrics for k in needed):
+        if self.collapsed_at is not None or not hasattr(pl_module, "trained_arms"):
             return
-        dim = int(getattr(pl_module.hparams, "head_dim", 0) or 0)
-        if getattr(pl_module.hparams, "head", "logits") == "features":
-            dim = int(pl_module.cnn.num_features)
-        if dim < 1:
-            return
-        cosine = float(metrics["train/cosine_epoch"])
-        spread = {
-            arm: float(metrics[f"train/{arm}_std_epoch"]) * math.sqrt(dim) for arm in ("cnn", "vit")
-        }
+        spread = self.spreads(trainer, pl_module)
         low = [arm for arm, value in spread.items() if value < self.spread_threshold]
-        if cosine < self.cosine_threshold or not low:
+        cosine = trainer.callback_metrics.get("train/cosine_epoch")
+        if not low or (cosine is not None and float(cosine) < self.cosine_threshold):
             return
-        self.collapsed_at = trainer.current_epoch
+        self.collapsed_at = epoch = trainer.current_epoch
+        name = getattr(pl_module, "method_name", "") or type(pl_module).__name__
+        widths = pl_module.output_widths
+        readings = ", ".join(f"{arm} {value:.3f}" for arm, value in spread.items())
+        agree = "" if cosine is None else (
+            f"mean cosine between the arms {float(cosine):.4f} (threshold "
+            f"{self.cosine_threshold}), "
+        )  # fmt: skip
         message = (
-            f"CASS collapse at epoch {trainer.current_epoch}: mean cosine between the arms "
-            f"{cosine:.4f} (threshold {self.cosine_threshold}), spread of normalised outputs "
-            f"relative to 1/sqrt({dim}): cnn {spread['cnn']:.3f}, vit {spread['vit']:.3f} "
-            f"(threshold {self.spread_threshold}). Every image is mapped to nearly one "
-            "direction; see docs/remedies.md on collapse (start from pretrained weights)."
+            f"{name} collapse at epoch {epoch}: {agree}spread of normalised outputs relative "
+            f"to 1/sqrt({widths[low[0]]}): {readings} (threshold {self.spread_threshold}); "
+            f"collapsed: {' and '.join(low)}. Every image is mapped to nearly one direction; "
+            "see docs/remedies.md on collapse."
         )
         rank_zero_warn(message)
-        pl_module.log("collapse/epoch", float(trainer.current_epoch), on_epoch=True)
+        pl_module.log("collapse/epoch", float(epoch), on_epoch=True)
         if self.stop:
             trainer.should_stop = True

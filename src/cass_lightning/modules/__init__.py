@@ -16,6 +16,8 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ClassifierModule": ("cass_lightning.modules.classifier", "ClassifierModule"),
     "DINOModule": ("cass_lightning.modules.dino", "DINOModule"),
     "PretrainingModule": ("cass_lightning.modules.base", "PretrainingModule"),
+    "SimCLRModule": ("cass_lightning.modules.simclr", "SimCLRModule"),
+    "SimSiamModule": ("cass_lightning.modules.simsiam", "SimSiamModule"),
 }
 
 __all__ = [
@@ -24,6 +26,8 @@ __all__ = [
     "ClassifierModule",
     "DINOModule",
     "PretrainingModule",
+    "SimCLRModule",
+    "SimSiamModule",
     "pretraining_module_for",
 ]
 
@@ -60,3 +64,5 @@ if TYPE_CHECKING:
     from cass_lightning.modules.cass import CASSModule
     from cass_lightning.modules.classifier import ClassifierModule
     from cass_lightning.modules.dino import DINOModule
+    from cass_lightning.modules.simclr import SimCLRModule
+    from cass_lightning.modules.simsiam import SimSiamModule

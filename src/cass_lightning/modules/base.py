@@ -1,28 +1,35 @@
 """PretrainingModule: what every self-supervised method here shares (solo-learn's ``BaseMethod``
 as a model, with plain constructor arguments instead of a config object).
 
-A method subclasses it, builds its networks from :meth:`PretrainingModule.build_arm` and
-implements ``training_step`` and :meth:`exportable`'s arms. The base owns:
+A method is its idea only: its heads, its loss and its training step. The base owns the rest:
 
-- the encoders: each arm's timm model built from the same settings for every method (``cnn``,
-  ``vit``, ``img_size``, ``in_chans``, ``pretrained``, ``<arm>_weights_file``, ``<arm>_kwargs``:
-  the constructor arguments every method takes, so one config drives them all and old
-  checkpoints' hyperparameters load as they are);
-- the non-finite loss guard (:class:`~.finite.GuardsFiniteLoss`) and the legacy upgrade of old
-  checkpoints (:class:`~.legacy.UpgradesOldCheckpoints`);
-- the method's name, recorded in the checkpoint's hyperparameters and in every export's
-  ``meta.json`` (see :mod:`.registry`);
-- the export (:meth:`specs`, :meth:`exportable`, :meth:`export`), the optimiser and schedule
-  wiring and the learning-rate logging;
-- the protocol the callbacks use instead of looking for attributes: :meth:`trained_arms`,
-  :meth:`pooled_features`, :meth:`arm_backbone`, :meth:`data_views`,
-  :meth:`has_idle_parameters` and :meth:`best_monitor`.
+- the encoder settings (``cnn``, ``vit``, ``img_size``, ``in_chans``, ``pretrained``,
+  ``<arm>_weights_file``, ``<arm>_kwargs``), taken once here for every method, checked and built
+  by :class:`~.encoder_settings.EncoderSettings` (:meth:`build_arm`); ``mean``/``std``; the
+  optimiser and schedule settings merged over the method's defaults; the learning-rate factor
+  of the apps' scaling rule (:meth:`learning_rate`); the hyperparameters and the method's name
+  in them; old checkpoints (:class:`~.legacy.UpgradesOldCheckpoints`);
+- the training step around the method's loss (:meth:`training_step`): the views the method
+  declared, the non-finite guard (:class:`~.finite.GuardsFiniteLoss`), the loss and each
+  trained arm's collapse reading ``train/<arm>_std`` (the std of its l2-normalised outputs,
+  which :class:`~cass_lightning.callbacks.CollapseMonitor` watches), the learning rates and
+  schedules at Lightning's logging steps;
+- the online probe's features: each student backbone's pooled features of the first forward
+  pass of each batch (the first view's, in a two-view method), and a validation step that runs
+  the trained backbones;
+- one momentum (EMA) mechanism (:meth:`use_ema`, :meth:`momentum_pairs`), moved after every
+  optimiser step along one cosine schedule (:meth:`along_run`);
+- the export (:meth:`exportable`, :meth:`export`) and the optimiser wiring.
+
+A method declares what is abstract here; :class:`~.one_arm.OneArmMethod` does the rest for a
+method that trains one of the two encoders (``arm``). ``docs/extending.md`` walks through one.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABCMeta, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,12 +37,25 @@ import lightning as L
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
-from cass_lightning.encoders import build_encoder, encoder_spec
+from cass_lightning.batches import batch_images, multicrop_views, same_size_views
+from cass_lightning.checks import check_choice, check_positive
 from cass_lightning.evaluation import KeepPooled
 from cass_lightning.export import ExportedArm, export_backbones
-from cass_lightning.modules.finite import GuardsFiniteLoss, logs_this_step
-from cass_lightning.modules.legacy import UpgradesOldCheckpoints
-from cass_lightning.modules.optim import group_learning_rates, lightning_optimizers
+from cass_lightning.losses import normalized_std
+from cass_lightning.modules.ema import follow
+from cass_lightning.modules.encoder_settings import EncoderSettings, check_momentum
+from cass_lightning.modules.finite import FiniteLossGuard, GuardsFiniteLoss, logs_this_step
+from cass_lightning.modules.legacy import UpgradesOldCheckpoints, check_stored_extras
+from cass_lightning.modules.optim import (
+    group_learning_rates,
+    lightning_optimizers,
+)
+from cass_lightning.norms import IMAGENET_MEAN, IMAGENET_STD
+
+#: The paper's optimiser and schedule (Adam, lr 1e-3, no weight decay; the cyclic cosine stepped
+#: every iteration), every method's default, so a comparison with CASS changes only the method.
+PAPER_OPTIMIZER: dict[str, Any] = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0}
+PAPER_SCHEDULER: dict[str, Any] = {"name": "cyclic_cosine", "t_max": 16, "eta_min": 1e-6}
 
 
 class PretrainingModule(
@@ -43,51 +63,89 @@ class PretrainingModule(
 ):
     """Base of the pretraining methods; see the module docstring.
 
-    Subclasses set :attr:`method` (their registry name) and :attr:`method_name` (for messages),
-    call ``save_hyperparameters()`` in their constructor and then :meth:`record_method`.
+    Args:
+        cnn, vit: timm model names of the two arms.
+        img_size: input size (ViTs are built for it; CNNs are size-agnostic).
+        in_chans: input channels of both arms.
+        pretrained: load ImageNet weights (from ``*_weights_file`` offline, else the hub).
+        cnn_weights_file, vit_weights_file: ``.safetensors``/``.pth`` weights per arm.
+        cnn_kwargs, vit_kwargs: extra keyword arguments for ``timm.create_model`` per arm.
+        optimizer, scheduler: merged over the method's :attr:`default_optimizer` /
+            :attr:`default_scheduler`; see ``optim.build_optimizer`` / ``build_scheduler``.
+        mean, std: the normalisation the data used, recorded for export.
+        batch_lr_factor: multiplies every learning rate; the apps set it from the lr scaling
+            rule for the effective batch.
+        stored: only what checkpoints store beside the arguments (see
+            :func:`~.legacy.check_stored_extras`); anything else is refused.
     """
 
     #: The registry name (``cass``, ``dino``, ...), written into checkpoints and exports.
     method: ClassVar[str] = ""
     #: The name in messages and the run summary.
     method_name: ClassVar[str] = ""
+    default_optimizer: ClassVar[dict[str, Any]] = PAPER_OPTIMIZER
+    default_scheduler: ClassVar[dict[str, Any]] = PAPER_SCHEDULER
+    #: What the non-finite loss message advises.
+    finite_advice: ClassVar[str] = (
+        "Lower the learning rate, use 32-true precision or gradient clipping"
+    )
+    #: The networks :meth:`exportable` can write, the trained one first.
+    export_networks: ClassVar[tuple[str, ...]] = ("online",)
+    #: Whether a momentum target also copies its online module's buffers (BatchNorm statistics).
+    ema_copies_buffers: ClassVar[bool] = False
 
-    def record_method(self) -> None:
-        """Put the method's name into the hyperparameters (checkpoints, ``hparams.yaml``).
+    encoders: EncoderSettings
+    optimizer_cfg: dict[str, Any]
+    scheduler_cfg: dict[str, Any]
+    finite: FiniteLossGuard
+    #: Each student backbone's pooled features of the first forward pass of the current batch.
+    pooled: dict[str, Tensor]
+    #: The width of each trained arm's outputs (read by the collapse monitor).
+    output_widths: dict[str, int]
+    #: The momentum schedule ``(start, end)`` of the targets; ``None``: no momentum targets.
+    ema_range: tuple[float, float] | None
 
-        Lightning passes only the constructor's own arguments back when loading, so the extra
-        key never reaches ``__init__``."""
+    def __init__(
+        self,
+        cnn: str = "resnet50",
+        vit: str = "vit_base_patch16_384",
+        img_size: int = 384,
+        in_chans: int = 3,
+        pretrained: bool = False,
+        cnn_weights_file: str | None = None,
+        vit_weights_file: str | None = None,
+        cnn_kwargs: dict[str, Any] | None = None,
+        vit_kwargs: dict[str, Any] | None = None,
+        optimizer: dict[str, Any] | None = None,
+        scheduler: dict[str, Any] | None = None,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+        batch_lr_factor: float = 1.0,
+        **stored: Any,
+    ) -> None:
+        super().__init__()
+        check_stored_extras(type(self).__name__, self.method, stored)
+        # Collects the subclasses' arguments too (Lightning walks the __init__ frames).
+        self.save_hyperparameters(ignore=list(stored))
         self.hparams["method"] = self.method
+        self.encoders = EncoderSettings.from_hparams(self.hparams)
+        self.optimizer_cfg = {**self.default_optimizer, **(optimizer or {})}
+        self.scheduler_cfg = {**self.default_scheduler, **(scheduler or {})}
+        self.learning_rate()  # refuse a non-positive lr or factor before anything is built
+        self.finite = FiniteLossGuard(self.method_name, self.finite_advice)
+        self.pooled, self.output_widths, self.ema_range = {}, {}, None
 
     # ------------------------------------------------------------------ encoders
     def build_arm(
         self, arm: str, student: bool = True, **extra: Any
     ) -> tuple[nn.Module, nn.Module]:
-        """``(timm backbone, head)`` of ``arm`` from the shared encoder settings.
-
-        ``student=False`` builds a copy that gets no ImageNet weights of its own (an EMA
-        target is copied from the student). ``extra`` goes to :func:`~.encoders.build_encoder`
-        (``head``, ``head_dim``, ...; default: pooled features, no head).
-        """
-        hp = self.hparams
-        kwargs: dict[str, Any] = {"head": "features", **extra}
-        if arm == "vit":
-            kwargs.setdefault("img_size", hp.img_size)
-        kwargs.update(hp.get(f"{arm}_kwargs") or {})
-        return build_encoder(
-            hp[arm],
-            pretrained=bool(hp.pretrained) and student,
-            weights_file=hp.get(f"{arm}_weights_file") if student else None,
-            in_chans=hp.in_chans,
-            **kwargs,
-        )
-
-    def keep_pooled(self, arm: str, backbone: nn.Module) -> None:
-        """Keep ``backbone``'s pooled features of its last forward pass (detached) for
-        :meth:`pooled_features`: a hook on the classifier's input, no second pass."""
-        if not hasattr(self, "pooled"):
-            self.pooled: dict[str, Tensor] = {}
-        backbone.get_classifier().register_forward_hook(KeepPooled(self.pooled, arm))
+        """``(timm backbone, head)`` of ``arm`` from the shared settings (``extra``: see
+        :meth:`~.encoder_settings.EncoderSettings.build`). A student's pooled features feed
+        the online probe; ``student=False`` builds a copy without weights or probe features."""
+        backbone, head = self.encoders.build(arm, student=student, **extra)
+        if student:
+            backbone.get_classifier().register_forward_hook(KeepPooled(self.pooled, arm))
+        return backbone, head
 
     # ------------------------------------------------------------------ protocol
     @abstractmethod
@@ -99,9 +157,9 @@ class PretrainingModule(
         """The plain timm model of ``arm`` (the one exported)."""
 
     def pooled_features(self, arm: str) -> Tensor | None:
-        """``arm``'s pooled features of the images of the current batch (the last training or
-        validation forward pass), detached; ``None`` before the first."""
-        return getattr(self, "pooled", {}).get(arm)
+        """``arm``'s pooled features of the images of the current batch (its first training
+        view, or the validation images), detached; ``None`` before the first."""
+        return self.pooled.get(arm)
 
     def data_views(self) -> str:
         """What the training data must give: ``paper`` (one view), ``pair`` (two views of each
@@ -126,36 +184,104 @@ class PretrainingModule(
         ``find_unused_parameters``)."""
         return False
 
-    # -------------------------------------------------------------------- export
-    def specs(self) -> dict[str, Any]:
-        """How to rebuild each trained arm's backbone with plain timm."""
-        hp = self.hparams
-        return {
-            arm: encoder_spec(hp[arm], self.arm_backbone(arm),
-                              hp.img_size if arm == "vit" else None, hp.in_chans)
-            for arm in self.trained_arms()
-        }  # fmt: skip
+    # ------------------------------------------------------------------ training
+    @abstractmethod
+    def training_loss(self, views: list[Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The method's loss on one batch's views, and each trained arm's outputs on the first
+        view (the collapse reading and the non-finite guard read them)."""
 
-    def export_arms(self) -> dict[str, ExportedArm]:
-        """The exported arms: each backbone, with its head when the method has one."""
-        specs = self.specs()
-        return {arm: ExportedArm(specs[arm], self.arm_backbone(arm)) for arm in specs}
+    def training_views(self, batch: Any) -> list[Tensor]:
+        """The batch's views, exactly as many as :meth:`data_views` declares (the app composes
+        the data from that declaration; a hand-built loader may not)."""
+        kind = self.data_views()
+        if kind == "dino":
+            return multicrop_views(batch)
+        views, wanted = same_size_views(batch), 2 if kind == "pair" else 1
+        if len(views) != wanted:
+            form = "([view_1, view_2], labels)" if wanted == 2 else "(images, labels)"
+            raise ValueError(
+                f"{self.method_name} trains on {'two views' if wanted == 2 else 'one view'} of "
+                f"each image, got {len(views)}; set data.train_views={kind} (cass-pretrain asks "
+                f"the model for it) or give {form}"
+            )
+        return views
 
-    def export_meta(self) -> dict[str, Any]:
-        """What ``meta.json`` says beyond the method (head, size, normalisation)."""
-        hp, specs = self.hparams, self.specs()
-        first = next(iter(specs.values()))
-        return {"head": "features", "head_dim": first.num_features, "img_size": hp.img_size,
-                "mean": list(hp.mean), "std": list(hp.std)}  # fmt: skip
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        views = self.training_views(batch)
+        loss, outputs = self.training_loss(views)
+        self.finite.record(loss, self.global_step, outputs)  # read at the logging interval
+        self.output_widths = {arm: int(z.shape[-1]) for arm, z in outputs.items()}
+        size = views[0].shape[0]
+        # Not in Lightning's progress bar: it reads those back every batch.
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=size)
+        self.log_dict({f"train/{arm}_std": normalized_std(z) for arm, z in outputs.items()},
+                      on_step=True, on_epoch=True, batch_size=size)  # fmt: skip
+        self.log_schedules()
+        return loss
 
-    def exportable(self) -> tuple[dict[str, ExportedArm], dict[str, Any]]:
-        """The arms to export and ``meta.json``'s content, which always names the method."""
-        return self.export_arms(), {"method": self.method, **self.export_meta()}
+    def validation_loss(self, images: Tensor) -> Tensor | None:
+        """A method's agreement reading on the one evaluation view (``val/loss``); by default
+        none, but every trained backbone runs, so the online probe scores today's features."""
+        for arm in self.trained_arms():
+            self.arm_backbone(arm)(images)
+        return None
 
-    def export(self, out_dir: str | Path, source: str | None = None) -> Path:
-        """Write ``<arm>.safetensors`` and ``meta.json`` (see :mod:`cass_lightning.export`)."""
-        arms, meta = self.exportable()
-        return export_backbones(arms, out_dir, meta, source=source)
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        images = batch_images(batch)
+        loss = self.validation_loss(images)
+        if loss is not None:
+            self.log("val/loss", loss, on_epoch=True, prog_bar=True, batch_size=images.shape[0])
+        return loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self.pooled.clear()  # the batch's first forward pass fills it again
+
+    def on_validation_batch_start(
+        self, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self.pooled.clear()
+
+    def schedule_readings(self) -> dict[str, float]:
+        """A method's own per-step schedules to log (Python numbers), e.g. DINO's decay."""
+        return {}
+
+    def log_schedules(self) -> None:
+        """The learning rates, the targets' momentum and :meth:`schedule_readings`, at
+        Lightning's logging steps only (Python numbers: each one is a copy to the device)."""
+        if self._trainer is None or not logs_this_step(self.trainer):
+            return
+        readings = group_learning_rates(self.trainer.optimizers[0])
+        if self.ema_range is not None:
+            readings["train/ema_momentum"] = self.ema_momentum_now()
+        self.log_dict({**readings, **self.schedule_readings()}, on_step=True, on_epoch=False)
+
+    # ------------------------------------------------------------- momentum targets
+    def use_ema(self, name: str, start: float, end: float) -> None:
+        """Move :meth:`momentum_pairs`' targets after every optimiser step, the momentum rising
+        from ``start`` to ``end`` along :meth:`along_run` (``name``: the setting, for errors)."""
+        self.ema_range = check_momentum(name, start, end)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """``(online, target)`` modules; each target follows its online module."""
+        return []
+
+    def ema_momentum_now(self) -> float:
+        """The targets' momentum at this step (the start value without a trainer)."""
+        return self.along_run(*self.ema_range) if self.ema_range is not None else 0.0
+
+    def update_ema(self, momentum: float) -> None:
+        """Move every target towards its online module by ``momentum``."""
+        for online, target in self.momentum_pairs():
+            follow(online, target, momentum, buffers=self.ema_copies_buffers)
+
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None
+    ) -> None:
+        """The optimiser step, then the targets' update: once per optimiser step, also under
+        gradient accumulation, at the step's index in the run (DINO's reference)."""
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        if self.ema_range is not None:
+            self.update_ema(self.ema_momentum_now())
 
     def along_run(self, start: float, end: float) -> float:
         """``start`` -> ``end`` along a cosine over the run's optimiser steps (lightly's
@@ -166,7 +292,50 @@ class PretrainingModule(
         step = min(self.global_step, int(total))
         return float(cosine_schedule(step, int(total), float(start), float(end)))
 
+    # -------------------------------------------------------------------- export
+    def specs(self) -> dict[str, Any]:
+        """How to rebuild each trained arm's backbone with plain timm."""
+        return {arm: self.encoders.spec(arm, self.arm_backbone(arm)) for arm in self.trained_arms()}
+
+    def network_backbone(self, arm: str, network: str) -> nn.Module:
+        """``arm``'s backbone in ``network`` (one of :attr:`export_networks`)."""
+        return self.arm_backbone(arm)
+
+    def export_arms(self, network: str) -> dict[str, ExportedArm]:
+        """The exported arms: each backbone, with its head when the method exports one."""
+        specs = self.specs()
+        return {arm: ExportedArm(specs[arm], self.network_backbone(arm, network)) for arm in specs}
+
+    def export_meta(self) -> dict[str, Any]:
+        """What ``meta.json`` says beyond the method (head, size, normalisation)."""
+        hp, first = self.hparams, next(iter(self.specs().values()))
+        return {"head": "features", "head_dim": first.num_features, "img_size": hp.img_size,
+                "mean": list(hp.mean), "std": list(hp.std)}  # fmt: skip
+
+    def exportable(
+        self, network: str | None = None
+    ) -> tuple[dict[str, ExportedArm], dict[str, Any]]:
+        """The arms of ``network`` (default: the trained one) and ``meta.json``'s content,
+        which always names the method (and the network, where there is a choice)."""
+        network = check_choice("network", network or self.export_networks[0], self.export_networks)
+        meta = {"method": self.method, **self.export_meta()}
+        if len(self.export_networks) > 1:
+            meta["network"] = network
+        return self.export_arms(network), meta
+
+    def export(
+        self, out_dir: str | Path, source: str | None = None, network: str | None = None
+    ) -> Path:
+        """Write ``<arm>.safetensors`` and ``meta.json`` (see :mod:`cass_lightning.export`)."""
+        arms, meta = self.exportable(network)
+        return export_backbones(arms, out_dir, meta, source=source)
+
     # ----------------------------------------------------------------- optimiser
+    def learning_rate(self) -> float:
+        """``optimizer.lr`` times ``batch_lr_factor`` (both must be > 0)."""
+        lr = check_positive("model.optimizer.lr", self.optimizer_cfg["lr"])
+        return lr * check_positive("batch_lr_factor", self.hparams.batch_lr_factor)
+
     @abstractmethod
     def param_groups(self) -> list[dict[str, Any]]:
         """The optimiser's parameter groups (see ``optim.arm_param_groups``)."""
@@ -175,10 +344,3 @@ class PretrainingModule(
         return lightning_optimizers(
             self.param_groups(), self.optimizer_cfg, self.scheduler_cfg, self.trainer
         )
-
-    def log_learning_rates(self) -> None:
-        """Each group's learning rate, at Lightning's logging steps only (Python numbers: each
-        one is a copy to the device)."""
-        if self._trainer is not None and logs_this_step(self.trainer):
-            self.log_dict(group_learning_rates(self.trainer.optimizers[0]), on_step=True,
-                          on_epoch=False)  # fmt: skip

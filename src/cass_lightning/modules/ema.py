@@ -1,52 +1,60 @@
-"""Momentum (EMA) copies of CASS's arms, used as each other's targets (an opt-in remedy).
+"""Momentum (EMA) targets: the one mechanism behind BYOL's target, DINO's teacher and CASS's
+``ema`` remedy.
 
-Each copy is ``Sequential(backbone, head)`` of one arm; it receives no gradient and is not in
-the optimiser. After every optimiser step each copy moves towards its arm by lightly's
-``update_momentum`` (``target = m * target + (1 - m) * online``) with ``m`` rising along
-lightly's ``cosine_schedule`` over the run, as BYOL's and DINO's teachers do.
+A target receives no gradient and is not in the optimiser. After every optimiser step
+(:meth:`~.base.PretrainingModule.optimizer_step`) each target moves towards its online module
+by lightly's ``update_momentum`` (``target = m * target + (1 - m) * online``), with ``m``
+rising along the base's cosine over the run (:meth:`~.base.PretrainingModule.along_run`).
 """
 
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from lightly.models.utils import update_momentum
-from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
+
+from cass_lightning.evaluation import KeepPooled
+
+
+def momentum_copy(module: nn.Module) -> nn.Module:
+    """A frozen copy of ``module`` to serve as its momentum target. The copy keeps no pooled
+    features: only the online network feeds the online probe."""
+    target = copy.deepcopy(module)
+    for sub in target.modules():
+        for key, hook in list(sub._forward_hooks.items()):
+            if isinstance(hook, KeepPooled):
+                del sub._forward_hooks[key]
+    return target.requires_grad_(False)
+
+
+@torch.no_grad()
+def follow(online: nn.Module, target: nn.Module, momentum: float, buffers: bool = False) -> None:
+    """Move ``target``'s parameters towards ``online``'s; with ``buffers`` also copy the
+    buffers (BatchNorm statistics) over."""
+    if next(online.parameters(), None) is not None:  # lightly needs a parameter
+        update_momentum(online, target, m=momentum)
+    if buffers:
+        for t, o in zip(target.buffers(), online.buffers(), strict=True):
+            t.copy_(o)
 
 
 class EMATargets(nn.ModuleDict):
-    """One momentum copy per arm; keys and state-dict names are the arms' (``cnn``, ``vit``)."""
+    """CASS's remedy: one momentum copy ``Sequential(backbone, head)`` per arm, each the other
+    arm's target; keys and state-dict names are the arms' (``cnn``, ``vit``)."""
 
-    def __init__(self, arms: dict[str, tuple[nn.Module, nn.Module]], start: float, end: float):
+    def __init__(self, arms: dict[str, tuple[nn.Module, nn.Module]]) -> None:
         super().__init__({
-            arm: nn.Sequential(copy.deepcopy(backbone), copy.deepcopy(head))
+            arm: nn.Sequential(momentum_copy(backbone), momentum_copy(head))
             for arm, (backbone, head) in arms.items()
         })  # fmt: skip
-        self.requires_grad_(False)
-        self.start, self.end = float(start), float(end)
 
-    def momentum(self, step: int, total_steps: float) -> float:
-        """The momentum at ``step`` of a run of ``total_steps`` (the start value when the run
-        length is unknown)."""
-        if not math.isfinite(total_steps) or total_steps <= 1:
-            return self.start
-        total = int(total_steps)
-        return float(cosine_schedule(min(step, total), total, self.start, self.end))
+    def pairs(self, arms: dict[str, tuple[nn.Module, nn.Module]]) -> list[tuple[nn.Module, ...]]:
+        """``(online, target)`` for each arm's backbone and head."""
+        return [pair for arm, online in arms.items() for pair in zip(online, self[arm])]
 
     @torch.no_grad()
     def outputs(self, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         """Each copy's outputs on every view: ``(cnn outputs, vit outputs)``."""
         return [self["cnn"](v) for v in views], [self["vit"](v) for v in views]
-
-    @torch.no_grad()
-    def follow(self, arms: dict[str, tuple[nn.Module, nn.Module]], momentum: float) -> None:
-        """Move every copy's parameters towards its arm; copy buffers (BatchNorm statistics)."""
-        for arm, online in arms.items():
-            for source, target in zip(online, self[arm], strict=True):
-                if next(source.parameters(), None) is not None:  # lightly needs a parameter
-                    update_momentum(source, target, m=momentum)
-                for t, o in zip(target.buffers(), source.buffers(), strict=True):
-                    t.copy_(o)

@@ -12,6 +12,8 @@ the weights are not read twice), maps them to today's arguments and hands them t
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,35 @@ _DINO_GROUPED = {
     "momentum_start": ("distillation", "momentum_start"),
     "momentum_end": ("distillation", "momentum_end"),
 }
+
+
+#: Stored names that are no constructor argument any more (the upgrade reads them).
+LEGACY_KEYS = frozenset({
+    *_CASS_OPTIMIZER_KEYS, *_CASS_REMEDY_KEYS, *_DINO_GROUPED, "lr_scale",
+    "zero_grad_every_step", "channels_last", "compile", "weights_file", "backbone_kwargs",
+})  # fmt: skip
+#: True while ``load_from_checkpoint`` builds a module from stored hyperparameters.
+_LOADING: ContextVar[bool] = ContextVar("cass_loading_checkpoint", default=False)
+
+
+def check_stored_extras(owner: str, method: str, extras: Mapping[str, Any]) -> None:
+    """Refuse constructor arguments a method does not take, except what checkpoints store
+    beside them: the recorded ``method`` (it must be this one) and, while loading, the old
+    names :class:`UpgradesOldCheckpoints` has already mapped (other stored names: a warning)."""
+    recorded = extras.get("method")
+    if recorded is not None and str(recorded).lower() != method:
+        raise ValueError(
+            f"this checkpoint records method {recorded!r}, not {method!r}: load it with that "
+            "method's module (cass_lightning.modules.pretraining_module_for(hparams))"
+        )
+    loading = _LOADING.get()
+    unknown = sorted(set(extras) - {"method"} - (LEGACY_KEYS if loading else set()))
+    if unknown and not loading:
+        raise TypeError(f"{owner}() got unexpected argument(s) {unknown}")
+    if unknown:
+        warnings.warn(
+            f"stored hyperparameter(s) {unknown} are no argument of {owner}: ignored", stacklevel=3
+        )
 
 
 def stored_hparams(checkpoint_path: Any) -> dict[str, Any]:
@@ -108,6 +139,10 @@ class UpgradesOldCheckpoints:
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
         upgraded = cls._upgrade(stored_hparams(checkpoint_path))
-        return super().load_from_checkpoint(  # type: ignore[misc]
-            checkpoint_path, *args, **{**upgraded, **kwargs}
-        )
+        token = _LOADING.set(True)
+        try:
+            return super().load_from_checkpoint(  # type: ignore[misc]
+                checkpoint_path, *args, **{**upgraded, **kwargs}
+            )
+        finally:
+            _LOADING.reset(token)

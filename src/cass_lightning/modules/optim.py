@@ -89,7 +89,7 @@ def fusable(groups: list[dict[str, Any]]) -> bool:
 
 
 def set_fused_optimizer(module: Any, fused: bool) -> None:
-    """Ask ``module`` (a CASS, DINO or classifier module) for a fused optimiser when it builds
+    """Ask ``module`` (a pretraining or classifier module) for a fused optimiser when it builds
     one: its ``optimizer_cfg`` reaches :func:`build_optimizer`. Not a hyperparameter, so
     checkpoints and resumes do not depend on it."""
     cfg = getattr(module, "optimizer_cfg", None)

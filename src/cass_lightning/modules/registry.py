@@ -154,5 +154,9 @@ register(Method("dino", "DINO", "cass_lightning.modules.dino:DINOModule", "dino"
                 always_shown=True, select=("model=dino",)))  # fmt: skip
 register(Method("byol", "BYOL", "cass_lightning.modules.byol:BYOLModule", "byol", ONE,
                 select=("model=byol",)))  # fmt: skip
+register(Method("simsiam", "SimSiam", "cass_lightning.modules.simsiam:SimSiamModule", "simsiam",
+                ONE, select=("model=simsiam",)))  # fmt: skip
+register(Method("simclr", "SimCLR", "cass_lightning.modules.simclr:SimCLRModule", "simclr", ONE,
+                select=("model=simclr",)))  # fmt: skip
 register(Method("imagenet", "ImageNet", always_shown=True, in_grid=False))
 register(Method("random", "Random", compared=False, in_grid=False))
