@@ -15,12 +15,16 @@ from cass_lightning.export import export_classifier, export_module, load_backbon
 from cass_lightning.modules.byol import BYOLModule
 from cass_lightning.modules.dino import DINOModule
 from cass_lightning.modules.registry import pretraining_methods
+from cass_lightning.modules.simclr import SimCLRModule
+from cass_lightning.modules.simsiam import SimSiamModule
 from cass_lightning.runtime import apply_speed_switches
 from cass_lightning.timm_folder import TIMM_FILES, read_timm_config
 
 TINY = dict(cnn="resnet10t", vit="vit_tiny_patch16_224", img_size=32)
 BYOL_HEAD = {"hidden_dim": 32, "dim": 16, "predictor_hidden_dim": 32}
 DINO_HEAD = dict(dim=32, hidden_dim=64, bottleneck_dim=16)
+SIMSIAM_HEAD = {"hidden_dim": 32, "dim": 16, "predictor_hidden_dim": 8}
+SIMCLR_HEAD = {"hidden_dim": 32, "dim": 16, "temperature": 0.2}
 
 
 def channels_last_cass() -> CASSModule:
@@ -38,6 +42,10 @@ MODELS = {
     "dino-vit": lambda: DINOModule(arm="vit", **TINY, head=DINO_HEAD),
     "byol-cnn": lambda: BYOLModule(arm="cnn", **TINY, head=BYOL_HEAD),
     "byol-vit": lambda: BYOLModule(arm="vit", **TINY, head=BYOL_HEAD),
+    "simsiam-cnn": lambda: SimSiamModule(arm="cnn", **TINY, head=SIMSIAM_HEAD),
+    "simsiam-vit": lambda: SimSiamModule(arm="vit", **TINY, head=SIMSIAM_HEAD),
+    "simclr-cnn": lambda: SimCLRModule(arm="cnn", **TINY, head=SIMCLR_HEAD),
+    "simclr-vit": lambda: SimCLRModule(arm="vit", **TINY, head=SIMCLR_HEAD),
 }
 
 
