@@ -152,7 +152,7 @@ def plan_start(cfg: DictConfig, folder: Path) -> RunStart:
     """
     resume = cfg.get("resume")
     if resume is None:
-        return _fresh_or_requeued(folder)
+        return _fresh_or_requeued(folder, cfg.get("trainer") or {})
     target = Path(str(resume)).expanduser().resolve()
     if target != folder.resolve():
         raise ResumeError(
@@ -180,10 +180,11 @@ def set_aside_partial_export(folder: Path) -> Path | None:
     return target
 
 
-def _fresh_or_requeued(folder: Path) -> RunStart:
+def _fresh_or_requeued(folder: Path, trainer: Any) -> RunStart:
     """A fresh start; or, when an earlier start of this same SLURM job wrote ``folder`` (the
     scheduler requeued it: preemption, ``scontrol requeue``, a time limit), its continuation
-    from ``last.ckpt`` (or from the start, when it stopped before its first checkpoint)."""
+    from ``last.ckpt`` (or from the start, when it stopped before its first checkpoint; only
+    the export, when it stopped after its last step)."""
     from cass_lightning.apps.cluster.requeue import earlier_start_in
 
     info = read_run_info(folder)
@@ -196,7 +197,8 @@ def _fresh_or_requeued(folder: Path) -> RunStart:
         return RunStart(folder, run_id, requeued=True)
     check_resumable(folder)
     print(f"Requeued SLURM job: continuing {folder} from {LAST_CHECKPOINT}")
-    return RunStart(folder, run_id, ckpt, requeued=True)
+    complete = _training_complete(ckpt, trainer.get("max_epochs"), trainer.get("max_steps", -1))
+    return RunStart(folder, run_id, ckpt, requeued=True, finish_export=complete)
 
 
 def _training_complete(ckpt: Path, max_epochs: int | None, max_steps: int | None) -> bool:
