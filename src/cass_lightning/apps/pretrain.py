@@ -331,7 +331,8 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # best, and last
     throughput = next((c for c in callbacks if isinstance(c, ImagesPerSecond)), None)
     result: dict[str, Any] = {
-        "method": getattr(model, "method_name", type(model).__name__),
+        "method": model.method,  # the registry name, as in the checkpoint and the export
+        "method_label": model.method_name,  # for display only
         "run_dir": str(folder),
         # wall time, steps, images and images/s: totals over every start of the run
         # (``attempts``); ``cost_comparable`` is false when a start recorded no end
@@ -359,7 +360,7 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
                         else None,
     }  # fmt: skip
     report_run(
-        f"{result['method']} pretraining finished in {elapsed:.0f} s"
+        f"{result['method_label']} pretraining finished in {elapsed:.0f} s"
         + (f" ({len(costs['attempts'])} starts, {costs['fit_seconds']:.0f} s in all)"
            if len(costs["attempts"]) > 1 else ""),
         {"run folder": result["run_dir"], "last checkpoint": result["last_checkpoint"],
