@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cass_lightning.apps.runfolder import holder_alive
-from cass_lightning.apps.study_logging import with_logging
+from cass_lightning.apps.study.tracking import with_logging
 from cass_lightning.io import atomic_write_json, read_json
 from cass_lightning.modules.registry import BOTH, Method, method_names, pretraining_methods
 

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-# The study's settings and points (``study_plan.StudySettings`` / ``Point``) are typed ``Any``
+# The study's settings and points (``plan.StudySettings`` / ``Point``) are typed ``Any``
 # here: the planner imports this module, never the other way round.
 StudySettings = Any
 Point = Any

@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cass_lightning.apps.study_logging import wants_wandb
-from cass_lightning.apps.study_plan import (
+from cass_lightning.apps.study.plan import (
     FAILED_FILE,
     RESULTS_FILE,
     SUMMARY_FILE,
@@ -19,7 +18,8 @@ from cass_lightning.apps.study_plan import (
     StudySettings,
     missing_rows,
 )
-from cass_lightning.apps.study_points import TIMING_FILE
+from cass_lightning.apps.study.points import TIMING_FILE
+from cass_lightning.apps.study.tracking import wants_wandb
 from cass_lightning.io import first_free, read_json
 from cass_lightning.machine import device_label
 from cass_lightning.records import read_record
