@@ -22,8 +22,8 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from cass_lightning import CASSModule
-from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.finetune import RESULTS_FILE, finetune, plain_config, resolve_weights
+from cass_lightning.apps.run.common import CONFIG_DIR
 from cass_lightning.encoders import create_timm_model
 from cass_lightning.export import export_module
 from cass_lightning.losses import sigmoid_focal_loss

@@ -13,8 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from app_helpers import compose_app
-from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.pretrain import pretrain
+from cass_lightning.apps.run.common import CONFIG_DIR
 from cass_lightning.modules.objective import Remedies
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))

@@ -16,7 +16,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from app_helpers import app_env, compose_app
-from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.run.common import CONFIG_DIR
 from cass_lightning.apps.study.app import launcher_overrides, settings_from
 from cass_lightning.apps.study.plan import (
     FAILED_FILE,

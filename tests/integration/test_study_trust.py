@@ -20,9 +20,9 @@ from test_safety import _digest, _main, _run_folder
 
 from app_helpers import app_env, compose_app
 from cass_lightning.apps import pretrain as pretrain_app
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.resume import SHAPE_KEYS, ResumeError, resume_argv
-from cass_lightning.apps.runfolder import LOCK_FILE, this_process
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.run.resume import SHAPE_KEYS, ResumeError, resume_argv
+from cass_lightning.apps.run.runfolder import LOCK_FILE, this_process
 from cass_lightning.apps.study.app import refuse_orphans, settings_from
 from cass_lightning.apps.study.plan import (
     FAILED_FILE,
@@ -200,7 +200,7 @@ def test_study_device_gpu_puts_every_point_on_the_gpu_and_the_documented_spellin
 
 # ----------------------------------------------------------------------------- one writer
 def test_a_second_study_on_one_folder_is_refused_and_the_first_untouched(tmp_path, capsys):
-    from cass_lightning.apps.console import reported_errors
+    from cass_lightning.apps.run.console import reported_errors
     from cass_lightning.apps.study.app import study
 
     cfg = compose_app(tmp_path, [*STUDY, f"study.dir={tmp_path / 'study'}"], config_name="study")

@@ -120,7 +120,7 @@ def test_wandb_is_composed_with_every_point_outside_its_digest(tmp_path):
 def test_a_report_whose_online_start_fails_goes_offline(tmp_path, monkeypatch, capsys):
     import wandb
 
-    from cass_lightning.apps import loggers
+    from cass_lightning.apps.run import loggers
     from cass_lightning.apps.study.report import upload_report
 
     study_dir = tmp_path / "paper-isic"

@@ -36,7 +36,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cass_lightning.apps.cluster.requeue import record_job, set_aside_requeued_attempt
-from cass_lightning.apps.common import (
+from cass_lightning.apps.run.common import (
     CONFIG_DIR,
     check_run_settings,
     finite_or_none,
@@ -46,17 +46,16 @@ from cass_lightning.apps.common import (
     run_dir,
     save_run_config,
     seed_everything,
-    warn_slow_bf16,
 )
-from cass_lightning.apps.console import (
+from cass_lightning.apps.run.console import (
     RunStopped,
     StopSignals,
     entry_point,
     hold_run_folder,
     reported_errors,
 )
-from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.apps.pretrain import check_speed, speed_settings, uses_cuda
+from cass_lightning.apps.run.loggers import build_loggers, logger_context
+from cass_lightning.apps.run.speed import check_speed, speed_settings, uses_cuda, warn_slow_bf16
 from cass_lightning.callbacks import DataWait, LoopTimer, atomic_checkpoint_plugin
 from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.datamodule import MedicalDataModule

@@ -21,22 +21,17 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from cass_lightning.apps.cluster.job import current_job
 from cass_lightning.apps.cluster.requeue import (
     lightning_plugins,
     requeue_after_stop,
     requeued_after_finish,
 )
-from cass_lightning.apps.common import (
+from cass_lightning.apps.run.common import (
     CONFIG_DIR,
     check_run_settings,
     instantiate_group,
@@ -46,24 +41,24 @@ from cass_lightning.apps.common import (
     run_dir,
     save_run_config,
     seed_everything,
-    warn_slow_bf16,
 )
-from cass_lightning.apps.console import (
+from cass_lightning.apps.run.console import (
     RunStopped,
     StopSignals,
     entry_point,
     hold_run_folder,
     reported_errors,
 )
-from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.apps.resume import (
+from cass_lightning.apps.run.loggers import build_loggers, logger_context
+from cass_lightning.apps.run.resume import (
     LAST_CHECKPOINT,
     RunStart,
     plan_start,
     resumable,
     set_aside_partial_export,
 )
-from cass_lightning.apps.resume_checks import restated_settings
+from cass_lightning.apps.run.resume_checks import restated_settings
+from cass_lightning.apps.run.speed import check_speed, launch_settings, speed_settings, uses_cuda
 from cass_lightning.callbacks import (
     DataWait,
     ExportBackbones,
@@ -74,17 +69,11 @@ from cass_lightning.callbacks import (
 )
 from cass_lightning.callbacks.best import choose_best
 from cass_lightning.callbacks.progress import progress_bar
-from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import weights_init
 from cass_lightning.io import read_json
 from cass_lightning.machine import trainer_machine
 from cass_lightning.runtime import (
     apply_speed_settings,
-    check_multirun_strategy,
-    lr_scale_factor,
-    resolve_precision,
-    resolve_speed,
-    speed_request,
     strategy_for_idle_parameters,
 )
 
@@ -92,71 +81,6 @@ SUMMARY_FILE = "summary.json"
 LOG_FILE = "pretrain.log"
 #: What a run writes that a second run into the same folder must never overwrite.
 KEPT = ("checkpoints", "export")
-
-
-def launch_settings(cfg: DictConfig) -> dict[str, Any]:
-    """Precision, learning-rate scale and launch checks, decided (and printed) before building.
-
-    ``trainer.precision=auto`` resolves to what the hardware supports; ``lr_scaling.rule``
-    scales every configured learning rate for the effective global batch
-    (``data.batch_size x trainer.accumulate_grad_batches``) against ``lr_scaling.base_batch_size``.
-    """
-    trainer = cfg.trainer
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    job = current_job()
-    check_multirun_strategy(
-        multirun, trainer.get("strategy", "auto"), trainer.get("devices"),
-        int(trainer.get("num_nodes", 1) or 1),
-        job.ntasks if job is not None and job.step_id is not None else None,  # srun's tasks
-    )  # fmt: skip
-    effective = int(cfg.data.batch_size) * int(trainer.get("accumulate_grad_batches", 1))
-    scaling = cfg.get("lr_scaling") or {}
-    rule = scaling.get("rule", "none")
-    factor = lr_scale_factor(rule, effective, int(scaling.get("base_batch_size", effective)))
-    precision = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
-    on_gpu = trainer.get("accelerator") in ("gpu", "cuda") or (
-        trainer.get("accelerator") in (None, "auto") and torch.cuda.is_available()
-    )
-    warn_slow_bf16(precision, on_cpu=not on_gpu and trainer.get("accelerator") != "mps")
-    # SyncBatchNorm only exists for CUDA; CPU DDP (gloo, tests) keeps per-process statistics.
-    sync_bn = bool(trainer.get("sync_batchnorm", False)) and on_gpu
-    settings = {
-        "precision": precision,
-        "strategy": trainer.get("strategy", "auto"),  # the model's declaration may refine it
-        "sync_batchnorm": sync_bn,
-        "lr_scaling_rule": rule,
-        "batch_lr_factor": factor,
-        "effective_batch_size": effective,
-    }
-    if rank_zero_only.rank == 0:
-        print(
-            f"precision {precision} (asked: {trainer.get('precision')}); lr scaling {rule}: "
-            f"x{factor:.4g} for an effective batch of {effective}"
-        )
-    return settings
-
-
-def speed_settings(cfg: DictConfig, precision: str, on_cuda: bool) -> dict[str, bool]:
-    """The ``speed`` block (and the loader options ``data.pin_memory`` /
-    ``data.persistent_workers``) resolved for this machine: booleans in effect, printed once.
-    Shared by cass-pretrain and cass-finetune, so CASS, DINO and fine-tuning get one rule."""
-    workers = resolve_workers(cfg.data.get("num_workers", 0))
-    asked = speed_request(cfg.get("speed"), cfg.get("data"))
-    settings = resolve_speed(asked, on_cuda=on_cuda, num_workers=workers, precision=precision)
-    if rank_zero_only.rank == 0:
-        on = [k for k, v in settings.items() if v]
-        print(f"speed settings on: {', '.join(on) if on else 'none'}")
-    return settings
-
-
-def check_speed(cfg: DictConfig) -> None:
-    """Refuse a bad ``speed`` value or key by name before the run claims its folder."""
-    resolve_speed(speed_request(cfg.get("speed"), cfg.get("data")), on_cuda=False, num_workers=0)
-
-
-def uses_cuda(accelerator: Any) -> bool:
-    """Whether a trainer with ``accelerator`` runs on CUDA here."""
-    return accelerator in ("gpu", "cuda", None, "auto") and torch.cuda.is_available()
 
 
 def data_views(model: Any, asked: Any = None) -> str:
@@ -382,7 +306,7 @@ SHOWN_METRICS = (
 )  # fmt: skip
 
 
-@resumable  # resume=<run folder> -> that folder and its saved overrides (see resume.py)
+@resumable  # resume=<run folder> -> that folder and its saved overrides (see run/resume.py)
 @entry_point  # a command line Hydra cannot compose exits 2
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pretrain")
 def main(cfg: DictConfig) -> float | None:

@@ -28,10 +28,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.console import entry_point, reported_errors
-from cass_lightning.apps.overrides import override_key, quote
-from cass_lightning.apps.runfolder import LOCK_FILE, RunFolderBusy, claim_run_folder, read_lock
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.run.console import entry_point, reported_errors
+from cass_lightning.apps.run.overrides import override_key, quote
+from cass_lightning.apps.run.runfolder import LOCK_FILE, RunFolderBusy, claim_run_folder, read_lock
 from cass_lightning.apps.study.data import data_check_folder
 from cass_lightning.apps.study.plan import (
     FAILED_FILE,

@@ -38,9 +38,9 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.console import RunStopped
-from cass_lightning.apps.runfolder import (
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.run.console import RunStopped
+from cass_lightning.apps.run.runfolder import (
     LOCK_FILE,
     holder_alive,
     read_lock,

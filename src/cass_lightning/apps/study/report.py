@@ -147,7 +147,7 @@ def upload_report(out: Path, settings: StudySettings, study_dir: Path) -> str:
     ``WANDB_MODE=disabled``)."""
     import wandb
 
-    from cass_lightning.apps.loggers import (
+    from cass_lightning.apps.run.loggers import (
         DEFAULT_FINISH_TIMEOUT_S,
         DEFAULT_INIT_TIMEOUT_S,
         INIT_MODES,
@@ -209,7 +209,7 @@ def _artifact_name(text: str) -> str:
 def seconds_since_start() -> float:
     """Wall time since this process started (from /proc on Linux: the interpreter's start and
     imports count as overhead too), else since this module was imported."""
-    from cass_lightning.apps.runfolder import start_ticks
+    from cass_lightning.apps.run.runfolder import start_ticks
 
     ticks = start_ticks(os.getpid())
     try:

@@ -61,7 +61,7 @@ def with_logging(s: StudySettings, study_dir: Path, points: list[Point]) -> list
         return points
     import importlib.util
 
-    from cass_lightning.apps.overrides import quote
+    from cass_lightning.apps.run.overrides import quote
 
     plain_name("study.wandb.project", s.wandb_project)
     plain_name("the study folder's name", study_dir.name)
@@ -85,7 +85,7 @@ def with_logging(s: StudySettings, study_dir: Path, points: list[Point]) -> list
 
 def _hydra_value(value: Any) -> str:
     """A value as Hydra's override grammar reads it back (strings quoted)."""
-    from cass_lightning.apps.overrides import quote
+    from cass_lightning.apps.run.overrides import quote
 
     if value is None:
         return "null"
