@@ -62,7 +62,8 @@ from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
 from cass_lightning.io import atomic_write_json, file_sha256
 from cass_lightning.machine import trainer_machine
-from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
+from cass_lightning.modules.arm_source import ArmSource, parse_weights, read_arm_source
+from cass_lightning.modules.classifier import ClassifierModule
 from cass_lightning.records import plain_floats, plain_int
 from cass_lightning.report.identity import settings_digest, weights_hashes
 from cass_lightning.runtime import apply_speed_settings, resolve_precision
@@ -70,24 +71,6 @@ from cass_lightning.runtime import apply_speed_settings, resolve_precision
 RESULTS_FILE = "results.json"
 LOG_FILE = "finetune.log"
 KEPT = (RESULTS_FILE, "checkpoints")
-WEIGHT_KEYWORDS = ("imagenet", "random")
-
-
-def resolve_weights(weights: Any, weights_file: str | None) -> tuple[str, str | None]:
-    """``(init, path)`` from the ``weights`` setting: a folder, a ``.ckpt`` or a keyword."""
-    if weights is None or str(weights).strip() == "":
-        raise ValueError(
-            "set weights=<export folder> | <CASS checkpoint .ckpt> | imagenet | random "
-            "(e.g. weights=runs/pretrain/<run>/export)"
-        )
-    text = str(weights)
-    if text == "random":
-        return "random", None
-    if text == "imagenet":
-        return "imagenet", weights_file
-    if text.endswith(".ckpt"):
-        return "checkpoint", text
-    return "export", text
 
 
 def build_data(
@@ -163,7 +146,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     refuse_to_overwrite(folder, KEPT)
     check_run_settings(cfg)
     check_speed(cfg)
-    init, weights = resolve_weights(cfg.get("weights"), cfg.model.get("weights_file"))
+    init, weights = parse_weights(cfg.get("weights"), cfg.model.get("weights_file"))
     model_cfg = cfg.model
     # Read the weights' description once; a bad path fails here, before any data is built.
     # Pretrained weights set the input size (model.img_size is for imagenet/random).
