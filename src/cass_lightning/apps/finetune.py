@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import signal
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,21 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         return _finetune(cfg, folder, init, weights, source, stop)
 
 
+@dataclass
+class Built:
+    """What a fine-tuning run built from its config, before it fits."""
+
+    dm: MedicalDataModule
+    model: ClassifierModule
+    trainer: L.Trainer
+    best: ModelCheckpoint
+    early: EarlyStopping
+    timer: LoopTimer
+    waits: DataWait
+    speed: dict[str, bool]
+    machine: dict[str, Any]
+
+
 def _finetune(
     cfg: DictConfig,
     folder: Path,
@@ -166,11 +182,23 @@ def _finetune(
     source: ArmSource,
     stop: StopSignals,
 ) -> dict[str, Any]:
+    """The run inside its claimed folder: build -> fit -> write (checked by :func:`finetune`)."""
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     run_id = uuid.uuid4().hex  # at the start: every copy of this run's folder carries it
     seed_everything(cfg.get("seed"))
+    built = build(cfg, folder, source)
+    stop.trainer = built.trainer
+    test_split, tested = fit_and_test(built, folder, stop)
+    result = results(cfg, built, run_id, folder, init, weights, source, test_split, tested)
+    if built.trainer.is_global_zero:
+        write_results(folder, result)
+    return result
 
+
+def build(cfg: DictConfig, folder: Path, source: ArmSource) -> Built:
+    """Data, model (the two checked against each other and the early stopping), loggers and
+    trainer; the run's config is saved once the checks passed."""
     accelerator = cfg.trainer.get("accelerator")
     precision = resolve_precision(cfg.trainer.get("precision"), accelerator)
     on_cuda = uses_cuda(accelerator)
@@ -220,15 +248,20 @@ def _finetune(
     for logger in trainer.loggers:
         logger.log_hyperparams({"seed": cfg.get("seed"), "data": dict(dm.hparams),
                                 "machine": machine})  # fmt: skip
+    return Built(dm, model, trainer, best, early, timer, waits, speed, machine)
 
-    stop.trainer = trainer
+
+def fit_and_test(built: Built, folder: Path, stop: StopSignals) -> tuple[str, list[Any]]:
+    """Fit, then test the best checkpoint on the test split (validation when there is none);
+    ``(split tested, Lightning's test results)``. A stop by signal raises ``RunStopped``."""
+    trainer, dm, model = built.trainer, built.dm, built.model
     try:
         trainer.fit(model, datamodule=dm)
         test_split = "test" if dm.split_indices("test").size else "val"
         if test_split == "val" and rank_zero_only.rank == 0:
             print("no test split in this dataset: the best checkpoint is evaluated on validation")
         loader = dm.test_dataloader() if test_split == "test" else dm.val_dataloader()
-        ckpt_path = "best" if best.best_model_path else None
+        ckpt_path = "best" if built.best.best_model_path else None
         tested = trainer.test(model, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
     except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
         name = signal.Signals(stop.received or signal.SIGTERM).name
@@ -237,6 +270,15 @@ def _finetune(
             f"Stopped by {name} at global step {trainer.global_step}; fine-tuning does not "
             f"resume: start it again into a new folder (nothing in {folder} is a result).",
         ) from None
+    return test_split, tested
+
+
+def results(
+    cfg: DictConfig, built: Built, run_id: str, folder: Path, init: str, weights: str | None,
+    source: ArmSource, test_split: str, tested: list[Any],
+) -> dict[str, Any]:  # fmt: skip
+    """What ``results.json`` holds: the run's setting, metrics, costs and machine."""
+    dm, model, best, stopping = built.dm, built.model, built.best, cfg.early_stopping
     hp = model.hparams
     result: dict[str, Any] = {
         "run_id": run_id,
@@ -263,29 +305,32 @@ def _finetune(
         if best.best_model_score is not None
         else None,
         "best_checkpoint": best.best_model_path or None,
-        "epochs_run": int(trainer.current_epoch),
-        "stopped_early": bool(early.stopped_epoch),
-        "loop_seconds": timer.seconds,
-        "data_wait_share": waits.share,
-        "speed": speed,
-        "precision": machine["precision"],
-        "machine": machine,  # where the metrics and times above were measured
+        "epochs_run": int(built.trainer.current_epoch),
+        "stopped_early": bool(built.early.stopped_epoch),
+        "loop_seconds": built.timer.seconds,
+        "data_wait_share": built.waits.share,
+        "speed": built.speed,
+        "precision": built.machine["precision"],
+        "machine": built.machine,  # where the metrics and times above were measured
         # classes, per_class, confusion (of the test pass above) and the labelled subset's seed
         **model.per_class_results(dm.classes, dm.hparams.label_seed),
         "data_fingerprint": dm.fingerprint,
     }
     # What a report groups by: seeds of one setting on one dataset share a cell, nothing else.
     result["settings_digest"] = settings_digest(plain_config(cfg), weights_hashes(result))
-    if trainer.is_global_zero:
-        atomic_write_json(folder / RESULTS_FILE, result)
-        report_run(
-            f"fine-tuned the {result['arm']} arm ({result['timm_name']}, init {init}, "
-            f"{result['mode']}) for {result['epochs_run']} epochs",
-            {"run folder": result["run_dir"], "best checkpoint": result["best_checkpoint"],
-             "evaluated on": f"{test_split} split"},
-            result["metrics"],
-        )  # fmt: skip
     return result
+
+
+def write_results(folder: Path, result: dict[str, Any]) -> None:
+    """``results.json``, and what the run did, at the terminal."""
+    atomic_write_json(folder / RESULTS_FILE, result)
+    report_run(
+        f"fine-tuned the {result['arm']} arm ({result['timm_name']}, init {result['init']}, "
+        f"{result['mode']}) for {result['epochs_run']} epochs",
+        {"run folder": result["run_dir"], "best checkpoint": result["best_checkpoint"],
+         "evaluated on": f"{result['test_split']} split"},
+        result["metrics"],
+    )  # fmt: skip
 
 
 @entry_point  # a command line Hydra cannot compose exits 2

@@ -16,6 +16,7 @@ import contextlib
 import shlex
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,11 +168,46 @@ def _stopped_message(stop: StopSignals, trainer: L.Trainer, callbacks: list[Any]
     return f"Stopped by {stop.name} {where}; {saved}."
 
 
+@dataclass
+class Built:
+    """What a pretraining start built from its config, before it fits."""
+
+    model: L.LightningModule
+    datamodule: L.LightningDataModule
+    trainer: L.Trainer
+    callbacks: list[Any]
+    best_reason: str | None
+    timer: LoopTimer
+    waits: DataWait
+    speed: dict[str, bool]
+    machine: dict[str, Any]
+
+
+@dataclass
+class Fitted:
+    """What a start's fit left: its seconds, the run's costs over every start, the export."""
+
+    elapsed: float
+    costs: dict[str, Any]
+    exporter: ExportBackbones | None
+
+
 def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -> dict[str, Any]:
+    """The run inside its claimed folder: build -> fit -> write (checked by :func:`pretrain`)."""
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     seed_everything(cfg.get("seed"))
+    built = build(cfg, folder, run)
+    stop.trainer = built.trainer
+    fitted = fit(built, run, stop)
+    result = summary(cfg, built, fitted, folder)
+    write_summary(folder, result, fitted)
+    return result
 
+
+def build(cfg: DictConfig, folder: Path, run: RunStart) -> Built:
+    """Model, then the data it declares (views, size, normalisation), callbacks, loggers and
+    trainer; the start is recorded and the config saved once every check passed."""
     launch = launch_settings(cfg)
     on_cuda = uses_cuda(cfg.trainer.get("accelerator"))
     speed = speed_settings(cfg, launch["precision"], on_cuda)
@@ -221,16 +257,21 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
             {"seed": cfg.get("seed"), "data": dict(datamodule.hparams), "launch": launch,
              "speed": speed, "machine": machine}
         )  # fmt: skip
+    return Built(model, datamodule, trainer, callbacks, best_reason, timer, waits, speed, machine)
 
+
+def fit(built: Built, run: RunStart, stop: StopSignals) -> Fitted:
+    """Fit (from ``last.ckpt`` when resuming) and finish an export a stop cut short; this
+    start's cost goes into ``run_info.json`` however it ends."""
+    trainer, model, callbacks, waits = built.trainer, built.model, built.callbacks, built.waits
     start = time.perf_counter()
-    stop.trainer = trainer
 
     def finish(outcome: str) -> dict[str, Any]:  # this start's cost into run_info.json
         seconds = time.perf_counter() - start
         return run.finish(outcome, seconds, waits.loop_seconds, waits.steps, waits.images)
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
+        trainer.fit(model, datamodule=built.datamodule, ckpt_path=run.ckpt_path)
     except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
         with contextlib.suppress(OSError):  # a full disk must not hide the stop
             finish("stopped")
@@ -250,24 +291,30 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
             print("Training had finished before the stop; exporting its final state.")
             exporter.on_train_end(trainer, model)
     elapsed = time.perf_counter() - start
-    costs = finish("finished")
+    return Fitted(elapsed, finish("finished"), exporter)
 
+
+def summary(cfg: DictConfig, built: Built, fitted: Fitted, folder: Path) -> dict[str, Any]:
+    """What ``summary.json`` holds: the method, costs, machine, metrics and where the
+    checkpoints and export are."""
+    trainer, model, callbacks, machine = built.trainer, built.model, built.callbacks, built.machine
+    exporter = fitted.exporter
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # best, and last
     throughput = next((c for c in callbacks if isinstance(c, ImagesPerSecond)), None)
-    result: dict[str, Any] = {
+    return {
         "method": model.method,  # the registry name, as in the checkpoint and the export
         "method_label": model.method_name,  # for display only
         "run_dir": str(folder),
         # wall time, steps, images and images/s: totals over every start of the run
         # (``attempts``); ``cost_comparable`` is false when a start recorded no end
-        **costs,
-        "this_start_fit_seconds": elapsed,
-        "loop_seconds": timer.seconds,
+        **fitted.costs,
+        "this_start_fit_seconds": fitted.elapsed,
+        "loop_seconds": built.timer.seconds,
         "epochs": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
         "batch_size": int(cfg.data.batch_size),
-        "data_wait_share": waits.share,
-        "speed": speed,
+        "data_wait_share": built.waits.share,
+        "speed": built.speed,
         "precision": machine["precision"],
         "machine": machine,  # the figures above and below were measured there
         "this_start_images_per_s": throughput.mean_images_per_s() if throughput else None,
@@ -278,24 +325,28 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
                                 None),
         "best_checkpoint": next((c.best_model_path for c in checkpoints if c.best_model_path),
                                 None),
-        "best_reason": best_reason,
+        "best_reason": built.best_reason,
         "export_dir": str(exporter.exported_to) if exporter and exporter.exported_to else None,
         "weights_init": weights_init(model.exportable()[0]) if hasattr(model, "exportable")
                         else None,
     }  # fmt: skip
+
+
+def write_summary(folder: Path, result: dict[str, Any], fitted: Fitted) -> None:
+    """``summary.json``, and where everything is, at the terminal."""
+    costs = fitted.costs
     report_run(
-        f"{result['method_label']} pretraining finished in {elapsed:.0f} s"
+        f"{result['method_label']} pretraining finished in {fitted.elapsed:.0f} s"
         + (f" ({len(costs['attempts'])} starts, {costs['fit_seconds']:.0f} s in all)"
            if len(costs["attempts"]) > 1 else ""),
         {"run folder": result["run_dir"], "last checkpoint": result["last_checkpoint"],
-         "best checkpoint": result["best_checkpoint"] or f"none: {best_reason}",
+         "best checkpoint": result["best_checkpoint"] or f"none: {result['best_reason']}",
          "exported arms": result["export_dir"]},
         result["metrics"],
         shown=SHOWN_METRICS,
         summary_file=folder / SUMMARY_FILE,
         summary=result,
     )  # fmt: skip
-    return result
 
 
 #: What the end-of-run summary prints (all metrics are in csv/metrics.csv and summary.json).
