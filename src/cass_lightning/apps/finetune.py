@@ -139,7 +139,7 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model and trainer from ``cfg``; fit, test the best checkpoint, save results.
 
-    Returns what ``results.json`` holds. Raises :class:`~.console.RunStopped` when
+    Returns what ``results.json`` holds. Raises :class:`~.run.console.RunStopped` when
     SIGINT/SIGTERM stopped it.
     """
     folder = run_dir(cfg)

@@ -7,7 +7,7 @@ A run first checks what it can without writing (a resumed folder and its checkpo
 size and run length), then claims its folder (a lock file: a second run into it is refused),
 copies its console to ``<run>/pretrain.log``, and trains. SIGINT/SIGTERM stop it at the end of
 a batch with ``last.ckpt`` saved and the resume command printed (exit 130/143); a refused input
-exits 1 with one named line (see :mod:`.console`).
+exits 1 with one named line (see :mod:`.run.console`).
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model, callbacks, loggers and trainer from ``cfg`` and fit.
 
     Returns the final metrics and where the run, checkpoints and export were written. Raises
-    :class:`~.console.RunStopped` when SIGINT/SIGTERM stopped it (``last.ckpt`` saved).
+    :class:`~.run.console.RunStopped` when SIGINT/SIGTERM stopped it (``last.ckpt`` saved).
     """
     folder = run_dir(cfg)
     if cfg.get("resume") is None and requeued_after_finish(folder):
