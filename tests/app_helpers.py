@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.run.common import CONFIG_DIR
 
 
 def compose_app(

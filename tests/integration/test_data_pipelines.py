@@ -19,8 +19,8 @@ from PIL import Image
 
 from app_helpers import compose_app
 from cass_lightning import CASSModule
-from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.data import check
+from cass_lightning.apps.run.common import CONFIG_DIR
 from cass_lightning.data import MedicalDataModule, build_index
 from data_fixtures import ISIC_INPUT, autoimmune, brain, dermofit, image, isic, npz, snapshot
 

@@ -22,11 +22,12 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, TensorDataset
 
 from cass_lightning import CASSModule
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.finetune import RESULTS_FILE, finetune, plain_config, resolve_weights
+from cass_lightning.apps.finetune import RESULTS_FILE, finetune, plain_config
+from cass_lightning.apps.run.common import CONFIG_DIR
 from cass_lightning.encoders import create_timm_model
 from cass_lightning.export import export_module
 from cass_lightning.losses import sigmoid_focal_loss
+from cass_lightning.modules.arm_source import parse_weights
 from cass_lightning.modules.classifier import ClassifierModule
 from cass_lightning.modules.metrics import METRIC_NAMES
 from cass_lightning.report.identity import settings_digest, weights_hashes
@@ -122,7 +123,7 @@ def test_bad_weights_are_named(pretrained, tmp_path):
     with pytest.raises(ValueError, match="must follow the weights"):
         ClassifierModule(arm="vit", init="export", weights=str(pretrained["export"]), img_size=64)
     with pytest.raises(ValueError, match="set weights="):
-        resolve_weights(None, None)
+        parse_weights(None, None)
 
 
 # ------------------------------------------------------------------------ losses, args
@@ -247,10 +248,10 @@ def test_config_is_the_papers_protocol(tmp_path):
 
 
 def test_weights_setting_picks_the_init():
-    assert resolve_weights("random", "x.pth") == ("random", None)
-    assert resolve_weights("imagenet", "x.pth") == ("imagenet", "x.pth")
-    assert resolve_weights("runs/a/last.ckpt", None) == ("checkpoint", "runs/a/last.ckpt")
-    assert resolve_weights("runs/a/export", None) == ("export", "runs/a/export")
+    assert parse_weights("random", "x.pth") == ("random", None)
+    assert parse_weights("imagenet", "x.pth") == ("imagenet", "x.pth")
+    assert parse_weights("runs/a/last.ckpt", None) == ("checkpoint", "runs/a/last.ckpt")
+    assert parse_weights("runs/a/export", None) == ("export", "runs/a/export")
 
 
 @pytest.mark.parametrize(("arm", "source", "mode"), [("vit", "export", "finetune"),

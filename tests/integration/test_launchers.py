@@ -5,7 +5,7 @@ from __future__ import annotations
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.run.common import CONFIG_DIR
 
 
 def test_slurm_launcher_follows_the_trainer_settings():

@@ -25,7 +25,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from app_helpers import compose_app
-from cass_lightning.apps.loggers import (
+from cass_lightning.apps.pretrain import pretrain
+from cass_lightning.apps.run.loggers import (
     WandbLogger,
     build_loggers,
     choose_wandb_mode,
@@ -34,7 +35,6 @@ from cass_lightning.apps.loggers import (
     logger_context,
     run_name_and_group,
 )
-from cass_lightning.apps.pretrain import pretrain
 from cass_lightning.callbacks import LogAugmentedSamples
 from cass_lightning.maps import denormalize
 
@@ -220,7 +220,7 @@ def test_finalize_finishes_the_run_and_a_leftover_run_is_finished_first(
     cfg = OmegaConf.create(
         {
             "wandb": {
-                "_target_": "cass_lightning.apps.loggers.WandbLogger",
+                "_target_": "cass_lightning.apps.run.loggers.WandbLogger",
                 "save_dir": str(tmp_path),
                 "project": "p",
             }

@@ -33,6 +33,7 @@ from cass_lightning.modules.registry import (
     Method,
     get_method,
     method_names,
+    name_of,
     recorded_method,
     register,
     unregister,
@@ -62,6 +63,19 @@ def test_old_files_are_labelled_by_the_legacy_rule_and_new_ones_by_their_record(
     assert recorded_method({"method": "BYOL", "global_crops": 2}) == "byol"  # recorded wins
     with pytest.raises(ValueError, match="unknown method 'swav'"):
         recorded_method({"method": "swav"})
+
+
+def test_a_display_label_read_back_maps_to_its_registry_name():
+    assert [name_of(t) for t in ("SimSiam", "simclr", "CASS", "ImageNet")] == [
+        "simsiam", "simclr", "cass", "imagenet"]  # fmt: skip
+    register(Method("barlow_twins", "Barlow Twins"))  # a label that is not its name
+    try:
+        assert name_of("Barlow Twins") == name_of("barlow_twins") == "barlow_twins"
+        assert recorded_method({"method": "Barlow Twins"}) == "barlow_twins"
+    finally:
+        unregister("barlow_twins")
+    with pytest.raises(ValueError, match="unknown method 'CASS \\(notebook"):
+        name_of("CASS (notebook gradients)")
 
 
 @pytest.mark.parametrize(
@@ -219,7 +233,7 @@ def test_two_view_methods_through_the_apps_pretrain_export_finetune(method, arm,
                                  "trainer.max_epochs=2", *small])  # fmt: skip
     assert cfg.data.train_views is None  # the app asks the model: two views per image
     result = pretrain(cfg)
-    assert result["method"] == get_method(method).label
+    assert (result["method"], result["method_label"]) == (method, get_method(method).label)
     assert math.isfinite(result["metrics"]["train/loss_epoch"])
     assert f"train/{arm}_std_epoch" in result["metrics"]  # the collapse reading
     meta = read_meta(result["export_dir"])

@@ -13,8 +13,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from app_helpers import compose_app
-from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.pretrain import pretrain
+from cass_lightning.apps.run.common import CONFIG_DIR
 from cass_lightning.modules.objective import Remedies
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
@@ -91,6 +91,9 @@ def test_tiny_run_writes_checkpoints_export_and_csv(tmp_path):
     meta = json.loads((run / "export" / "meta.json").read_text())
     assert meta["cnn"]["timm_name"] == "resnet10t" and meta["vit"]["img_size"] == 32
     assert (run / "export" / "cnn.safetensors").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    # One meaning of ``method`` in every file: the registry name; the label is for display.
+    assert (summary["method"], summary["method_label"], meta["method"]) == ("cass", "CASS", "cass")
     header = (run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     for column in (
         "train/loss_step",

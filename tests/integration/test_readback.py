@@ -20,12 +20,12 @@ from test_study_trust import _planned
 from app_helpers import compose_app
 from cass_lightning.apps import finetune as finetune_app
 from cass_lightning.apps import pretrain as pretrain_app
-from cass_lightning.apps.common import CONFIG_DIR
 from cass_lightning.apps.export import export_checkpoint, load_classifier_checkpoint
 from cass_lightning.apps.predict import predict, run_checkpoint
-from cass_lightning.apps.resume import ResumeError, resume_argv
-from cass_lightning.apps.study_plan import PLAN_FILE, SUMMARY_FILE, PlanRefused, verified_plan
-from cass_lightning.apps.study_points import DATA_CHECK_REQUEST, compose_point, run_data_check
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.run.resume import ResumeError, resume_argv
+from cass_lightning.apps.study.plan import PLAN_FILE, SUMMARY_FILE, PlanRefused, verified_plan
+from cass_lightning.apps.study.points import DATA_CHECK_REQUEST, compose_point, run_data_check
 from cass_lightning.io import MAX_DEPTH, RecordError
 from cass_lightning.records import read_record
 from cass_lightning.report.validate import ResultsFileError, load_result

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader
 
 from app_helpers import app_env, compose_app
 from cass_lightning import CASSModule
-from cass_lightning.apps.pretrain import data_views, launch_settings, pretrain
+from cass_lightning.apps.pretrain import data_views, pretrain
+from cass_lightning.apps.run.speed import launch_settings
 from cass_lightning.callbacks import CollapseMonitor
 from cass_lightning.data import SyntheticDataModule
 from cass_lightning.runtime import strategy_for_idle_parameters

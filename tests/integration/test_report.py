@@ -16,7 +16,7 @@ from cass_lightning.report import (
     aggregate,
     collect_results,
     fraction_label,
-    method_label,
+    method_of,
     write_report,
 )
 
@@ -75,9 +75,30 @@ def test_methods_are_labelled_from_init_and_export_meta(runs, tmp_path):
     # Overlapping folders do not count a run twice.
     assert len(collect_results([runs, runs / "a"])) == 8
     with pytest.raises(FileNotFoundError, match=r"gone.*meta\.json"):
-        method_label({"init": "export", "weights": str(tmp_path / "gone")})
+        method_of({"init": "export", "weights": str(tmp_path / "gone")})
     with pytest.raises(ValueError, match="unknown init"):
-        method_label({"init": "magic"})
+        method_of({"init": "magic"})
+
+
+def test_the_method_comes_from_results_json_when_exports_moved_or_deleted(tmp_path, capsys):
+    root = tmp_path / "runs"
+    export_dir = export(tmp_path / "exports" / "dino", "dino")
+    for seed, recorded in ((0, "dino"), (1, "DINO")):  # a label, as in older files: its name
+        folder = run(root / str(seed), value=0.5, init="export", weights=str(export_dir),
+                     arm="vit", seed=seed)  # fmt: skip
+        saved = json.loads((folder / "results.json").read_text())
+        (folder / "results.json").write_text(json.dumps({**saved, "method": recorded}))
+    export_dir.rename(tmp_path / "moved")  # results.json still names the method
+    assert [r["method"] for r in collect_results([root])] == ["dino", "dino"]
+    assert main([str(root), "--out", str(tmp_path / "out")]) == 0
+    with (tmp_path / "out" / "report.csv").open() as fh:
+        assert {r["method"] for r in csv.DictReader(fh)} == {"dino"}
+    capsys.readouterr()
+    assert method_of({"method": "SimSiam", "init": "export"}) == "simsiam"
+    with pytest.raises(ValueError, match=r"unknown method 'swav'.*the run \(x\)"):
+        method_of({"method": "swav", "init": "export"}, Path("x"))
+    with pytest.raises(FileNotFoundError, match="earlier version"):  # no method, no export
+        method_of({"init": "export", "weights": str(export_dir)})
 
 
 def test_aggregates_are_exact(runs):

@@ -23,11 +23,11 @@ from torch.utils.data import DataLoader
 from app_helpers import app_env_with_tests, compose_app, run_app
 from cass_lightning import CASSModule
 from cass_lightning.apps import pretrain as pretrain_app
-from cass_lightning.apps.console import RunStopped
-from cass_lightning.apps.loggers import build_loggers
 from cass_lightning.apps.pretrain import pretrain
-from cass_lightning.apps.resume import ResumeError, plan_start, resume_argv
-from cass_lightning.apps.runfolder import LOCK_FILE
+from cass_lightning.apps.run.console import RunStopped
+from cass_lightning.apps.run.loggers import build_loggers
+from cass_lightning.apps.run.resume import ResumeError, plan_start, resume_argv
+from cass_lightning.apps.run.runfolder import LOCK_FILE
 from cass_lightning.callbacks.checkpoint import (
     AtomicCheckpointIO,
     LastCheckpoint,

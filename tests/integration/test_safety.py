@@ -32,10 +32,10 @@ from app_helpers import app_env_with_tests, compose_app, run_app
 from cass_lightning import io as cass_io
 from cass_lightning.apps import finetune as finetune_app
 from cass_lightning.apps import pretrain as pretrain_app
-from cass_lightning.apps.console import RunStopped, reported_errors
-from cass_lightning.apps.overrides import refused_overrides
-from cass_lightning.apps.resume import ResumeError, resume_argv
-from cass_lightning.apps.runfolder import LOCK_FILE, RunFolderBusy, claim_run_folder
+from cass_lightning.apps.run.console import RunStopped, reported_errors
+from cass_lightning.apps.run.overrides import refused_overrides
+from cass_lightning.apps.run.resume import ResumeError, resume_argv
+from cass_lightning.apps.run.runfolder import LOCK_FILE, RunFolderBusy, claim_run_folder
 from cass_lightning.callbacks.checkpoint import AtomicCheckpointIO
 from cass_lightning.io import UnreadableFileError
 
@@ -576,14 +576,15 @@ def test_the_run_log_exports_checkpoints_and_init_records(tmp_path):
 # ============================================================== 10. bf16 on a slow CPU
 def test_bf16_on_a_cpu_without_native_bf16_warns_at_start(tmp_path, capsys, monkeypatch):
     from cass_lightning import runtime
+    from cass_lightning.apps.run.speed import launch_settings
 
     monkeypatch.setattr(runtime, "read_cpu_flags", lambda: {"avx2", "fma"})
     cfg = compose_app(tmp_path, [*TINY_RUN, "trainer.precision=bf16-mixed"])
-    pretrain_app.launch_settings(cfg)
+    launch_settings(cfg)
     err = capsys.readouterr().err
     assert "Warning: trainer.precision=bf16-mixed on a CPU without native bf16" in err
     monkeypatch.setattr(runtime, "read_cpu_flags", lambda: {"avx2", "avx512_bf16"})
-    pretrain_app.launch_settings(cfg)
+    launch_settings(cfg)
     assert "Warning" not in capsys.readouterr().err
 
 

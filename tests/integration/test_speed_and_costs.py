@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from app_helpers import compose_app
 from cass_lightning import CASSModule
 from cass_lightning.apps import pretrain as pretrain_app
-from cass_lightning.apps.console import reported_errors
+from cass_lightning.apps.run.console import reported_errors
 from cass_lightning.callbacks import DataWait
 from cass_lightning.runtime import SPEED_KEYS, apply_speed_switches
 from run_helpers import images, make_trainer

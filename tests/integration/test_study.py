@@ -16,16 +16,16 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from app_helpers import app_env, compose_app
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.study import launcher_overrides, settings_from
-from cass_lightning.apps.study_plan import (
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.study.app import launcher_overrides, settings_from
+from cass_lightning.apps.study.plan import (
     FAILED_FILE,
     build_plan,
     read_plan,
     statuses_of,
     write_plan,
 )
-from cass_lightning.apps.study_points import compose_point
+from cass_lightning.apps.study.points import compose_point
 from cass_lightning.machine import machine_record
 from data_fixtures import image, snapshot
 
@@ -237,7 +237,7 @@ def test_every_kind_of_point_composes_into_its_app(tmp_path, kind):
 
 
 def test_an_override_no_app_accepts_stops_the_study_before_anything_is_written(tmp_path):
-    from cass_lightning.apps.study import study
+    from cass_lightning.apps.study.app import study
 
     bad = 'study.overrides.finetune=["trainer.max_epochs=1","trainer.no_such_switch=false"]'
     cfg = compose_app(tmp_path, [*STUDY, bad], config_name="study")
@@ -270,7 +270,7 @@ def test_a_dataset_that_fails_the_check_stops_the_study_before_any_training(tmp_
 
 
 def test_one_worker_takes_both_stages_and_skips_what_waits_on_a_failed_pretraining(tmp_path):
-    from cass_lightning.apps.study import _todo
+    from cass_lightning.apps.study.app import _todo
 
     cfg = compose_app(tmp_path, STUDY, config_name="study")
     study_dir = tmp_path / "study"
@@ -290,7 +290,7 @@ def test_one_worker_takes_both_stages_and_skips_what_waits_on_a_failed_pretraini
     # a fine-tuning point run when its pretraining did not finish is skipped, nothing written
     waiting = next(p for p in points if p.needs == cass.id)
     proc = subprocess.run(
-        [sys.executable, "-m", "cass_lightning.apps.study_points", f"study_dir={study_dir}",
+        [sys.executable, "-m", "cass_lightning.apps.study.points", f"study_dir={study_dir}",
          f"point={waiting.id}"], env=app_env(tmp_path), cwd=tmp_path, capture_output=True,
         text=True, timeout=300,
     )  # fmt: skip

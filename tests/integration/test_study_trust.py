@@ -20,11 +20,11 @@ from test_safety import _digest, _main, _run_folder
 
 from app_helpers import app_env, compose_app
 from cass_lightning.apps import pretrain as pretrain_app
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.resume import SHAPE_KEYS, ResumeError, resume_argv
-from cass_lightning.apps.runfolder import LOCK_FILE, this_process
-from cass_lightning.apps.study import refuse_orphans, settings_from
-from cass_lightning.apps.study_plan import (
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.run.resume import SHAPE_KEYS, ResumeError, resume_argv
+from cass_lightning.apps.run.runfolder import LOCK_FILE, this_process
+from cass_lightning.apps.study.app import refuse_orphans, settings_from
+from cass_lightning.apps.study.plan import (
     FAILED_FILE,
     PLAN_FILE,
     RESULTS_FILE,
@@ -36,7 +36,7 @@ from cass_lightning.apps.study_plan import (
     verified_plan,
     write_plan,
 )
-from cass_lightning.apps.study_points import (
+from cass_lightning.apps.study.points import (
     compose_point,
     parent_alive,
     parent_record,
@@ -173,7 +173,7 @@ def test_a_point_added_to_plan_json_is_refused_by_the_worker(tmp_path):
                             f"+callbacks.x.file={marker}", "+callbacks.x.mode=w"])  # fmt: skip
     _edit_plan(study_dir, lambda plan: plan["points"].append(added))
     proc = subprocess.run(
-        [sys.executable, "-m", "cass_lightning.apps.study_points", "-m",
+        [sys.executable, "-m", "cass_lightning.apps.study.points", "-m",
          f"study_dir={study_dir}", "point=finetune-evil-00000000"],
         env=app_env(tmp_path), cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -200,8 +200,8 @@ def test_study_device_gpu_puts_every_point_on_the_gpu_and_the_documented_spellin
 
 # ----------------------------------------------------------------------------- one writer
 def test_a_second_study_on_one_folder_is_refused_and_the_first_untouched(tmp_path, capsys):
-    from cass_lightning.apps.console import reported_errors
-    from cass_lightning.apps.study import study
+    from cass_lightning.apps.run.console import reported_errors
+    from cass_lightning.apps.study.app import study
 
     cfg = compose_app(tmp_path, [*STUDY, f"study.dir={tmp_path / 'study'}"], config_name="study")
     study_dir = tmp_path / "study"
@@ -259,7 +259,7 @@ def test_kill_9_of_the_study_reaches_its_worker(tmp_path):
     ready = tmp_path / "ready"
     child = (
         "import os, signal, sys, time\n"
-        "from cass_lightning.apps.study_points import die_with_parent, parent_record\n"
+        "from cass_lightning.apps.study.points import die_with_parent, parent_record\n"
         "signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[2], 'w').write('TERM'), "
         "sys.exit(0)))\n"
         "die_with_parent(parent_record(os.getppid()))\n"

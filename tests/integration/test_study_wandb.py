@@ -14,9 +14,9 @@ from hydra.core.global_hydra import GlobalHydra
 from test_loggers import wandb_records, wandb_sandbox  # noqa: F401 (a fixture)
 
 from app_helpers import app_env, compose_app
-from cass_lightning.apps.study import settings_from
-from cass_lightning.apps.study_plan import build_plan
-from cass_lightning.apps.study_points import compose_point
+from cass_lightning.apps.study.app import settings_from
+from cass_lightning.apps.study.plan import build_plan
+from cass_lightning.apps.study.points import compose_point
 
 pytest.importorskip("wandb")
 
@@ -120,8 +120,8 @@ def test_wandb_is_composed_with_every_point_outside_its_digest(tmp_path):
 def test_a_report_whose_online_start_fails_goes_offline(tmp_path, monkeypatch, capsys):
     import wandb
 
-    from cass_lightning.apps import loggers
-    from cass_lightning.apps.study_report import upload_report
+    from cass_lightning.apps.run import loggers
+    from cass_lightning.apps.study.report import upload_report
 
     study_dir = tmp_path / "paper-isic"
     out = study_dir / "report"

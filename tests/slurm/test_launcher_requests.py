@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 from submitit.slurm.slurm import _make_sbatch_string
 
-from cass_lightning.apps.common import CONFIG_DIR
+from cass_lightning.apps.run.common import CONFIG_DIR
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

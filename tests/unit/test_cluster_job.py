@@ -18,9 +18,9 @@ from omegaconf import OmegaConf
 from cass_lightning.apps.cluster import resolvers
 from cass_lightning.apps.cluster.job import current_job, earlier_start_of, same_start_of
 from cass_lightning.apps.cluster.launcher import error_line
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.runfolder import LOCK_FILE, holder_alive
-from cass_lightning.apps.study_points import HEARTBEAT_STALE_S, parent_alive, parent_record
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.run.runfolder import LOCK_FILE, holder_alive
+from cass_lightning.apps.study.points import HEARTBEAT_STALE_S, parent_alive, parent_record
 from cass_lightning.runtime import check_multirun_strategy
 
 ARRAY_TASK = {

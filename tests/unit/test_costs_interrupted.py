@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cass_lightning.apps.runinfo import attempt_costs
+from cass_lightning.apps.run.runinfo import attempt_costs
 from cass_lightning.report.costs import NOT_COMPARABLE, cost_markdown, cost_rows, ratios
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cass_lightning.apps.console import refusal_message
+from cass_lightning.apps.run.console import refusal_message
 from cass_lightning.data import ImageFolderDataModule
 from cass_lightning.data.cache import build_cache
 from cass_lightning.data.index import IMAGE_EXTENSIONS, FileReader, ImageTooLarge, load_rgb

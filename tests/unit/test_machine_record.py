@@ -7,8 +7,8 @@ import json
 
 import torch
 
-from cass_lightning.apps.study_plan import Point
-from cass_lightning.apps.study_report import gather
+from cass_lightning.apps.study.plan import Point
+from cass_lightning.apps.study.report import gather
 from cass_lightning.machine import (
     cpu_model,
     device_label,

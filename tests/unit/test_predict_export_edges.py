@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from cass_lightning.apps.runinfo import read_run_info
+from cass_lightning.apps.run.runinfo import read_run_info
 from cass_lightning.data.index import load_rgb
 from cass_lightning.export import check_classifier_meta, export_classifier, load_classifier
 from cass_lightning.io import read_json

@@ -70,8 +70,8 @@ def test_a_tampered_results_file_is_refused_by_name(tmp_path, capsys, case):
 
 
 def test_the_study_report_leaves_a_tampered_point_out_and_says_why(tmp_path):
-    from cass_lightning.apps.study_plan import Point
-    from cass_lightning.apps.study_report import gather
+    from cass_lightning.apps.study.plan import Point
+    from cass_lightning.apps.study.report import gather
 
     points = [Point(f"finetune-random-cnn-s{s}", "finetune", 1, "random", "cnn", [], "")
               for s in range(3)]  # fmt: skip
@@ -248,8 +248,8 @@ def test_the_fingerprint_changes_with_the_files_and_not_otherwise(tmp_path):
 
 def test_a_changed_dataset_stops_the_study_by_name(tmp_path):
     from app_helpers import compose_app
-    from cass_lightning.apps.study import settings_from
-    from cass_lightning.apps.study_data import DATA_FILES, data_check_folder
+    from cass_lightning.apps.study.app import settings_from
+    from cass_lightning.apps.study.data import DATA_FILES, data_check_folder
 
     root = tmp_path / "mine"
     _folder_dataset(root, 3)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from cass_lightning.apps.console import RunStopped, StopSignals
+from cass_lightning.apps.run.console import RunStopped, StopSignals
 from cass_lightning.io import atomic_write
 
 

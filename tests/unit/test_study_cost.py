@@ -9,15 +9,15 @@ import sys
 import time
 from dataclasses import replace
 
-from cass_lightning.apps import study_report
-from cass_lightning.apps.study_plan import Point
-from cass_lightning.apps.study_points import TIMING_FILE
-from cass_lightning.apps.study_report import overhead
+from cass_lightning.apps.study import report as study_report
+from cass_lightning.apps.study.plan import Point
+from cass_lightning.apps.study.points import TIMING_FILE
+from cass_lightning.apps.study.report import overhead
 
 
 def test_the_study_time_counts_from_the_process_start():
     """What ran before the study's code (interpreter start, imports, here a 1 s sleep) counts."""
-    code = ("import time; time.sleep(1.0); from cass_lightning.apps.study_report import "
+    code = ("import time; time.sleep(1.0); from cass_lightning.apps.study.report import "
             "seconds_since_start; print(seconds_since_start())")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert 1.0 <= float(out.stdout) < 60

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from app_helpers import app_env, compose_app
-from cass_lightning.apps.study import settings_from, wait_forwarding, ways_on
-from cass_lightning.apps.study_data import _data_listing, data_check_folder
-from cass_lightning.apps.study_plan import FAILED_FILE, Point
-from cass_lightning.apps.study_points import DATA_REPORT, run_data_check
-from cass_lightning.apps.study_settings import (
+from cass_lightning.apps.study.app import settings_from, wait_forwarding, ways_on
+from cass_lightning.apps.study.data import _data_listing, data_check_folder
+from cass_lightning.apps.study.plan import FAILED_FILE, Point
+from cass_lightning.apps.study.points import DATA_REPORT, run_data_check
+from cass_lightning.apps.study.settings import (
     StudySettingsError,
     check_study_names,
     fraction_problems,

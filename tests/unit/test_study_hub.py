@@ -12,8 +12,8 @@ from hydra.core.global_hydra import GlobalHydra
 from safetensors.torch import load_file, save_file
 
 from app_helpers import compose_app
-from cass_lightning.apps.study import settings_from
-from cass_lightning.apps.study_plan import build_plan, missing_rows, statuses_of, write_plan
+from cass_lightning.apps.study.app import settings_from
+from cass_lightning.apps.study.plan import build_plan, missing_rows, statuses_of, write_plan
 from cass_lightning.encoders import HubUnreachableError, create_timm_model, hub_weights_file
 from cass_lightning.io import file_sha256
 from cass_lightning.weights import record_of
@@ -113,7 +113,7 @@ def test_study_hub_weights_start_cass_dino_and_the_imagenet_rows(tmp_path, hf_ca
 
 
 def test_study_hub_refuses_before_anything_when_an_arm_is_not_cached(tmp_path, hf_cache):
-    from cass_lightning.apps.study import study
+    from cass_lightning.apps.study.app import study
 
     cache_model(hf_cache, CNN)
     overrides = ["study=smoke", "study.weights.cnn=hub", "study.weights.vit=hub"]

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from cass_lightning.apps.study_plan import (
+from cass_lightning.apps.study.plan import (
     FAILED_FILE,
     STARTED_FILE,
     StudySettings,

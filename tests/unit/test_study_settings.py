@@ -6,9 +6,9 @@ import resource
 
 import pytest
 
-from cass_lightning.apps.console import refusal_message
-from cass_lightning.apps.study_plan import MODES, StudySettings, build_plan, write_plan
-from cass_lightning.apps.study_settings import StudySettingsError, check_study_settings
+from cass_lightning.apps.run.console import refusal_message
+from cass_lightning.apps.study.plan import MODES, StudySettings, build_plan, write_plan
+from cass_lightning.apps.study.settings import StudySettingsError, check_study_settings
 from cass_lightning.io import WriteRefusedError
 
 GOOD = {

@@ -17,7 +17,7 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from cass_lightning.apps.common import CONFIG_DIR, run_dir
+from cass_lightning.apps.run.common import CONFIG_DIR, run_dir
 from cass_lightning.data.datamodule import MedicalDataModule
 
 COMMANDS = {

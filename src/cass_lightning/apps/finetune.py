@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import signal
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cass_lightning.apps.cluster.requeue import record_job, set_aside_requeued_attempt
-from cass_lightning.apps.common import (
+from cass_lightning.apps.run.common import (
     CONFIG_DIR,
     check_run_settings,
     finite_or_none,
@@ -46,24 +47,24 @@ from cass_lightning.apps.common import (
     run_dir,
     save_run_config,
     seed_everything,
-    warn_slow_bf16,
 )
-from cass_lightning.apps.console import (
+from cass_lightning.apps.run.console import (
     RunStopped,
     StopSignals,
     entry_point,
     hold_run_folder,
     reported_errors,
 )
-from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.apps.pretrain import check_speed, speed_settings, uses_cuda
+from cass_lightning.apps.run.loggers import build_loggers, logger_context
+from cass_lightning.apps.run.speed import check_speed, speed_settings, uses_cuda, warn_slow_bf16
 from cass_lightning.callbacks import DataWait, LoopTimer, atomic_checkpoint_plugin
 from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
 from cass_lightning.io import atomic_write_json, file_sha256
 from cass_lightning.machine import trainer_machine
-from cass_lightning.modules.classifier import ArmSource, ClassifierModule, read_arm_source
+from cass_lightning.modules.arm_source import ArmSource, parse_weights, read_arm_source
+from cass_lightning.modules.classifier import ClassifierModule
 from cass_lightning.records import plain_floats, plain_int
 from cass_lightning.report.identity import settings_digest, weights_hashes
 from cass_lightning.runtime import apply_speed_settings, resolve_precision
@@ -71,24 +72,6 @@ from cass_lightning.runtime import apply_speed_settings, resolve_precision
 RESULTS_FILE = "results.json"
 LOG_FILE = "finetune.log"
 KEPT = (RESULTS_FILE, "checkpoints")
-WEIGHT_KEYWORDS = ("imagenet", "random")
-
-
-def resolve_weights(weights: Any, weights_file: str | None) -> tuple[str, str | None]:
-    """``(init, path)`` from the ``weights`` setting: a folder, a ``.ckpt`` or a keyword."""
-    if weights is None or str(weights).strip() == "":
-        raise ValueError(
-            "set weights=<export folder> | <CASS checkpoint .ckpt> | imagenet | random "
-            "(e.g. weights=runs/pretrain/<run>/export)"
-        )
-    text = str(weights)
-    if text == "random":
-        return "random", None
-    if text == "imagenet":
-        return "imagenet", weights_file
-    if text.endswith(".ckpt"):
-        return "checkpoint", text
-    return "export", text
 
 
 def build_data(
@@ -156,7 +139,7 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model and trainer from ``cfg``; fit, test the best checkpoint, save results.
 
-    Returns what ``results.json`` holds. Raises :class:`~.console.RunStopped` when
+    Returns what ``results.json`` holds. Raises :class:`~.run.console.RunStopped` when
     SIGINT/SIGTERM stopped it.
     """
     folder = run_dir(cfg)
@@ -164,7 +147,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     refuse_to_overwrite(folder, KEPT)
     check_run_settings(cfg)
     check_speed(cfg)
-    init, weights = resolve_weights(cfg.get("weights"), cfg.model.get("weights_file"))
+    init, weights = parse_weights(cfg.get("weights"), cfg.model.get("weights_file"))
     model_cfg = cfg.model
     # Read the weights' description once; a bad path fails here, before any data is built.
     # Pretrained weights set the input size (model.img_size is for imagenet/random).
@@ -176,6 +159,21 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         return _finetune(cfg, folder, init, weights, source, stop)
 
 
+@dataclass
+class Built:
+    """What a fine-tuning run built from its config, before it fits."""
+
+    dm: MedicalDataModule
+    model: ClassifierModule
+    trainer: L.Trainer
+    best: ModelCheckpoint
+    early: EarlyStopping
+    timer: LoopTimer
+    waits: DataWait
+    speed: dict[str, bool]
+    machine: dict[str, Any]
+
+
 def _finetune(
     cfg: DictConfig,
     folder: Path,
@@ -184,11 +182,23 @@ def _finetune(
     source: ArmSource,
     stop: StopSignals,
 ) -> dict[str, Any]:
+    """The run inside its claimed folder: build -> fit -> write (checked by :func:`finetune`)."""
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     run_id = uuid.uuid4().hex  # at the start: every copy of this run's folder carries it
     seed_everything(cfg.get("seed"))
+    built = build(cfg, folder, source)
+    stop.trainer = built.trainer
+    test_split, tested = fit_and_test(built, folder, stop)
+    result = results(cfg, built, run_id, folder, init, weights, source, test_split, tested)
+    if built.trainer.is_global_zero:
+        write_results(folder, result)
+    return result
 
+
+def build(cfg: DictConfig, folder: Path, source: ArmSource) -> Built:
+    """Data, model (the two checked against each other and the early stopping), loggers and
+    trainer; the run's config is saved once the checks passed."""
     accelerator = cfg.trainer.get("accelerator")
     precision = resolve_precision(cfg.trainer.get("precision"), accelerator)
     on_cuda = uses_cuda(accelerator)
@@ -238,15 +248,20 @@ def _finetune(
     for logger in trainer.loggers:
         logger.log_hyperparams({"seed": cfg.get("seed"), "data": dict(dm.hparams),
                                 "machine": machine})  # fmt: skip
+    return Built(dm, model, trainer, best, early, timer, waits, speed, machine)
 
-    stop.trainer = trainer
+
+def fit_and_test(built: Built, folder: Path, stop: StopSignals) -> tuple[str, list[Any]]:
+    """Fit, then test the best checkpoint on the test split (validation when there is none);
+    ``(split tested, Lightning's test results)``. A stop by signal raises ``RunStopped``."""
+    trainer, dm, model = built.trainer, built.dm, built.model
     try:
         trainer.fit(model, datamodule=dm)
         test_split = "test" if dm.split_indices("test").size else "val"
         if test_split == "val" and rank_zero_only.rank == 0:
             print("no test split in this dataset: the best checkpoint is evaluated on validation")
         loader = dm.test_dataloader() if test_split == "test" else dm.val_dataloader()
-        ckpt_path = "best" if best.best_model_path else None
+        ckpt_path = "best" if built.best.best_model_path else None
         tested = trainer.test(model, dataloaders=loader, ckpt_path=ckpt_path, verbose=False)
     except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
         name = signal.Signals(stop.received or signal.SIGTERM).name
@@ -255,6 +270,15 @@ def _finetune(
             f"Stopped by {name} at global step {trainer.global_step}; fine-tuning does not "
             f"resume: start it again into a new folder (nothing in {folder} is a result).",
         ) from None
+    return test_split, tested
+
+
+def results(
+    cfg: DictConfig, built: Built, run_id: str, folder: Path, init: str, weights: str | None,
+    source: ArmSource, test_split: str, tested: list[Any],
+) -> dict[str, Any]:  # fmt: skip
+    """What ``results.json`` holds: the run's setting, metrics, costs and machine."""
+    dm, model, best, stopping = built.dm, built.model, built.best, cfg.early_stopping
     hp = model.hparams
     result: dict[str, Any] = {
         "run_id": run_id,
@@ -281,29 +305,32 @@ def _finetune(
         if best.best_model_score is not None
         else None,
         "best_checkpoint": best.best_model_path or None,
-        "epochs_run": int(trainer.current_epoch),
-        "stopped_early": bool(early.stopped_epoch),
-        "loop_seconds": timer.seconds,
-        "data_wait_share": waits.share,
-        "speed": speed,
-        "precision": machine["precision"],
-        "machine": machine,  # where the metrics and times above were measured
+        "epochs_run": int(built.trainer.current_epoch),
+        "stopped_early": bool(built.early.stopped_epoch),
+        "loop_seconds": built.timer.seconds,
+        "data_wait_share": built.waits.share,
+        "speed": built.speed,
+        "precision": built.machine["precision"],
+        "machine": built.machine,  # where the metrics and times above were measured
         # classes, per_class, confusion (of the test pass above) and the labelled subset's seed
         **model.per_class_results(dm.classes, dm.hparams.label_seed),
         "data_fingerprint": dm.fingerprint,
     }
     # What a report groups by: seeds of one setting on one dataset share a cell, nothing else.
     result["settings_digest"] = settings_digest(plain_config(cfg), weights_hashes(result))
-    if trainer.is_global_zero:
-        atomic_write_json(folder / RESULTS_FILE, result)
-        report_run(
-            f"fine-tuned the {result['arm']} arm ({result['timm_name']}, init {init}, "
-            f"{result['mode']}) for {result['epochs_run']} epochs",
-            {"run folder": result["run_dir"], "best checkpoint": result["best_checkpoint"],
-             "evaluated on": f"{test_split} split"},
-            result["metrics"],
-        )  # fmt: skip
     return result
+
+
+def write_results(folder: Path, result: dict[str, Any]) -> None:
+    """``results.json``, and what the run did, at the terminal."""
+    atomic_write_json(folder / RESULTS_FILE, result)
+    report_run(
+        f"fine-tuned the {result['arm']} arm ({result['timm_name']}, init {result['init']}, "
+        f"{result['mode']}) for {result['epochs_run']} epochs",
+        {"run folder": result["run_dir"], "best checkpoint": result["best_checkpoint"],
+         "evaluated on": f"{result['test_split']} split"},
+        result["metrics"],
+    )  # fmt: skip
 
 
 @entry_point  # a command line Hydra cannot compose exits 2

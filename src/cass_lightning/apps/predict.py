@@ -33,10 +33,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 from torch import nn
 
-from cass_lightning.apps.common import CONFIG_DIR, run_dir, save_run_config
-from cass_lightning.apps.console import entry_point, hold_run_folder, reported_errors
 from cass_lightning.apps.export import RESULTS_FILE, SPLIT_KEYS, load_classifier_checkpoint
-from cass_lightning.apps.runfolder import LOCK_FILE
+from cass_lightning.apps.run.common import CONFIG_DIR, run_dir, save_run_config
+from cass_lightning.apps.run.console import entry_point, hold_run_folder, reported_errors
+from cass_lightning.apps.run.runfolder import LOCK_FILE
 from cass_lightning.checks import check_choice
 from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import META_FILE, load_classifier

@@ -7,7 +7,7 @@ A run first checks what it can without writing (a resumed folder and its checkpo
 size and run length), then claims its folder (a lock file: a second run into it is refused),
 copies its console to ``<run>/pretrain.log``, and trains. SIGINT/SIGTERM stop it at the end of
 a batch with ``last.ckpt`` saved and the resume command printed (exit 130/143); a refused input
-exits 1 with one named line (see :mod:`.console`).
+exits 1 with one named line (see :mod:`.run.console`).
 """
 
 from __future__ import annotations
@@ -16,27 +16,23 @@ import contextlib
 import shlex
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from cass_lightning.apps.cluster.job import current_job
 from cass_lightning.apps.cluster.requeue import (
     lightning_plugins,
     requeue_after_stop,
     requeued_after_finish,
 )
-from cass_lightning.apps.common import (
+from cass_lightning.apps.run.common import (
     CONFIG_DIR,
     check_run_settings,
     instantiate_group,
@@ -46,24 +42,24 @@ from cass_lightning.apps.common import (
     run_dir,
     save_run_config,
     seed_everything,
-    warn_slow_bf16,
 )
-from cass_lightning.apps.console import (
+from cass_lightning.apps.run.console import (
     RunStopped,
     StopSignals,
     entry_point,
     hold_run_folder,
     reported_errors,
 )
-from cass_lightning.apps.loggers import build_loggers, logger_context
-from cass_lightning.apps.resume import (
+from cass_lightning.apps.run.loggers import build_loggers, logger_context
+from cass_lightning.apps.run.resume import (
     LAST_CHECKPOINT,
     RunStart,
     plan_start,
     resumable,
     set_aside_partial_export,
 )
-from cass_lightning.apps.resume_checks import restated_settings
+from cass_lightning.apps.run.resume_checks import restated_settings
+from cass_lightning.apps.run.speed import check_speed, launch_settings, speed_settings, uses_cuda
 from cass_lightning.callbacks import (
     DataWait,
     ExportBackbones,
@@ -74,17 +70,11 @@ from cass_lightning.callbacks import (
 )
 from cass_lightning.callbacks.best import choose_best
 from cass_lightning.callbacks.progress import progress_bar
-from cass_lightning.data.loaders import resolve_workers
 from cass_lightning.export import weights_init
 from cass_lightning.io import read_json
 from cass_lightning.machine import trainer_machine
 from cass_lightning.runtime import (
     apply_speed_settings,
-    check_multirun_strategy,
-    lr_scale_factor,
-    resolve_precision,
-    resolve_speed,
-    speed_request,
     strategy_for_idle_parameters,
 )
 
@@ -92,71 +82,6 @@ SUMMARY_FILE = "summary.json"
 LOG_FILE = "pretrain.log"
 #: What a run writes that a second run into the same folder must never overwrite.
 KEPT = ("checkpoints", "export")
-
-
-def launch_settings(cfg: DictConfig) -> dict[str, Any]:
-    """Precision, learning-rate scale and launch checks, decided (and printed) before building.
-
-    ``trainer.precision=auto`` resolves to what the hardware supports; ``lr_scaling.rule``
-    scales every configured learning rate for the effective global batch
-    (``data.batch_size x trainer.accumulate_grad_batches``) against ``lr_scaling.base_batch_size``.
-    """
-    trainer = cfg.trainer
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    job = current_job()
-    check_multirun_strategy(
-        multirun, trainer.get("strategy", "auto"), trainer.get("devices"),
-        int(trainer.get("num_nodes", 1) or 1),
-        job.ntasks if job is not None and job.step_id is not None else None,  # srun's tasks
-    )  # fmt: skip
-    effective = int(cfg.data.batch_size) * int(trainer.get("accumulate_grad_batches", 1))
-    scaling = cfg.get("lr_scaling") or {}
-    rule = scaling.get("rule", "none")
-    factor = lr_scale_factor(rule, effective, int(scaling.get("base_batch_size", effective)))
-    precision = resolve_precision(trainer.get("precision"), trainer.get("accelerator"))
-    on_gpu = trainer.get("accelerator") in ("gpu", "cuda") or (
-        trainer.get("accelerator") in (None, "auto") and torch.cuda.is_available()
-    )
-    warn_slow_bf16(precision, on_cpu=not on_gpu and trainer.get("accelerator") != "mps")
-    # SyncBatchNorm only exists for CUDA; CPU DDP (gloo, tests) keeps per-process statistics.
-    sync_bn = bool(trainer.get("sync_batchnorm", False)) and on_gpu
-    settings = {
-        "precision": precision,
-        "strategy": trainer.get("strategy", "auto"),  # the model's declaration may refine it
-        "sync_batchnorm": sync_bn,
-        "lr_scaling_rule": rule,
-        "batch_lr_factor": factor,
-        "effective_batch_size": effective,
-    }
-    if rank_zero_only.rank == 0:
-        print(
-            f"precision {precision} (asked: {trainer.get('precision')}); lr scaling {rule}: "
-            f"x{factor:.4g} for an effective batch of {effective}"
-        )
-    return settings
-
-
-def speed_settings(cfg: DictConfig, precision: str, on_cuda: bool) -> dict[str, bool]:
-    """The ``speed`` block (and the loader options ``data.pin_memory`` /
-    ``data.persistent_workers``) resolved for this machine: booleans in effect, printed once.
-    Shared by cass-pretrain and cass-finetune, so CASS, DINO and fine-tuning get one rule."""
-    workers = resolve_workers(cfg.data.get("num_workers", 0))
-    asked = speed_request(cfg.get("speed"), cfg.get("data"))
-    settings = resolve_speed(asked, on_cuda=on_cuda, num_workers=workers, precision=precision)
-    if rank_zero_only.rank == 0:
-        on = [k for k, v in settings.items() if v]
-        print(f"speed settings on: {', '.join(on) if on else 'none'}")
-    return settings
-
-
-def check_speed(cfg: DictConfig) -> None:
-    """Refuse a bad ``speed`` value or key by name before the run claims its folder."""
-    resolve_speed(speed_request(cfg.get("speed"), cfg.get("data")), on_cuda=False, num_workers=0)
-
-
-def uses_cuda(accelerator: Any) -> bool:
-    """Whether a trainer with ``accelerator`` runs on CUDA here."""
-    return accelerator in ("gpu", "cuda", None, "auto") and torch.cuda.is_available()
 
 
 def data_views(model: Any, asked: Any = None) -> str:
@@ -208,7 +133,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model, callbacks, loggers and trainer from ``cfg`` and fit.
 
     Returns the final metrics and where the run, checkpoints and export were written. Raises
-    :class:`~.console.RunStopped` when SIGINT/SIGTERM stopped it (``last.ckpt`` saved).
+    :class:`~.run.console.RunStopped` when SIGINT/SIGTERM stopped it (``last.ckpt`` saved).
     """
     folder = run_dir(cfg)
     if cfg.get("resume") is None and requeued_after_finish(folder):
@@ -243,11 +168,46 @@ def _stopped_message(stop: StopSignals, trainer: L.Trainer, callbacks: list[Any]
     return f"Stopped by {stop.name} {where}; {saved}."
 
 
+@dataclass
+class Built:
+    """What a pretraining start built from its config, before it fits."""
+
+    model: L.LightningModule
+    datamodule: L.LightningDataModule
+    trainer: L.Trainer
+    callbacks: list[Any]
+    best_reason: str | None
+    timer: LoopTimer
+    waits: DataWait
+    speed: dict[str, bool]
+    machine: dict[str, Any]
+
+
+@dataclass
+class Fitted:
+    """What a start's fit left: its seconds, the run's costs over every start, the export."""
+
+    elapsed: float
+    costs: dict[str, Any]
+    exporter: ExportBackbones | None
+
+
 def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -> dict[str, Any]:
+    """The run inside its claimed folder: build -> fit -> write (checked by :func:`pretrain`)."""
     if cfg.get("print_config", False):
         print_config_tree(cfg)
     seed_everything(cfg.get("seed"))
+    built = build(cfg, folder, run)
+    stop.trainer = built.trainer
+    fitted = fit(built, run, stop)
+    result = summary(cfg, built, fitted, folder)
+    write_summary(folder, result, fitted)
+    return result
 
+
+def build(cfg: DictConfig, folder: Path, run: RunStart) -> Built:
+    """Model, then the data it declares (views, size, normalisation), callbacks, loggers and
+    trainer; the start is recorded and the config saved once every check passed."""
     launch = launch_settings(cfg)
     on_cuda = uses_cuda(cfg.trainer.get("accelerator"))
     speed = speed_settings(cfg, launch["precision"], on_cuda)
@@ -297,16 +257,21 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
             {"seed": cfg.get("seed"), "data": dict(datamodule.hparams), "launch": launch,
              "speed": speed, "machine": machine}
         )  # fmt: skip
+    return Built(model, datamodule, trainer, callbacks, best_reason, timer, waits, speed, machine)
 
+
+def fit(built: Built, run: RunStart, stop: StopSignals) -> Fitted:
+    """Fit (from ``last.ckpt`` when resuming) and finish an export a stop cut short; this
+    start's cost goes into ``run_info.json`` however it ends."""
+    trainer, model, callbacks, waits = built.trainer, built.model, built.callbacks, built.waits
     start = time.perf_counter()
-    stop.trainer = trainer
 
     def finish(outcome: str) -> dict[str, Any]:  # this start's cost into run_info.json
         seconds = time.perf_counter() - start
         return run.finish(outcome, seconds, waits.loop_seconds, waits.steps, waits.images)
 
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=run.ckpt_path)
+        trainer.fit(model, datamodule=built.datamodule, ckpt_path=run.ckpt_path)
     except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
         with contextlib.suppress(OSError):  # a full disk must not hide the stop
             finish("stopped")
@@ -326,23 +291,30 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
             print("Training had finished before the stop; exporting its final state.")
             exporter.on_train_end(trainer, model)
     elapsed = time.perf_counter() - start
-    costs = finish("finished")
+    return Fitted(elapsed, finish("finished"), exporter)
 
+
+def summary(cfg: DictConfig, built: Built, fitted: Fitted, folder: Path) -> dict[str, Any]:
+    """What ``summary.json`` holds: the method, costs, machine, metrics and where the
+    checkpoints and export are."""
+    trainer, model, callbacks, machine = built.trainer, built.model, built.callbacks, built.machine
+    exporter = fitted.exporter
     checkpoints = [c for c in callbacks if isinstance(c, ModelCheckpoint)]  # best, and last
     throughput = next((c for c in callbacks if isinstance(c, ImagesPerSecond)), None)
-    result: dict[str, Any] = {
-        "method": getattr(model, "method_name", type(model).__name__),
+    return {
+        "method": model.method,  # the registry name, as in the checkpoint and the export
+        "method_label": model.method_name,  # for display only
         "run_dir": str(folder),
         # wall time, steps, images and images/s: totals over every start of the run
         # (``attempts``); ``cost_comparable`` is false when a start recorded no end
-        **costs,
-        "this_start_fit_seconds": elapsed,
-        "loop_seconds": timer.seconds,
+        **fitted.costs,
+        "this_start_fit_seconds": fitted.elapsed,
+        "loop_seconds": built.timer.seconds,
         "epochs": int(trainer.current_epoch),
         "global_step": int(trainer.global_step),
         "batch_size": int(cfg.data.batch_size),
-        "data_wait_share": waits.share,
-        "speed": speed,
+        "data_wait_share": built.waits.share,
+        "speed": built.speed,
         "precision": machine["precision"],
         "machine": machine,  # the figures above and below were measured there
         "this_start_images_per_s": throughput.mean_images_per_s() if throughput else None,
@@ -353,24 +325,28 @@ def _pretrain(cfg: DictConfig, folder: Path, run: RunStart, stop: StopSignals) -
                                 None),
         "best_checkpoint": next((c.best_model_path for c in checkpoints if c.best_model_path),
                                 None),
-        "best_reason": best_reason,
+        "best_reason": built.best_reason,
         "export_dir": str(exporter.exported_to) if exporter and exporter.exported_to else None,
         "weights_init": weights_init(model.exportable()[0]) if hasattr(model, "exportable")
                         else None,
     }  # fmt: skip
+
+
+def write_summary(folder: Path, result: dict[str, Any], fitted: Fitted) -> None:
+    """``summary.json``, and where everything is, at the terminal."""
+    costs = fitted.costs
     report_run(
-        f"{result['method']} pretraining finished in {elapsed:.0f} s"
+        f"{result['method_label']} pretraining finished in {fitted.elapsed:.0f} s"
         + (f" ({len(costs['attempts'])} starts, {costs['fit_seconds']:.0f} s in all)"
            if len(costs["attempts"]) > 1 else ""),
         {"run folder": result["run_dir"], "last checkpoint": result["last_checkpoint"],
-         "best checkpoint": result["best_checkpoint"] or f"none: {best_reason}",
+         "best checkpoint": result["best_checkpoint"] or f"none: {result['best_reason']}",
          "exported arms": result["export_dir"]},
         result["metrics"],
         shown=SHOWN_METRICS,
         summary_file=folder / SUMMARY_FILE,
         summary=result,
     )  # fmt: skip
-    return result
 
 
 #: What the end-of-run summary prints (all metrics are in csv/metrics.csv and summary.json).
@@ -381,7 +357,7 @@ SHOWN_METRICS = (
 )  # fmt: skip
 
 
-@resumable  # resume=<run folder> -> that folder and its saved overrides (see resume.py)
+@resumable  # resume=<run folder> -> that folder and its saved overrides (see run/resume.py)
 @entry_point  # a command line Hydra cannot compose exits 2
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="pretrain")
 def main(cfg: DictConfig) -> float | None:

@@ -127,6 +127,21 @@ def method_label(name: str) -> str:
     return method.label if method is not None else str(name)
 
 
+def name_of(text: str) -> str:
+    """The registry name of ``text``, a name or a display label (``SimSiam`` -> ``simsiam``).
+
+    Files written before every record held the name may hold the label; an unknown text is
+    refused with the known names listed, never guessed.
+    """
+    key = str(text).strip().lower()
+    if key in _REGISTRY:
+        return key
+    named = [m.name for m in _REGISTRY.values() if m.label.lower() == key]
+    if len(named) != 1:
+        raise ValueError(f"unknown method {text!r}; known: {', '.join(method_names())}")
+    return named[0]
+
+
 def labels() -> dict[str, str]:
     """``{name: label}`` of every registered method."""
     return {m.name: m.label for m in methods()}
@@ -144,7 +159,7 @@ def recorded_method(stored: Mapping[str, Any]) -> str:
     """
     method = stored.get("method")
     if method is not None:
-        return get_method(str(method)).name
+        return name_of(str(method))
     return "dino" if any(k in stored for k in _LEGACY_DINO_KEYS) else "cass"
 
 

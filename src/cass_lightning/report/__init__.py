@@ -18,7 +18,7 @@ Inputs of :func:`write_study_report` (the contract with ``cass-study``):
 
 1. ``results``: one dict per fine-tuning run, as in ``results.json``: ``dataset``, ``method``
    (a name in ``cass_lightning.modules.registry``: ``cass``, ``dino``, ``byol``, ``imagenet``,
-   ``random``, ...; see :func:`method_label`), ``arm`` (``cnn``,
+   ``random``, ...; see :func:`method_of`), ``arm`` (``cnn``,
    ``vit``), ``mode``, ``label_fraction``, ``seed``, ``label_seed``, ``metrics``
    (``{"test/<name>": float | None}``), ``test_split``, ``num_classes``, ``multi_label``, and
    optionally ``classes`` (names), ``per_class`` (``{"f1": [float | None per class],
@@ -66,7 +66,7 @@ from cass_lightning.report.collect import (
     METHODS,
     RESULTS_FILE,
     collect_results,
-    method_label,
+    method_of,
     missing_reason,
 )
 from cass_lightning.report.costs import cost_rows, ratios
@@ -130,7 +130,7 @@ __all__ = [
     "layout",
     "load_result",
     "markdown",
-    "method_label",
+    "method_of",
     "metric_key",
     "missing_reason",
     "paired_differences",

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cass_lightning.io import read_json
-from cass_lightning.modules.registry import get_method, method_names, recorded_method
+from cass_lightning.modules.registry import get_method, method_names, name_of, recorded_method
 from cass_lightning.report.validate import load_result
 from cass_lightning.walk import walk_files
 
@@ -19,17 +19,29 @@ METHODS = method_names()
 ARMS = ("cnn", "vit")
 
 
-def method_label(result: dict[str, Any], source: Path | None = None) -> str:
-    """The pretraining method behind one run, from its ``init`` and, for exports, ``meta.json``.
+def method_of(result: dict[str, Any], source: Path | None = None) -> str:
+    """The registry name of the pretraining method behind one run.
 
-    An export's ``meta.json`` names the method that wrote it, one of the registry's; exports
-    written before every method recorded itself are read by the registry's legacy rule
-    (``registry.recorded_method``). A method the registry does not know is refused by name,
-    never reported as another. A ``.ckpt`` is always a CASS checkpoint: ``cass-finetune``
-    reads no other kind.
+    ``results.json`` records it (``method``; a display label in older files is mapped to its
+    name by the registry), so the exports the runs fine-tuned may since have moved or gone.
+    Only a ``results.json`` written before it recorded the method is named from its ``init`` and,
+    for an export, that export's ``meta.json`` (:func:`recorded_method`). A method the registry
+    does not know is refused by name, never reported as another.
     """
-    init = result.get("init")
     where = f" ({source})" if source else ""
+    recorded = result.get("method")
+    if recorded is not None:
+        try:
+            return name_of(str(recorded))
+        except ValueError as err:
+            raise ValueError(f"{err} (the run{where})") from None
+    return _method_from_init(result, where)
+
+
+def _method_from_init(result: dict[str, Any], where: str) -> str:
+    """The method of a ``results.json`` that records none: its ``init``, or the export's
+    ``meta.json`` (a ``.ckpt`` is always a CASS checkpoint: ``cass-finetune`` reads no other)."""
+    init = result.get("init")
     if init in method_names() and not get_method(str(init)).pretrains:
         return str(init)
     if init == "checkpoint":
@@ -40,7 +52,8 @@ def method_label(result: dict[str, Any], source: Path | None = None) -> str:
         if not weights or not meta_path.is_file():
             raise FileNotFoundError(
                 f"{meta_path} not found: the run{where} was fine-tuned from that export, whose "
-                "meta.json names the pretraining method. Put the export back at that path"
+                "meta.json names the pretraining method (its results.json, from an earlier "
+                "version, does not). Put the export back at that path"
             )
         try:  # plain JSON, bounded in size and depth
             meta = read_json(meta_path, "export meta.json")
@@ -81,7 +94,7 @@ def collect_results(folders: Iterable[str | Path]) -> list[dict[str, Any]]:
     results = []
     for file in files:
         result = load_result(file)
-        result["method"] = method_label(result, file)
+        result["method"] = method_of(result, file)
         result["results_file"] = str(file)
         result.setdefault("pretrain_budget", pretrain_budget(result))
         results.append(result)

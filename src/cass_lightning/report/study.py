@@ -91,7 +91,7 @@ def check_results(results: Sequence[dict[str, Any]]) -> None:
         if absent:
             raise ValueError(
                 f"{where} lacks {', '.join(absent)} (label each result with its method, e.g. "
-                "with cass_lightning.report.method_label)"
+                "with cass_lightning.report.method_of)"
             )
         check_result(result, str(where), RESULT_KEYS)
 

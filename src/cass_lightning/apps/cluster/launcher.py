@@ -134,7 +134,7 @@ def _results(jobs: list[Any], labels: list[str]) -> list[JobReturn]:
             print(f"SLURM job {job.job_id} ({label}) ended {state}: {line}\n"
                   f"  log: {job.paths.stderr}", file=sys.stderr, flush=True)  # fmt: skip
     if failed:
-        from cass_lightning.apps.console import mark_task_started
+        from cass_lightning.apps.run.console import mark_task_started
 
         mark_task_started()  # the jobs ran: exit 1, not a usage error's 2
         print(f"Error: {len(failed)} of {len(jobs)} SLURM job(s) did not finish: "

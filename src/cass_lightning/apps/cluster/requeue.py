@@ -77,7 +77,7 @@ def requeued_after_finish(folder: Path) -> bool:
     """Whether this start is a requeue of a job whose pretraining in ``folder`` had already
     finished (export and summary written): e.g. a script that runs several commands started
     again; the finished command has nothing left to do."""
-    from cass_lightning.apps.runinfo import read_run_info
+    from cass_lightning.apps.run.runinfo import read_run_info
 
     finished = (folder / "export" / "meta.json").is_file() and (folder / "summary.json").is_file()
     return finished and earlier_start_in(read_run_info(folder))

@@ -1,7 +1,7 @@
 """Config resolvers for running on SLURM: the run folder's name, a sweep folder no other sweep
 shares, and the job's size from the trainer settings (``conf/hydra/launcher/slurm.yaml``).
 
-Registered once by :mod:`cass_lightning.apps.common` (every app imports it), so the configs can
+Registered once by :mod:`cass_lightning.apps.run.common` (every app imports it), so the configs can
 use them anywhere; they read only the environment SLURM sets and plain config values.
 """
 

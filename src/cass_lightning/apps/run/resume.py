@@ -41,8 +41,8 @@ from typing import Any, TypeVar
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.overrides import (
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.run.overrides import (
     override_key,
     override_value,
     quote,
@@ -50,9 +50,9 @@ from cass_lightning.apps.overrides import (
     split_flags,
     unquote,
 )
-from cass_lightning.apps.resume_checks import outside_writes, records_problem
-from cass_lightning.apps.runfolder import LOCK_FILE, holder_alive, read_lock
-from cass_lightning.apps.runinfo import (
+from cass_lightning.apps.run.resume_checks import outside_writes, records_problem
+from cass_lightning.apps.run.runfolder import LOCK_FILE, holder_alive, read_lock
+from cass_lightning.apps.run.runinfo import (
     LAST_CHECKPOINT,
     RUN_INFO,
     RunStart,

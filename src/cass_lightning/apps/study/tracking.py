@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-# The study's settings and points (``study_plan.StudySettings`` / ``Point``) are typed ``Any``
+# The study's settings and points (``plan.StudySettings`` / ``Point``) are typed ``Any``
 # here: the planner imports this module, never the other way round.
 StudySettings = Any
 Point = Any
@@ -61,7 +61,7 @@ def with_logging(s: StudySettings, study_dir: Path, points: list[Point]) -> list
         return points
     import importlib.util
 
-    from cass_lightning.apps.overrides import quote
+    from cass_lightning.apps.run.overrides import quote
 
     plain_name("study.wandb.project", s.wandb_project)
     plain_name("the study folder's name", study_dir.name)
@@ -85,7 +85,7 @@ def with_logging(s: StudySettings, study_dir: Path, points: list[Point]) -> list
 
 def _hydra_value(value: Any) -> str:
     """A value as Hydra's override grammar reads it back (strings quoted)."""
-    from cass_lightning.apps.overrides import quote
+    from cass_lightning.apps.run.overrides import quote
 
     if value is None:
         return "null"

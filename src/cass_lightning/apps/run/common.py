@@ -5,7 +5,6 @@ The run folder's lock and the process record are in :mod:`.runfolder`."""
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,14 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 # Lightning, torch and the launch rules are imported where they are used: the study's planner
 # and the report share this module and should start in a second, not load the training stack.
 from cass_lightning.apps.cluster import resolvers
-from cass_lightning.apps.runfolder import is_rank_zero
+from cass_lightning.apps.run.runfolder import is_rank_zero
 from cass_lightning.checks import check_int
 from cass_lightning.io import atomic_write_json, atomic_write_text
 
 resolvers.register()  # the run folder's name and the SLURM job's size (conf/hydra/)
 
 #: conf/ at the repository root (the package is installed in editable mode from the checkout).
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "conf"
+CONFIG_DIR = Path(__file__).resolve().parents[4] / "conf"
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -81,19 +80,6 @@ def check_run_settings(cfg: DictConfig) -> None:
     if not trainer.get("fast_dev_run"):
         check_run_length(trainer.get("max_epochs"), trainer.get("max_steps", -1))
     check_int("trainer.accumulate_grad_batches", trainer.get("accumulate_grad_batches", 1), 1)
-
-
-def warn_slow_bf16(precision: str, on_cpu: bool) -> None:
-    """Say at start when bf16 on this CPU would be emulated (many times slower than fp32)."""
-    if on_cpu and is_rank_zero():
-        import torch
-
-        from cass_lightning.runtime import cpu_bf16_warning, read_cpu_flags
-
-        capability = torch.backends.cpu.get_cpu_capability()
-        warning = cpu_bf16_warning(precision, on_cpu, capability, read_cpu_flags())
-        if warning:
-            print(f"Warning: {warning}", file=sys.stderr)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:

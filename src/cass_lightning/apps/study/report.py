@@ -10,8 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cass_lightning.apps.study_logging import wants_wandb
-from cass_lightning.apps.study_plan import (
+from cass_lightning.apps.study.plan import (
     FAILED_FILE,
     RESULTS_FILE,
     SUMMARY_FILE,
@@ -19,7 +18,8 @@ from cass_lightning.apps.study_plan import (
     StudySettings,
     missing_rows,
 )
-from cass_lightning.apps.study_points import TIMING_FILE
+from cass_lightning.apps.study.points import TIMING_FILE
+from cass_lightning.apps.study.tracking import wants_wandb
 from cass_lightning.io import first_free, read_json
 from cass_lightning.machine import device_label
 from cass_lightning.records import read_record
@@ -147,7 +147,7 @@ def upload_report(out: Path, settings: StudySettings, study_dir: Path) -> str:
     ``WANDB_MODE=disabled``)."""
     import wandb
 
-    from cass_lightning.apps.loggers import (
+    from cass_lightning.apps.run.loggers import (
         DEFAULT_FINISH_TIMEOUT_S,
         DEFAULT_INIT_TIMEOUT_S,
         INIT_MODES,
@@ -209,7 +209,7 @@ def _artifact_name(text: str) -> str:
 def seconds_since_start() -> float:
     """Wall time since this process started (from /proc on Linux: the interpreter's start and
     imports count as overhead too), else since this module was imported."""
-    from cass_lightning.apps.runfolder import start_ticks
+    from cass_lightning.apps.run.runfolder import start_ticks
 
     ticks = start_ticks(os.getpid())
     try:

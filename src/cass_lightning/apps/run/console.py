@@ -129,8 +129,8 @@ def console_log(path: Path, enabled: bool = True) -> Iterator[None]:
 def _refusal_types() -> tuple[type[BaseException], ...]:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
-    from cass_lightning.apps.resume import ResumeError
-    from cass_lightning.apps.runfolder import RunFolderBusy
+    from cass_lightning.apps.run.resume import ResumeError
+    from cass_lightning.apps.run.runfolder import RunFolderBusy
     from cass_lightning.encoders import HubUnreachableError
 
     return (
@@ -318,8 +318,8 @@ def hold_run_folder(
     run can start here (not when resuming in place, ``fresh=False``), and the SIGINT/SIGTERM
     handlers, yielded (a :class:`StopSignals`) for the app to hand its trainer."""
     from cass_lightning.apps.cluster.job import current_job
-    from cass_lightning.apps.common import refuse_to_overwrite
-    from cass_lightning.apps.runfolder import claim_run_folder, is_rank_zero
+    from cass_lightning.apps.run.common import refuse_to_overwrite
+    from cass_lightning.apps.run.runfolder import claim_run_folder, is_rank_zero
 
     # In a SLURM job the scheduler's warning signals (the launcher's SIGUSR2, Lightning users'
     # SIGUSR1) stop the run like SIGTERM, and the app then requeues the job (docs/cluster.md).

@@ -29,7 +29,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from cass_lightning.apps.common import run_dir as _run_dir
+from cass_lightning.apps.run.common import run_dir as _run_dir
 from cass_lightning.io import host_reachable
 
 #: wandb's public cloud server, used when neither WANDB_BASE_URL nor wandb's settings name one.

@@ -2,7 +2,7 @@
 
 ``cass-study`` starts one worker (one per stage with a launcher such as SLURM)::
 
-    python -m cass_lightning.apps.study_points -m study_dir=<study> point=<ids> [data_check=<dir>]
+    python -m cass_lightning.apps.study.points -m study_dir=<study> point=<ids> [data_check=<dir>]
 
 so each point is a job of Hydra's launcher: the default launcher runs them one after another in
 this process (imports paid once; the first job checks the data first when asked), and
@@ -14,7 +14,7 @@ fine-tuning attempt is moved aside (never deleted) and the point starts again; a
 point whose pretraining did not finish is skipped.
 
 ``plan.json`` is never run as written: the worker plans the study again from the settings
-recorded in it and runs only points that match (:func:`~.study_plan.verified_plan`). It stops
+recorded in it and runs only points that match (:func:`~.plan.verified_plan`). It stops
 when the ``cass-study`` that started it has ended (``parent=``: SIGTERM from Linux when the
 parent dies, and a check before every point), so a killed study leaves no worker behind.
 """
@@ -38,16 +38,16 @@ from hydra.initialize import get_gh_backup, restore_gh_from_backup
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.console import RunStopped
-from cass_lightning.apps.runfolder import (
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.run.console import RunStopped
+from cass_lightning.apps.run.runfolder import (
     LOCK_FILE,
     holder_alive,
     read_lock,
     start_ticks,
     this_process,
 )
-from cass_lightning.apps.study_plan import (
+from cass_lightning.apps.study.plan import (
     FAILED_FILE,
     STARTED_FILE,
     PlanRefused,
@@ -56,7 +56,7 @@ from cass_lightning.apps.study_plan import (
     refuse_unsafe,
     verified_plan,
 )
-from cass_lightning.apps.study_settings import fraction_problems
+from cass_lightning.apps.study.settings import fraction_problems
 from cass_lightning.io import atomic_write_json, first_free, read_json, utc_timestamp
 
 TIMING_FILE = "timing.json"

@@ -11,14 +11,14 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 
-from cass_lightning.apps.study_plan import Point, StudySettings, digest_of
-from cass_lightning.apps.study_points import (
+from cass_lightning.apps.study.plan import Point, StudySettings, digest_of
+from cass_lightning.apps.study.points import (
     DATA_CHECK_REQUEST,
     DATA_REPORT,
     compose_point,
     data_check_passed,
 )
-from cass_lightning.apps.study_settings import fraction_problems
+from cass_lightning.apps.study.settings import fraction_problems
 from cass_lightning.io import atomic_write_json, read_json
 from cass_lightning.walk import walk_files
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cass_lightning.apps.runfolder import holder_alive
-from cass_lightning.apps.study_logging import with_logging
+from cass_lightning.apps.run.runfolder import holder_alive
+from cass_lightning.apps.study.tracking import with_logging
 from cass_lightning.io import atomic_write_json, read_json
 from cass_lightning.modules.registry import BOTH, Method, method_names, pretraining_methods
 
@@ -280,7 +280,7 @@ def refuse_unsafe(points: list[Point], config_dir: Path) -> None:
     """Raise :class:`PlanRefused` for the first point holding an override that is not a plain
     setting: no ``+``/``~``, no ``hydra.*``, no ``${``, no ``_target_``. Each distinct override
     is parsed once (the points share most of theirs)."""
-    from cass_lightning.apps.overrides import refused_overrides
+    from cass_lightning.apps.run.overrides import refused_overrides
 
     distinct = list(dict.fromkeys(o for p in points for o in p.overrides))
     reasons = dict(refused_overrides(distinct, config_dir, set()))

@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from cass_lightning.apps.overrides import override_key, override_value
-from cass_lightning.apps.runinfo import read_run_info
+from cass_lightning.apps.run.overrides import override_key, override_value
+from cass_lightning.apps.run.runinfo import read_run_info
 from cass_lightning.io import RecordError, read_yaml
 
 #: Keys whose value is a folder every run writes into (splits, reports, caches, logs,

@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from cass_lightning.apps.study_plan import ARMS, MODES
+from cass_lightning.apps.study.plan import ARMS, MODES
 from cass_lightning.modules.registry import method_names
 
 #: What ``study.name`` may hold: it names the study's folder (and its wandb group).

@@ -8,7 +8,7 @@
 The study lives in ``runs/study/<name>/``: ``plan.json`` (every point: app, overrides, digest,
 status), ``points/<id>/`` (each an ordinary cass-pretrain or cass-finetune run folder) and
 ``report/``. Points go through Hydra's launcher in a worker, ``python -m
-cass_lightning.apps.study_points -m point=...`` (one for the whole study here, one per stage
+cass_lightning.apps.study.points -m point=...`` (one for the whole study here, one per stage
 with a launcher such as SLURM). Run the same command again to finish an interrupted or partly
 failed study.
 """
@@ -28,12 +28,12 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.apps.common import CONFIG_DIR
-from cass_lightning.apps.console import entry_point, reported_errors
-from cass_lightning.apps.overrides import override_key, quote
-from cass_lightning.apps.runfolder import LOCK_FILE, RunFolderBusy, claim_run_folder, read_lock
-from cass_lightning.apps.study_data import data_check_folder
-from cass_lightning.apps.study_plan import (
+from cass_lightning.apps.run.common import CONFIG_DIR
+from cass_lightning.apps.run.console import entry_point, reported_errors
+from cass_lightning.apps.run.overrides import override_key, quote
+from cass_lightning.apps.run.runfolder import LOCK_FILE, RunFolderBusy, claim_run_folder, read_lock
+from cass_lightning.apps.study.data import data_check_folder
+from cass_lightning.apps.study.plan import (
     FAILED_FILE,
     Point,
     StudySettings,
@@ -42,7 +42,7 @@ from cass_lightning.apps.study_plan import (
     statuses_of,
     write_plan,
 )
-from cass_lightning.apps.study_points import (
+from cass_lightning.apps.study.points import (
     DATA_REPORT,
     HEARTBEAT_S,
     compose_point,
@@ -50,19 +50,19 @@ from cass_lightning.apps.study_points import (
     parent_record,
     run_data_check,
 )
-from cass_lightning.apps.study_report import (
+from cass_lightning.apps.study.report import (
     INVOCATION_STARTED,
     overhead,
     seconds_since_start,
     write_report,
 )
-from cass_lightning.apps.study_settings import (
+from cass_lightning.apps.study.settings import (
     check_study_names,
     check_study_settings,
     refuse_merged_grid,
 )
-from cass_lightning.apps.study_status import refuse_orphans, ways_on
-from cass_lightning.apps.study_weights import resolve_weights
+from cass_lightning.apps.study.status import refuse_orphans, ways_on
+from cass_lightning.apps.study.weights import resolve_weights
 from cass_lightning.io import atomic_write_json, read_json
 from cass_lightning.modules.registry import pretraining_methods
 
@@ -168,7 +168,7 @@ def run_stage(
     See :func:`wait_forwarding` for what a signal to the study does."""
     ids = ",".join(p.id for p in points)
     token = (read_lock(study_dir / LOCK_FILE) or {}).get("token", "")
-    command = [sys.executable, "-m", "cass_lightning.apps.study_points", "-m",
+    command = [sys.executable, "-m", "cass_lightning.apps.study.points", "-m",
                f"study_dir={quote(study_dir)}", f"point={ids}",
                f"parent='{parent_record(os.getpid(), str(token))}'", *launcher]  # fmt: skip
     if data_check is not None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from cass_lightning.apps.runfolder import RunFolderBusy
-from cass_lightning.apps.study_plan import FAILED_FILE, Point
+from cass_lightning.apps.run.runfolder import RunFolderBusy
+from cass_lightning.apps.study.plan import FAILED_FILE, Point
 from cass_lightning.io import read_json
 
 
@@ -16,8 +16,8 @@ def refuse_orphans(points: list[Point], study_dir: Path) -> None:
     """Refuse to run beside a worker of an earlier ``cass-study`` that is still running a point
     on this machine (its ``cass-study`` was killed, the worker was not): named by process."""
     from cass_lightning.apps.cluster.job import job_alive
-    from cass_lightning.apps.runfolder import holder_alive
-    from cass_lightning.apps.study_plan import STARTED_FILE
+    from cass_lightning.apps.run.runfolder import holder_alive
+    from cass_lightning.apps.study.plan import STARTED_FILE
 
     for point in points:
         started = point.folder(study_dir) / STARTED_FILE
