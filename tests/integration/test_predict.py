@@ -244,7 +244,8 @@ def test_a_hostile_classifier_export_is_refused_before_anything_is_written(runs,
         (export / "meta.json").write_text(json.dumps({**meta, **change}))
         before = snapshot(tmp_path)
         over = [f"classifier={export}", "data=synthetic", f"data.root={data}"]
-        with pytest.raises(ValueError, match=f"{export / 'meta.json'}: {field.strip()}"):
+        where = f"{export / 'meta.json'}: classifier meta.json field {field.strip()}"
+        with pytest.raises(ValueError, match=where):
             predict(predict_cfg(tmp_path, over, f"out-{tried}"))
         assert snapshot(tmp_path) == before and not marker.exists()
         tried += 1
@@ -260,9 +261,13 @@ def test_a_hostile_classifier_export_is_refused_before_anything_is_written(runs,
     state["hyper_parameters"]["img_size"] = payload  # loads with weights_only: a plain string
     ckpt = tmp_path / "hostile.ckpt"
     torch.save(state, ckpt)
-    with pytest.raises(ValueError, match=r"hostile\.ckpt: its recorded preprocessing is not num"):
+    with pytest.raises(
+        ValueError, match=r"hostile\.ckpt: classifier meta.json field img_size must be an integer"
+    ):
         predict(predict_cfg(tmp_path, [f"classifier={ckpt}", "data=synthetic"], "out-ckpt"))
-    with pytest.raises(ValueError, match=r"hostile\.ckpt: its recorded preprocessing is not num"):
+    with pytest.raises(
+        ValueError, match=r"hostile\.ckpt: classifier meta.json field img_size must be an integer"
+    ):
         export_checkpoint(ckpt, tmp_path / "out-export")
     assert not marker.exists() and not (tmp_path / "out-export").exists()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -315,11 +316,13 @@ def test_a_run_stopped_between_its_last_step_and_its_export_exports_on_resume(tm
     first = pretrain(compose_app(tmp_path, TINY_RUN))
     run = tmp_path / "run"
     os.rename(run / "export" / "meta.json", tmp_path / "meta.json")  # the export cut short
-    assert resume_argv(["cass-pretrain", f"resume={run}"])  # the printed command is accepted
+    # the command it prints (which restates the data folder outside the run) is accepted
+    printed = ["cass-pretrain", f"resume={run}", f"paths.data_dir={tmp_path / 'data'}"]
+    assert resume_argv(printed)
     result = pretrain(compose_app(tmp_path, [*TINY_RUN, f"resume={run}"]))
     assert (run / "export" / "meta.json").is_file()
     assert sorted(p.name for p in (run / "export.partial-1").iterdir()) == [
-        "cnn.safetensors", "vit.safetensors"]  # fmt: skip
+        "cnn.safetensors", "timm-cnn", "timm-vit", "vit.safetensors"]  # fmt: skip
     state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu",
                        weights_only=True)["state_dict"]  # fmt: skip
     for name, value in load_file(run / "export" / "cnn.safetensors").items():
@@ -327,7 +330,7 @@ def test_a_run_stopped_between_its_last_step_and_its_export_exports_on_resume(tm
     assert result["steps"] == first["steps"] and len(result["attempts"]) == 2
     assert result["attempts"][1]["steps"] == 0
     with pytest.raises(ResumeError, match="already finished"):
-        resume_argv(["cass-pretrain", f"resume={run}"])
+        resume_argv(printed)
     # Stopped after the export but before the summary: the resume writes the summary only.
     exported = _digest(run / "export")
     os.rename(run / "summary.json", tmp_path / "summary.json")
@@ -343,9 +346,10 @@ def test_sigterm_on_the_last_step_stops_and_the_printed_command_finishes_the_exp
     with pytest.raises(RunStopped) as stopped:
         pretrain(compose_app(tmp_path, [*TINY_RUN, stop]))
     run = tmp_path / "run"
-    assert f"cass-pretrain resume={run}" in stopped.value.message
+    printed = next(line.strip() for line in stopped.value.message.splitlines()
+                   if line.strip().startswith(f"cass-pretrain resume={run}"))  # fmt: skip
     assert not (run / "export" / "meta.json").exists()
-    assert resume_argv(["cass-pretrain", f"resume={run}", TRUSTED])  # not refused
+    assert resume_argv([*shlex.split(printed), TRUSTED])  # the printed command: not refused
     result = pretrain(compose_app(tmp_path, [*TINY_RUN, f"resume={run}"]))
     assert (run / "export" / "meta.json").is_file()
     assert result["steps"] == STEPS_PER_EPOCH and result["attempts"][1]["steps"] == 0

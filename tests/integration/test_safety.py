@@ -554,7 +554,8 @@ def test_the_run_log_exports_checkpoints_and_init_records(tmp_path):
     assert "precision 32-true" in log and "CASS pretraining finished" in log
     assert "\r" not in log and "it/s]" not in log  # the progress bar stays out
     # Exports, checkpoints and run files share one writer, hence one set of permission bits.
-    files = [*run.glob("export/*"), *run.glob("checkpoints/*.ckpt"), run / "run_info.json"]
+    exported = [p for p in run.glob("export/**/*") if p.is_file()]  # timm folders' files too
+    files = [*exported, *run.glob("checkpoints/*.ckpt"), run / "run_info.json"]
     modes = {stat.S_IMODE(f.stat().st_mode) for f in files}
     umask = os.umask(0)
     os.umask(umask)

@@ -194,7 +194,11 @@ def test_the_launcher_choice_goes_to_the_workers(tmp_path):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("study_points", ["study_dir=/s", "point=a", *launcher_overrides(typed)],
                       return_hydra_config=True)  # fmt: skip
-    assert "submitit" in cfg.hydra.launcher._target_ and cfg.hydra.launcher.partition == "gpu"
+    from hydra.utils import get_class
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+
+    launcher = get_class(cfg.hydra.launcher._target_)  # ours: submitit's, saying what it does
+    assert issubclass(launcher, SlurmLauncher) and cfg.hydra.launcher.partition == "gpu"
 
 
 @pytest.mark.parametrize("kind", ["paper", "robustness"])

@@ -48,7 +48,7 @@ def test_a_value_no_run_writes_is_refused_by_key(change, message):
 
 def test_a_results_file_nested_too_deeply_is_named(tmp_path):
     (tmp_path / "results.json").write_text("[" * 100000 + "]" * 100000)
-    with pytest.raises(ResultsFileError, match=r"is not a results\.json .JSON nested"):
+    with pytest.raises(ResultsFileError, match=r"is not a valid results\.json .nested deeper than"):
         load_result(tmp_path / "results.json")
 
 

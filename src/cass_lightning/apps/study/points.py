@@ -137,10 +137,17 @@ def run_data_check(folder: Path) -> bool:
     ``True`` when it passed."""
     from cass_lightning.apps.data import check
 
-    request = folder / DATA_CHECK_REQUEST
-    overrides = (read_json(request, "data check request") or {}).get("overrides")
+    request_file = folder / DATA_CHECK_REQUEST
+    request = read_json(request_file, "data check request")
+    request = request if isinstance(request, dict) else {}
+    overrides = request.get("overrides")
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-        raise PlanRefused(f"{request}: overrides must be a list of strings; nothing was run")
+        raise PlanRefused(f"{request_file}: overrides must be a list of strings; nothing was run")
+    fractions = request.get("fractions") or []
+    if not isinstance(fractions, list) or not all(
+        isinstance(f, int | float) and not isinstance(f, bool) for f in fractions
+    ):
+        raise PlanRefused(f"{request_file}: fractions must be a list of numbers; nothing was run")
     point = Point("data-check", "data_app", -1, "-", "-", list(overrides), "")
     refuse_unsafe([point], CONFIG_DIR)  # a file in the study folder: plain settings only
     cfg = compose_point(point, folder, [])
@@ -152,7 +159,7 @@ def run_data_check(folder: Path) -> bool:
     finally:
         HydraConfig.instance().cfg = saved  # type: ignore[assignment]
     report = read_json(folder / DATA_REPORT, "data report")
-    problems = fraction_problems(report, request.get("fractions") or [])
+    problems = fraction_problems(report, fractions)
     if problems:  # a fraction this data cannot hold: the study stops, naming it
         report["problems"] = [*report.get("problems", []), *problems]
         atomic_write_json(folder / DATA_REPORT, report)
