@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from cluster_helpers import (
     CPU_PARTITION,
+    HERE,
     hurry_requeued,
     job_env,
     read,
@@ -89,21 +90,25 @@ def ddp(cluster: dict[str, str], root: Path) -> dict[str, Any]:
     return {"code": code, "out": out, "err": err, "dir": sweep_dir}
 
 
-def time_limit(cluster: dict[str, str], root: Path, epochs: int = 20) -> dict[str, Any]:
-    """A launcher job with a one-minute limit and more work than that: the warning signal
-    comes before the limit, the run saves, submitit requeues it, and it continues."""
+def time_limit(cluster: dict[str, str], root: Path, epochs: int = 60) -> dict[str, Any]:
+    """A launcher job with a two-minute limit and more work than that (each step sleeps 0.5 s,
+    so on any machine): the warning signal comes before the limit (SLURM sends it up to a
+    minute early: 30-90 s into a start), the run saves, submitit requeues it, and it
+    continues."""
     sweep_dir = root / "limit"
     out_file = root / "limit.out"
     root.mkdir(parents=True, exist_ok=True)
     with open(out_file, "w") as out:
         proc = subprocess.Popen(
-            [*APP, *SLURM, "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=1",
-             *TINY, f"trainer.max_epochs={epochs}", f"hydra.sweep.dir={sweep_dir}"],
-            env=job_env(cluster, root), cwd=root, stdout=out, stderr=subprocess.STDOUT,
+            [*APP, *SLURM, "hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=2",
+             *TINY, f"trainer.max_epochs={epochs}", f"hydra.sweep.dir={sweep_dir}",
+             "+callbacks.slow._target_=slow_steps.SleepEachStep"],
+            env=job_env(cluster, root, PYTHONPATH=str(HERE)), cwd=root, stdout=out,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
         job = until(lambda: "Submitted " in out_file.read_text() and _job_of(out_file), 120,
                     "the launcher to submit")  # fmt: skip
-        wait_job(cluster, job, 540, proc)
+        wait_job(cluster, job, 720, proc)
     return {"code": proc.returncode, "out": out_file.read_text(), "dir": sweep_dir, "job": job,
             "epochs": epochs, "states": sacct_states(cluster, job)}  # fmt: skip
 
