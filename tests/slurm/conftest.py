@@ -17,12 +17,17 @@ from cluster_helpers import SCRIPT, SLURM_CONF
 @pytest.fixture(scope="session")
 def cluster() -> dict[str, str]:
     """The environment that reaches the test cluster (``SLURM_CONF``), the cluster started."""
+    # Installing Debian packages and starting daemons as SlurmUser=root needs root; a developer
+    # without it (and without a cluster already started by root) cannot run these jobs at all.
+    # CI runs as root and starts the cluster first (.ci/run), so there they always run.
     if os.geteuid() != 0 and not SLURM_CONF.is_file():
         pytest.skip("the test cluster needs root to install and start (tests/slurm/cluster.sh)")
     done = subprocess.run(["bash", str(SCRIPT), "up"], capture_output=True, text=True,
                           timeout=900, check=False)  # fmt: skip
     if done.returncode != 0:
-        if done.returncode == 3:  # the script's "cannot install here"
+        # exit 3: the packages are missing and cannot be installed (not root): no scheduler to
+        # submit to. Any other failure to start is a broken cluster and fails loudly below.
+        if done.returncode == 3:
             pytest.skip(f"no SLURM here: {done.stderr.strip()}")
         pytest.fail(f"the test cluster did not start:\n{done.stderr[-3000:]}")
     return {"SLURM_CONF": str(SLURM_CONF)}
