@@ -27,7 +27,6 @@ from these weights (same SHA-256) into the backbones' model cards. ``hub_repo=<o
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -195,14 +194,6 @@ def found_results(folders: list[str] | None) -> list[dict[str, Any]]:
             if isinstance(result, dict):
                 found.append(result)
     return found
-
-
-def _whole(value: Any) -> int:
-    """``value`` as an int when it is one (a float with no fraction too), else ValueError."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or not math.isfinite(value) or value != int(value)):  # fmt: skip
-        raise ValueError(f"{value!r} is not a whole number"[:120])
-    return int(value)
 
 
 def load_classifier_checkpoint(checkpoint: str | Path) -> tuple[ClassifierModule, dict[str, Any]]:
