@@ -235,12 +235,20 @@ def apply_speed_globals(settings: dict[str, bool], on_cuda: bool) -> None:
 def apply_speed_settings(settings: dict[str, bool], model: nn.Module, on_cuda: bool) -> None:
     """Put resolved ``settings`` (:func:`resolve_speed`) in effect for ``model``: process-wide
     switches, the CNN arm's layout, compilation per arm, and the optimiser the module builds."""
-    from cass_lightning.modules.optim import set_fused_optimizer
-
     apply_speed_globals(settings, on_cuda)
     arms = {"cnn": settings["compile_cnn"], "vit": settings["compile_vit"]}
     apply_speed_switches(model, settings["channels_last"], arms)
     set_fused_optimizer(model, settings["fused_optimizer"])
+
+
+def set_fused_optimizer(module: Any, fused: bool) -> None:
+    """Ask ``module`` (a pretraining or classifier module) for a fused optimiser when it builds
+    one: every module of this package keeps its optimiser settings in ``optimizer_cfg``, which
+    reaches ``modules.optim.build_optimizer``. Not a hyperparameter, so checkpoints and resumes
+    do not depend on it."""
+    cfg = getattr(module, "optimizer_cfg", None)
+    if isinstance(cfg, dict):
+        cfg["fused"] = bool(fused)
 
 
 def _is_vit(module: nn.Module) -> bool:

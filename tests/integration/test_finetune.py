@@ -367,3 +367,44 @@ def test_sweep_runs_each_point_in_its_own_folder(tmp_path, pretrained):
     assert [p.parent.name.split(",")[0] for p in results] == ["0_arm=cnn", "1_arm=vit"]
     assert all("weights=" not in p.parent.name for p in results)  # no path in folder names
     assert [json.loads(p.read_text())["arm"] for p in results] == ["cnn", "vit"]
+
+
+def _as_slurm_start(monkeypatch, restart: int) -> None:
+    """This process as start ``restart`` of SLURM batch job 77 (what a requeue changes)."""
+    for key, value in {"SLURM_JOB_ID": "77", "ENVIRONMENT": "BATCH", "SLURM_PROCID": "0",
+                       "SLURM_RESTART_COUNT": str(restart)}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+
+
+@pytest.fixture
+def _usr_handlers_kept():
+    """A run in a SLURM job leaves SIGUSR1/SIGUSR2 ignored: given back to pytest after."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGUSR1, signal.SIGUSR2)}
+    yield
+    for signum, handler in before.items():
+        signal.signal(signum, handler)
+
+
+def test_a_requeued_finetune_job_keeps_its_results_or_its_cut_short_attempt(
+    tmp_path, pretrained, monkeypatch, _usr_handlers_kept
+):
+    overrides = [*TINY_APP, "trainer.max_epochs=1", f"weights={pretrained['export']}"]
+    _as_slurm_start(monkeypatch, 0)
+    first = finetune(compose_cfg(tmp_path, overrides))
+    run = tmp_path / "run"
+    assert json.loads((run / "job.json").read_text())["restart"] == 0
+    written = (run / RESULTS_FILE).read_bytes()
+    # requeued after it had finished (e.g. a warning signal during the test): nothing redone
+    _as_slurm_start(monkeypatch, 1)
+    again = finetune(compose_cfg(tmp_path, overrides))
+    assert again["run_id"] == first["run_id"] and (run / RESULTS_FILE).read_bytes() == written
+    assert not (run / "attempts").exists()
+    # requeued with its work cut short (no results): the attempt is kept aside, run again
+    (run / RESULTS_FILE).rename(tmp_path / "results-of-first.json")
+    third = finetune(compose_cfg(tmp_path, overrides))
+    kept = run / "attempts" / "requeued-1"
+    assert (kept / "job.json").is_file() and (kept / "checkpoints").is_dir()
+    assert third["run_id"] != first["run_id"] and (run / RESULTS_FILE).is_file()
+    assert json.loads((run / "job.json").read_text())["restart"] == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -148,6 +149,38 @@ def plain_sbatch(cluster: dict[str, str], root: Path, epochs: int = 50) -> dict[
             "states": sacct_states(cluster, job)}  # fmt: skip
 
 
+def late_warnings(cluster: dict[str, str], root: Path) -> dict[str, Any]:
+    """A plain ``sbatch`` job whose run has finished training gets the warning signal twice
+    (``scancel --signal=USR2``): while it exports, and after the app has returned, while the
+    interpreter exits. Neither may requeue it, kill it or fail it."""
+    root.mkdir(parents=True, exist_ok=True)
+    script = root / "late.sbatch"
+    pause = "+callbacks.pause._target_=slow_steps.PauseAfterTraining"
+    pause += f" +callbacks.pause.folder={root}"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        #SBATCH --job-name=cass-late --ntasks=1 --cpus-per-task=1 --mem=4G
+        #SBATCH --requeue --signal=USR1@120 --output={root}/%j.log
+        srun cass-pretrain {" ".join(TINY)} trainer.max_epochs=1 {pause}
+        """))  # fmt: skip
+    env = job_env(cluster, root, PYTHONPATH=str(HERE))
+    job = subprocess.run(["sbatch", "--parsable", str(script)], env=env, cwd=root, text=True,
+                         capture_output=True, check=True).stdout.strip()  # fmt: skip
+    log = root / f"{job}.log"
+    for moment in ("exporting", "exiting"):
+        until(lambda m=moment: (root / f"{m}.here").is_file(), 300, f"the job {moment}")
+        scheduler(cluster, "scancel", "--signal=USR2", job)
+        if moment == "exporting":  # the run says it ignored it
+            until(lambda: "ignored" in log.read_text(), 60, "the signal to arrive")
+        time.sleep(2.0)  # delivered while the run is held there
+        (root / f"{moment}.go").write_text("")
+    wait_job(cluster, job, 300)
+    exit_code = scheduler(cluster, "sacct", "-n", "-X", "-P", "-j", job, "-o", "ExitCode")
+    return {"job": job, "run": root / "runs" / "debug" / f"slurm-{job}-step0",
+            "log": log.read_text(), "states": sacct_states(cluster, job),
+            "exit": exit_code.strip()}  # fmt: skip
+
+
 def study_elsewhere(cluster: dict[str, str], root: Path) -> dict[str, Any]:
     """The documented ``cass-study ... hydra/launcher=slurm``, its cass-study on another host
     (a login node: its own hostname, in a UTS namespace) than the jobs."""
@@ -167,7 +200,7 @@ def study_elsewhere(cluster: dict[str, str], root: Path) -> dict[str, Any]:
 
 SCENARIOS = {
     "sweep": sweep, "failing": failing, "ddp": ddp, "time_limit": time_limit,
-    "plain_sbatch": plain_sbatch, "study": study_elsewhere,
+    "plain_sbatch": plain_sbatch, "late": late_warnings, "study": study_elsewhere,
 }  # fmt: skip
 
 
@@ -238,7 +271,9 @@ def test_ddp_inside_a_job_runs_one_process_per_task_into_one_folder(scenarios):
 
 def test_a_time_limit_saves_requeues_and_finishes_like_an_uninterrupted_run(scenarios):
     r = _result(scenarios, "time_limit")
-    run = _one_run(r["dir"])  # (the job's last state is not asserted: see the closing note)
+    assert r["code"] == 0, r["out"][-3000:]
+    assert r["states"][-1] == "COMPLETED", r["states"]  # a late warning did not fail it
+    run = _one_run(r["dir"])
     summary = read(run / "summary.json")
     attempts = summary["attempts"]
     assert len(attempts) >= 2, attempts
@@ -252,6 +287,16 @@ def test_a_time_limit_saves_requeues_and_finishes_like_an_uninterrupted_run(scen
     log = "".join(p.read_text() for p in (r["dir"] / ".submitit").rglob("*_log.err"))
     assert "Stopped by SIGUSR2" in log and "this job is timed-out" in log
     assert "REQUEUED" in r["states"]
+
+
+def test_a_warning_signal_after_training_neither_requeues_nor_fails_the_job(scenarios):
+    r = _result(scenarios, "late")
+    assert r["states"] == ["COMPLETED"] and r["exit"] == "0:0", (r["states"], r["log"][-3000:])
+    assert r["log"].count("Received SIGUSR2 after the training had finished: ignored") == 1
+    assert "Stopped by" not in r["log"] and "requeued" not in r["log"]
+    summary = read(r["run"] / "summary.json")
+    assert [a["outcome"] for a in summary["attempts"]] == ["finished"]
+    assert (r["run"] / "export" / "meta.json").is_file()
 
 
 def test_a_plain_sbatch_job_requeued_twice_continues_its_own_folder(scenarios):

@@ -7,13 +7,14 @@ import torch
 from torch import nn
 
 from cass_lightning import CASSModule
-from cass_lightning.modules.optim import build_optimizer, fusable, set_fused_optimizer
+from cass_lightning.modules.optim import build_optimizer, fusable
 from cass_lightning.runtime import (
     SPEED_KEYS,
     apply_speed_globals,
     apply_speed_switches,
     compile_arms,
     resolve_speed,
+    set_fused_optimizer,
     speed_request,
 )
 

@@ -57,3 +57,58 @@ def test_a_signal_during_a_save_outside_a_fit_stops_the_run_after_it(tmp_path):
             time.sleep(0.05)
     assert stopped.value.exit_code == 143
     assert (tmp_path / "export.json").read_bytes() == b"whole"
+
+
+def _fitting_trainer(epochs_done: int, max_epochs: int) -> SimpleNamespace:
+    """A listening trainer whose fit loop has run ``epochs_done`` of ``max_epochs`` epochs."""
+    trainer = _listening_trainer()
+    trainer.should_stop = False
+    trainer.fit_loop = SimpleNamespace(
+        max_steps=-1, max_epochs=max_epochs,
+        epoch_loop=SimpleNamespace(global_step=epochs_done * 3),
+        epoch_progress=SimpleNamespace(current=SimpleNamespace(processed=epochs_done)),
+    )  # fmt: skip
+    return trainer
+
+
+def test_a_warning_signal_during_training_stops_the_run_for_a_requeue():
+    stop = StopSignals(requeue_signals=(signal.SIGUSR2,))
+    stop.trainer = _fitting_trainer(epochs_done=3, max_epochs=10)
+    stop._handle(signal.SIGUSR2, sys._getframe())
+    assert stop.trainer._signal_connector.received_sigterm and stop.requeue_asked
+
+
+def test_a_warning_signal_once_the_training_is_over_is_ignored(capsys):
+    stop = StopSignals(requeue_signals=(signal.SIGUSR2,))
+    stop.trainer = _fitting_trainer(epochs_done=10, max_epochs=10)  # exporting in on_train_end
+    stop._handle(signal.SIGUSR2, sys._getframe())
+    assert not stop.trainer._signal_connector.received_sigterm and stop.received is None
+    assert "after the training had finished: ignored" in capsys.readouterr().err
+    stop.trainer = None  # fit has returned (e.g. fine-tuning tests the best checkpoint)
+    stop.fitted()
+    stop._handle(signal.SIGUSR2, sys._getframe())
+    assert stop.received is None and not stop.requeue_asked
+    with pytest.raises(RunStopped) as stopped:  # SIGTERM still stops the run
+        stop._handle(signal.SIGTERM, sys._getframe())
+    assert stopped.value.exit_code == 143
+
+
+def test_after_the_run_a_warning_signal_is_ignored_and_others_get_their_handlers_back():
+    import os
+
+    def mine(signum, frame):  # a handler the caller had before the run
+        raise AssertionError("not reached")
+
+    before = {s: signal.signal(s, mine) for s in (signal.SIGTERM, signal.SIGUSR2)}
+    try:
+        with StopSignals(requeue_signals=(signal.SIGUSR2,)):
+            pass
+        assert signal.getsignal(signal.SIGTERM) is mine
+        # ignored for the rest of the process, also while the interpreter exits (a Python
+        # handler would be reset to the default action, which kills the finished job)
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(0.1)  # still alive: nothing happened
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

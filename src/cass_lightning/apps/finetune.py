@@ -36,7 +36,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from cass_lightning.apps.cluster.requeue import record_job, set_aside_requeued_attempt
+from cass_lightning.apps.cluster.requeue import (
+    finished_before_requeue,
+    record_job,
+    set_aside_requeued_attempt,
+)
 from cass_lightning.apps.run.common import (
     CONFIG_DIR,
     check_run_settings,
@@ -61,7 +65,7 @@ from cass_lightning.callbacks import DataWait, LoopTimer, atomic_checkpoint_plug
 from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.data.datamodule import MedicalDataModule
 from cass_lightning.encoders import record_of
-from cass_lightning.io import atomic_write_json, file_sha256
+from cass_lightning.io import atomic_write_json, file_sha256, read_json
 from cass_lightning.machine import trainer_machine
 from cass_lightning.modules.arm_source import ArmSource, parse_weights, read_arm_source
 from cass_lightning.modules.classifier import ClassifierModule
@@ -143,6 +147,9 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     SIGINT/SIGTERM stopped it.
     """
     folder = run_dir(cfg)
+    if finished_before_requeue(folder, RESULTS_FILE):
+        print(f"Requeued SLURM job: {folder} had already finished; nothing to do.")
+        return read_json(folder / RESULTS_FILE, "fine-tuning results")
     set_aside_requeued_attempt(folder, (*KEPT, "csv"))  # a requeued SLURM job starts again
     refuse_to_overwrite(folder, KEPT)
     check_run_settings(cfg)
@@ -257,6 +264,7 @@ def fit_and_test(built: Built, folder: Path, stop: StopSignals) -> tuple[str, li
     trainer, dm, model = built.trainer, built.dm, built.model
     try:
         trainer.fit(model, datamodule=dm)
+        stop.fitted()  # a scheduler's warning signal from now on is ignored
         test_split = "test" if dm.split_indices("test").size else "val"
         if test_split == "val" and rank_zero_only.rank == 0:
             print("no test split in this dataset: the best checkpoint is evaluated on validation")

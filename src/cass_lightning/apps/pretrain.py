@@ -272,6 +272,7 @@ def fit(built: Built, run: RunStart, stop: StopSignals) -> Fitted:
 
     try:
         trainer.fit(model, datamodule=built.datamodule, ckpt_path=run.ckpt_path)
+        stop.fitted()  # a scheduler's warning signal from now on is ignored
     except SIGTERMException:  # SIGTERM, or SIGINT routed to it by StopSignals
         with contextlib.suppress(OSError):  # a full disk must not hide the stop
             finish("stopped")

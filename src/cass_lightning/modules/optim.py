@@ -88,15 +88,6 @@ def fusable(groups: list[dict[str, Any]]) -> bool:
     return bool(params) and all(p.is_cuda and p.is_floating_point() for p in params)
 
 
-def set_fused_optimizer(module: Any, fused: bool) -> None:
-    """Ask ``module`` (a pretraining or classifier module) for a fused optimiser when it builds
-    one: its ``optimizer_cfg`` reaches :func:`build_optimizer`. Not a hyperparameter, so
-    checkpoints and resumes do not depend on it."""
-    cfg = getattr(module, "optimizer_cfg", None)
-    if isinstance(cfg, dict):
-        cfg["fused"] = bool(fused)
-
-
 def build_optimizer(
     groups: list[dict[str, Any]],
     name: str = "adam",

@@ -96,20 +96,33 @@ def record_job(folder: Path) -> None:
         atomic_write_json(folder / JOB_FILE, job.record())
 
 
-def set_aside_requeued_attempt(folder: Path, names: tuple[str, ...]) -> Path | None:
-    """When an earlier start of this SLURM job wrote ``folder`` (a requeued fine-tuning job),
-    move what it wrote (``names``) into ``attempts/requeued-<n>/`` so the job starts again in
-    its own folder; nothing is deleted. Returns where they went, or ``None``."""
+def _written_by_earlier_start(folder: Path) -> bool:
+    """Whether ``folder``'s ``job.json`` names an earlier start of this process's SLURM job."""
     import json
-    import os
-
-    from cass_lightning.io import first_free
 
     try:
         record = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    if not earlier_start_of(current_job(), record):
+        return False
+    return earlier_start_of(current_job(), record)
+
+
+def finished_before_requeue(folder: Path, results: str) -> bool:
+    """Whether an earlier start of this SLURM job finished the fine-tuning in ``folder`` (its
+    ``results`` file written): the job was requeued after its work was done (e.g. a warning
+    signal during the test, or a script of several commands started again)."""
+    return (folder / results).is_file() and _written_by_earlier_start(folder)
+
+
+def set_aside_requeued_attempt(folder: Path, names: tuple[str, ...]) -> Path | None:
+    """When an earlier start of this SLURM job wrote ``folder`` (a requeued fine-tuning job),
+    move what it wrote (``names``) into ``attempts/requeued-<n>/`` so the job starts again in
+    its own folder; nothing is deleted. Returns where they went, or ``None``."""
+    import os
+
+    from cass_lightning.io import first_free
+
+    if not _written_by_earlier_start(folder):
         return None
     target = first_free(lambda n: folder / "attempts" / f"requeued-{n}")
     target.mkdir(parents=True)

@@ -220,6 +220,7 @@ class StopSignals:
         self._previous: dict[int, Any] = {}
         self._pid = os.getpid()
         self._requeue_signals = tuple(requeue_signals)
+        self._fitted = False
 
     def __enter__(self) -> StopSignals:
         import threading
@@ -242,8 +243,23 @@ class StopSignals:
 
     def __exit__(self, *exc: object) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            # A scheduler's warning signal after the run has left (its work done, or its stop
+            # and requeue handled) has nothing left to save: ignored, not the default action
+            # that would kill a finished job (and a handler in Python is reset to that default
+            # while the interpreter exits).
+            signal.signal(signum, signal.SIG_IGN if signum in self._requeue_signals else handler)
         self._previous = {}
+
+    def _training_over(self) -> bool:
+        """Whether the fit has no training step left (its export, test or teardown runs, or
+        ``fit`` has returned): a stop at the end of a batch can no longer come, and a requeue
+        would only repeat finished work."""
+        return self._fitted or _no_step_left(self.trainer)
+
+    def fitted(self) -> None:
+        """Called once ``trainer.fit`` has returned: what follows (a test, the export, the
+        records) is not worth a requeue, so a warning signal is ignored from now on."""
+        self._fitted = True
 
     def _lightning_listens(self) -> bool:
         connector = getattr(self.trainer, "_signal_connector", None)
@@ -256,6 +272,12 @@ class StopSignals:
             # scheduler's SIGTERM reach the whole process group): the run's own process saves
             # and stops, then shuts the workers down; a worker that stopped first would only
             # break the batch the run is finishing.
+            return
+        if signum in self._requeue_signals and self._training_over():
+            with contextlib.suppress(Exception):  # a print interrupted by this very signal
+                print(f"\nReceived {signal.Signals(signum).name} after the training had finished: "
+                      "ignored (the run only tests, exports and writes its records now)",
+                      file=sys.stderr, flush=True)  # fmt: skip
             return
         if _in_save(frame):
             self._defer(signum)
@@ -294,6 +316,25 @@ class StopSignals:
     @property
     def name(self) -> str:
         return signal.Signals(self.received or signal.SIGTERM).name
+
+
+def _no_step_left(trainer: Any) -> bool:
+    """Whether a fit has reached its step or epoch limit or was told to stop (read without
+    ``fit_loop.done``, which logs and updates the loop's counters)."""
+    loop = getattr(trainer, "fit_loop", None)
+    if loop is None:
+        return False
+    try:
+        steps, max_steps = loop.epoch_loop.global_step, loop.max_steps
+        epochs, max_epochs = loop.epoch_progress.current.processed, loop.max_epochs
+        stopping = bool(trainer.should_stop)
+    except (AttributeError, TypeError):  # not a Lightning trainer as this version has it
+        return False
+    return (
+        stopping
+        or (max_steps is not None and max_steps >= 0 and steps >= max_steps)
+        or (max_epochs is not None and max_epochs >= 0 and epochs >= max_epochs)
+    )
 
 
 #: Functions that write a checkpoint or an atomic file: a signal arriving inside one waits.
