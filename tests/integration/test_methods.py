@@ -164,7 +164,7 @@ def test_a_registered_toy_method_pretrains_exports_finetunes_and_is_reported(
     assert [r["method"] for r in results] == ["toy"]
     assert json.loads((tmp_path / "ft" / RESULTS_FILE).read_text())["method"] == "toy"
     assert report_main([str(tmp_path / "ft"), "--out", str(tmp_path / "report")]) == 0
-    assert "| toy | cnn |" in (tmp_path / "report" / "report.md").read_text()
+    assert "| Toy | cnn |" in (tmp_path / "report" / "report.md").read_text()  # its label
 
 
 # ---------------------------------------------- BYOL, SimSiam, SimCLR: one arm, two views

@@ -81,5 +81,5 @@ def test_pretrain_finetune_report_end_to_end(tmp_path):
     assert {r["metric"] for r in rows} == {"test/f1_macro"}
     md = (out / "report.md").read_text()
     assert "| method | arm | 50% | 100% |" in md
-    for method, arm in (("cass", "cnn"), ("cass", "vit"), ("dino", "vit"), ("random", "cnn")):
+    for method, arm in (("CASS", "cnn"), ("CASS", "vit"), ("DINO", "vit"), ("Random", "cnn")):
         assert f"| {method} | {arm} |" in md

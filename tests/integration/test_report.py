@@ -132,10 +132,10 @@ def test_report_files_hold_the_numbers(runs, tmp_path):
 
     md = paths["md"].read_text()
     assert "| method | arm | 1% | 10% | 100% |" in md
-    assert "| cass | cnn | - | 0.6000 ± 0.1414 (2) | 0.8000 (1) |" in md
-    assert "| dino | vit | - | - | 0.3000 ± 0.1000 (3) |" in md
-    assert "| imagenet | cnn | 0.6000 (1) | - | - |" in md
-    assert "| random | cnn | 0.1000 (1) | - | - |" in md
+    assert "| CASS | cnn | - | 0.6000 ± 0.1414 (2) | 0.8000 (1) |" in md
+    assert "| DINO | vit | - | - | 0.3000 ± 0.1000 (3) |" in md
+    assert "| ImageNet | cnn | 0.6000 (1) | - | - |" in md
+    assert "| Random | cnn | 0.1000 (1) | - | - |" in md
 
     png = paths["png"].read_bytes()
     assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
@@ -153,7 +153,7 @@ def test_non_finite_runs_are_counted_not_averaged(tmp_path):
     empty = next(r for r in rows if r["label_fraction"] == 0.1)
     assert (empty["mean"], empty["n"], empty["n_missing"]) == (None, 0, 1)
     md = write_report(rows, tmp_path / "out")["md"].read_text()
-    assert "| random | cnn | - (1 without a value) | 0.4000 (1; 1 missing) |" in md
+    assert "| Random | cnn | - (1 without a value) | 0.4000 (1; 1 missing) |" in md
 
 
 def test_refuses_to_overwrite_a_report(runs, tmp_path):
@@ -192,7 +192,7 @@ def test_cli_writes_next_to_the_first_folder_and_reports_errors(runs, tmp_path, 
     out = runs / "a" / "report"
     assert all((out / name).is_file() for name in REPORT_FILES)
     printed = capsys.readouterr().out
-    assert "| dino | vit |" in printed and "6 runs in 3 rows" in printed
+    assert "| DINO | vit |" in printed and "6 runs in 3 rows" in printed
     assert main([str(runs / "a")]) == 1  # the report is already there: a refusal
     assert "refusing to overwrite" in capsys.readouterr().err
     assert main([str(runs), "--out", str(tmp_path / "other"), "--metric", "loss"]) == 0
@@ -221,8 +221,8 @@ def test_robustness_grid_runs_are_rows_of_their_own(tmp_path):
     assert got == [(None, None, 0.5, 1), (8, 50, pytest.approx(0.3), 2), (32, 50, 0.9, 1)]
     paths = write_report(rows, tmp_path / "out")
     md = paths["md"].read_text()
-    assert "| random | cnn | 0.5000 (1) |" in md
-    assert "| random (batch 8, 50 epochs) | cnn | 0.3000 ± 0.1414 (2) |" in md
+    assert "| Random | cnn | 0.5000 (1) |" in md
+    assert "| Random (batch 8, 50 epochs) | cnn | 0.3000 ± 0.1414 (2) |" in md
     with paths["csv"].open() as fh:
         saved = list(csv.DictReader(fh))
     assert [(r["pretrain_batch_size"], r["pretrain_epochs"]) for r in saved] == [

@@ -102,7 +102,8 @@ def build_data(
 def build_model(cfg: DictConfig, source: ArmSource, dm: MedicalDataModule) -> ClassifierModule:
     """The ClassifierModule of ``cfg.model`` for the data's classes and labels."""
     model_cfg: dict[str, Any] = OmegaConf.to_container(cfg.model, resolve=True)  # type: ignore[assignment]
-    model_cfg.pop("weights_file", None)
+    for key in ("weights_file", "cnn", "vit"):  # read by read_arm_source
+        model_cfg.pop(key, None)
     use_weights = bool(model_cfg.pop("class_weights", True))
     module = get_class(model_cfg.pop("_target_"))
     model_cfg.update(timm_name=source.timm_name, img_size=source.img_size)
@@ -158,9 +159,12 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     model_cfg = cfg.model
     # Read the weights' description once; a bad path fails here, before any data is built.
     # Pretrained weights set the input size (model.img_size is for imagenet/random).
-    size = None if init in ("export", "checkpoint") else model_cfg.get("img_size")
-    source = read_arm_source(cfg.arm, init, weights, model_cfg.get("timm_name"), size,
-                             model_cfg.get("in_chans", 3))  # fmt: skip
+    baseline = init in ("imagenet", "random")
+    size = model_cfg.get("img_size") if baseline else None
+    # model.cnn / model.vit name a baseline's encoder per arm, as in pretraining (so debug=tiny
+    # and experiments apply); model.timm_name, when set, names it for either arm
+    name = model_cfg.get("timm_name") or (model_cfg.get(cfg.arm) if baseline else None)
+    source = read_arm_source(cfg.arm, init, weights, name, size, model_cfg.get("in_chans", 3))
     with hold_run_folder(folder, LOG_FILE, KEPT) as stop:
         record_job(folder)
         return _finetune(cfg, folder, init, weights, source, stop)

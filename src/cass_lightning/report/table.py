@@ -197,6 +197,11 @@ def sections(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str], list[dict[
     return found
 
 
+def shown_method(row: dict[str, Any]) -> str:
+    """A row's method as the table shows it: its label, and its pretraining or split tag."""
+    return method_name(row["method"]) + pretrain_tag(row) + split_tag(row)
+
+
 def markdown(rows: Sequence[dict[str, Any]], metric: str) -> str:
     """The paper's layout: a table per dataset (and mode), rows method x arm, columns fractions."""
     key = metric_key(metric)
@@ -209,11 +214,9 @@ def markdown(rows: Sequence[dict[str, Any]], metric: str) -> str:
         lines += ["", f"## {dataset} ({mode}, evaluated on the {splits} split)", ""]
         lines.append("| method | arm | " + " | ".join(map(fraction_label, fractions)) + " |")
         lines.append("|---|---|" + "---|" * len(fractions))
-        cells = {(r["method"] + pretrain_tag(r) + split_tag(r), r["arm"], r["label_fraction"]): r
-                 for r in section}  # fmt: skip
-        for method, arm in dict.fromkeys(
-            (r["method"] + pretrain_tag(r) + split_tag(r), r["arm"]) for r in section
-        ):
+        # rows shown by the method's label (report.csv keeps its registry name)
+        cells = {(shown_method(r), r["arm"], r["label_fraction"]): r for r in section}
+        for method, arm in dict.fromkeys((shown_method(r), r["arm"]) for r in section):
             values = [cell(cells.get((method, arm, f))) for f in fractions]
             lines.append(f"| {method} | {arm} | " + " | ".join(values) + " |")
         lines += split_notes(section)
