@@ -408,3 +408,24 @@ def test_a_requeued_finetune_job_keeps_its_results_or_its_cut_short_attempt(
     assert (kept / "job.json").is_file() and (kept / "checkpoints").is_dir()
     assert third["run_id"] != first["run_id"] and (run / RESULTS_FILE).is_file()
     assert json.loads((run / "job.json").read_text())["restart"] == 1
+
+
+@pytest.mark.parametrize(("arm", "expected"), [("cnn", "resnet10t"),
+                                               ("vit", "vit_tiny_patch16_224")])  # fmt: skip
+def test_debug_tiny_names_each_arms_baseline_encoder_as_in_pretraining(tmp_path, arm, expected):
+    cfg = compose_cfg(tmp_path, ["debug=tiny", f"arm={arm}", "weights=random",
+                                 "trainer.enable_progress_bar=false"])  # fmt: skip
+    assert (cfg.trainer.max_epochs, cfg.model.img_size, cfg.data.batch_size) == (1, 32, 8)
+    saved = finetune(cfg)
+    assert (saved["arm"], saved["timm_name"], saved["img_size"]) == (arm, expected, 32)
+    # model.timm_name still names it for either arm
+    other = compose_cfg(tmp_path, ["debug=tiny", f"arm={arm}", "weights=random",
+                                   "model.timm_name=resnet18"], run="named")  # fmt: skip
+    assert read_arm_source_name(other) == "resnet18"
+
+
+def read_arm_source_name(cfg: DictConfig) -> str:
+    """The encoder ``cass-finetune`` would build for ``cfg`` (read before any data is built)."""
+    from cass_lightning.apps.finetune import baseline_name
+
+    return baseline_name(cfg, "random")

@@ -141,6 +141,16 @@ def plain_config(cfg: DictConfig) -> dict[str, Any]:
     return plain if isinstance(plain, dict) else {}  # type: ignore[return-value]
 
 
+def baseline_name(cfg: DictConfig, init: str) -> str | None:
+    """The timm encoder asked for: ``model.timm_name`` for either arm, else for a baseline
+    (``imagenet``/``random``) the arm's ``model.cnn`` / ``model.vit``, named as in pretraining
+    so ``debug=tiny`` and experiments apply; ``None`` lets pretrained weights say it."""
+    named = cfg.model.get("timm_name")
+    if named or init not in ("imagenet", "random"):
+        return named
+    return cfg.model.get(cfg.arm)
+
+
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Build data, model and trainer from ``cfg``; fit, test the best checkpoint, save results.
 
@@ -159,12 +169,9 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     model_cfg = cfg.model
     # Read the weights' description once; a bad path fails here, before any data is built.
     # Pretrained weights set the input size (model.img_size is for imagenet/random).
-    baseline = init in ("imagenet", "random")
-    size = model_cfg.get("img_size") if baseline else None
-    # model.cnn / model.vit name a baseline's encoder per arm, as in pretraining (so debug=tiny
-    # and experiments apply); model.timm_name, when set, names it for either arm
-    name = model_cfg.get("timm_name") or (model_cfg.get(cfg.arm) if baseline else None)
-    source = read_arm_source(cfg.arm, init, weights, name, size, model_cfg.get("in_chans", 3))
+    size = model_cfg.get("img_size") if init in ("imagenet", "random") else None
+    source = read_arm_source(cfg.arm, init, weights, baseline_name(cfg, init), size,
+                             model_cfg.get("in_chans", 3))  # fmt: skip
     with hold_run_folder(folder, LOG_FILE, KEPT) as stop:
         record_job(folder)
         return _finetune(cfg, folder, init, weights, source, stop)
