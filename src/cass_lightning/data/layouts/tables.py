@@ -1,8 +1,10 @@
-"""Readers for layouts described by a CSV with one row per image: your own CSV, and autoimmune.
+"""Readers for layouts described by a table with one row per image: your own CSV or TSV, and
+autoimmune.
 
 Both go through :func:`_index_table`: a path column, a label column (one class name, or for
 multi-label sets a list literal or separated names) and optionally a split column. Classes are
-taken from every well-formed row, so a missing file never shifts the label indices.
+taken from every well-formed row, so a missing file never shifts the label indices. The file
+is read by ``helpers.read_table``: any one-character delimiter, with or without a header row.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from cass_lightning.data.layouts.helpers import (
     FileLookup,
     check_image_dir,
     check_policy,
+    delimiter_name,
     dir_text,
     finish_index,
     is_missing_label,
@@ -28,6 +31,7 @@ from cass_lightning.data.layouts.helpers import (
     mismatch,
     open_root,
     outside_root,
+    parse_delimiter,
     raise_row_errors,
     read_table,
     sort_labels,
@@ -38,7 +42,10 @@ AUTOIMMUNE_EXPECTED = (
     "{csv_file} with a {file_column!r} column and a list-valued {label_column!r} column "
     "(image paths relative to {image_dir})"
 )
-CSV_EXPECTED = "{csv_file} with columns {columns} (image paths relative to {image_dir})"
+#: ``{columns}``: the header row or the columns named by the ``columns`` option.
+CSV_EXPECTED = (
+    "{csv_file} with {columns} ({delimiter}-separated; image paths relative to {image_dir})"
+)
 
 
 def _parse_label_list(cell: str, separators: Sequence[str]) -> tuple[list[str], str | None]:
@@ -248,12 +255,54 @@ def index_autoimmune(
     )
 
 
+def _csv_columns(
+    header: bool, columns: Sequence[str] | None, named: dict[str, str | None]
+) -> list[str] | None:
+    """The ``columns`` option checked against ``header`` and the column options (``named``:
+    option -> column); ``None`` when the file's header row names the columns."""
+    if not isinstance(header, bool):
+        raise ValueError(f"csv: header must be true or false, got {header!r}")
+    if header:
+        if columns is not None:
+            raise ValueError(
+                "csv: columns names the fields of a file without a header row, but header is "
+                "true; set header=false too, or leave columns out to read the names from the "
+                "header"
+            )
+        return None
+    if columns is None:
+        raise ValueError(
+            "csv: header=false needs columns, the names of the file's fields in file order "
+            "(e.g. data.options.columns=[path,label]); path_column and label_column then pick "
+            "among them"
+        )
+    if isinstance(columns, str) or not columns:
+        raise ValueError(
+            f"csv: columns must be a list of names like [path, label], got {columns!r}"
+        )
+    names = [str(name).strip() for name in columns]
+    doubled = sorted({name for name in names if names.count(name) > 1})
+    if doubled:
+        raise ValueError(f"csv: columns {names} lists {doubled} more than once")
+    for option, column in named.items():
+        if column is not None and column not in names:
+            raise ValueError(
+                f"csv: columns {names} has no {column!r} column, which {option} names; "
+                f"list the file's fields in order (e.g. [path, label]) or set {option} to "
+                "one of them"
+            )
+    return names
+
+
 def index_csv(
     root: str | Path,
     *,
     csv_file: str,
     path_column: str = "path",
     label_column: str = "label",
+    delimiter: str = ",",
+    header: bool = True,
+    columns: Sequence[str] | None = None,
     multi_label: bool = False,
     label_separator: str = "|",
     classes: Sequence[str] | None = None,
@@ -262,9 +311,13 @@ def index_csv(
     on_bad_file: str = "error",
     allow_outside_root: bool = False,
 ) -> SampleIndex:
-    """Your own CSV: an image path (relative to ``root/image_dir``, or absolute) and a label.
+    """Your own CSV or TSV: an image path (relative to ``root/image_dir``, or absolute) and a
+    label per row.
 
-    Paths must stay inside ``root`` unless ``allow_outside_root`` (see ``_index_table``).
+    ``delimiter`` is one character, or a name: ``comma`` (default), ``tab``, ``semicolon``,
+    ``pipe``. With ``header`` (default) the first row names the columns; ``header=False``
+    reads a file without a header row whose fields ``columns`` names in order (e.g.
+    ``["path", "label"]``). Paths must stay inside ``root`` unless ``allow_outside_root``.
 
     With ``classes`` the label space is fixed (in that order) and anything else is an error;
     without, it is the sorted set of labels seen. ``multi_label`` cells are list literals or
@@ -274,10 +327,22 @@ def index_csv(
         raise ValueError(
             f"csv: label_separator must be a non-empty string, got {label_separator!r}"
         )
-    columns = [path_column, label_column, *([split_column] if split_column else [])]
+    delimiter = parse_delimiter("csv", delimiter)
+    if multi_label and label_separator == delimiter:
+        raise ValueError(
+            f"csv: label_separator and delimiter are both {label_separator!r}, so a label list "
+            "would read as more fields; choose another label_separator"
+        )
+    named = {"path_column": path_column, "label_column": label_column, "split_column": split_column}
+    fields = _csv_columns(header, columns, named)
+    wanted = [path_column, label_column, *([split_column] if split_column else [])]
+    shown = ", ".join(map(repr, fields or wanted))
     expected = CSV_EXPECTED.format(
         csv_file=csv_file,
-        columns=", ".join(map(repr, columns)),
+        columns=f"a header row naming columns {shown}"
+        if fields is None
+        else f"no header row, its fields being the columns {shown} in that order",
+        delimiter=delimiter_name(delimiter),
         image_dir=dir_text(image_dir),
     )
     return _index_table(
@@ -294,4 +359,7 @@ def index_csv(
         on_bad_file=on_bad_file,
         allow_outside_root=allow_outside_root,
         expected=expected,
+        delimiter=delimiter,
+        columns=fields,
+        delimiter_option="data.options.delimiter",
     )
