@@ -1,15 +1,19 @@
 """The public helpers a layout reader is built from, and ``read_table`` (CSV/TSV, with or without
-a header row): values read, and every refusal naming the file and the line."""
+a header row): values read, and every refusal naming the file and the line. Last, the example
+layout of docs/extending.md, run through ``build_index``: the documented helpers are enough."""
 
 from __future__ import annotations
 
+import ast
 import inspect
+import re
 from pathlib import Path
 
 import pytest
 
-from cass_lightning.data.layouts import helpers
+from cass_lightning.data.layouts import LAYOUTS, build_index, helpers, scan
 from cass_lightning.data.layouts.helpers import Table, parse_delimiter, read_table
+from data_fixtures import image
 
 
 def test_every_public_helper_is_named_documented_and_public() -> None:
@@ -147,3 +151,89 @@ def test_a_delimiter_option_takes_a_character_or_a_name(value: str, expected: st
 def test_a_delimiter_option_that_is_no_character_is_refused(value: object) -> None:
     with pytest.raises(ValueError, match=r"csv: delimiter must be one character or one of comma"):
         parse_delimiter("csv", value)  # type: ignore[arg-type]
+
+
+# --- the documented example layout, built from the public helpers only ---------------------------
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
+
+
+def _documented_layout() -> tuple[str, dict[str, object]]:
+    """The example reader of docs/extending.md ("Adding a dataset layout"), executed."""
+    section = DOCS.read_text().split("## Adding a dataset layout", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    code = next(block for block in blocks if "def index_listed_classes" in block)
+    namespace: dict[str, object] = {"__name__": "listed_layout"}
+    exec(compile(code, str(DOCS), "exec"), namespace)  # the project's own docs
+    return code, namespace
+
+
+def test_the_documented_layout_imports_only_public_documented_helpers() -> None:
+    code, _ = _documented_layout()
+    imported = {
+        (node.module, alias.name)
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert all(not name.startswith("_") for _, name in imported)
+    from_helpers = {name for module, name in imported if module == helpers.__name__}
+    assert from_helpers and from_helpers <= set(helpers.__all__)
+    assert {module for module, _ in imported} <= {
+        "pathlib", "cass_lightning.data.index", helpers.__name__, scan.__name__,
+    }  # fmt: skip
+
+
+@pytest.fixture
+def listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, namespace = _documented_layout()
+    monkeypatch.setitem(LAYOUTS, "listed", namespace["index_listed_classes"])
+
+
+def _listed_root(root: Path, classes: str) -> Path:
+    for key in ("cat/c0.png", "cat/c1.png", "dog/sub/d0.png", "extra/e0.png"):
+        image(root / key)
+    (root / "cat" / "notes.txt").write_text("x")
+    (root / "classes.txt").write_text(classes)
+    return root
+
+
+@pytest.mark.usefixtures("listed")
+def test_a_new_layout_from_the_public_helpers_runs_through_build_index(tmp_path: Path) -> None:
+    root = _listed_root(tmp_path / "set", "dog\n\ncat\n")
+    index = build_index("listed", root)
+    assert index.name == "listed" and index.root == root.resolve()
+    assert index.classes == ["cat", "dog"]  # sorted: label indices never depend on the list order
+    assert index.keys == ["cat/c0.png", "cat/c1.png", "dog/sub/d0.png"]  # extra/ is not listed
+    assert index.targets.tolist() == [0, 0, 1]
+    assert index.splits is None and index.skipped == []
+    assert index.ignored == {".txt": 1}
+    assert index.reader(index.keys[0]).mode == "RGB"
+    with pytest.raises(ValueError, match=r"layout 'listed' does not take option\(s\) \['clases'\]"):
+        build_index("listed", root, clases=["cat"])
+
+
+@pytest.mark.usefixtures("listed")
+def test_a_new_layout_words_its_refusals_with_the_helpers(tmp_path: Path) -> None:
+    root = _listed_root(tmp_path / "set", "cat\ncow\n")
+    no_cow = r"does not fit the listed layout: no folder for class\(es\) \['cow'\]\. Expected "
+    with pytest.raises(ValueError, match=no_cow + r"classes\.txt \(one class name a line\)"):
+        build_index("listed", root)
+    (root / "classes.txt").write_text("cat\tdog\n")
+    with pytest.raises(ValueError, match=r"line 1: 2 fields, expected 1 \(class\)"):
+        build_index("listed", root)
+    (root / "classes.txt").unlink()
+    with pytest.raises(ValueError, match=r"classes\.txt not found\. .* found there: cat/, dog/"):
+        build_index("listed", root)
+    with pytest.raises(ValueError, match="on_bad_file must be one of"):
+        build_index("listed", root, on_bad_file="ignore")
+
+
+@pytest.mark.usefixtures("listed")
+def test_a_new_layout_follows_the_bad_file_policy(tmp_path: Path) -> None:
+    root = _listed_root(tmp_path / "set", "cat\ndog\n")
+    (root / "dog" / "gone.png").symlink_to(root / "nowhere.png")
+    with pytest.raises(FileNotFoundError, match=r"gone\.png: broken symbolic link"):
+        build_index("listed", root)
+    index = build_index("listed", root, on_bad_file="skip")
+    assert index.keys == ["cat/c0.png", "cat/c1.png", "dog/sub/d0.png"]
+    assert [why for _, why in index.skipped] == ["broken symbolic link"]
