@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cass_lightning.checks import check_choice
-from cass_lightning.data.layouts._common import BAD_FILE_POLICIES
+from cass_lightning.data.layouts.helpers import BAD_FILE_POLICIES
 from cass_lightning.data.transforms import AUGMENT_PLACES, IMAGENET_MEAN, IMAGENET_STD
 from cass_lightning.data.validate import CHECK_LEVELS
 from cass_lightning.runtime import check_batch_size

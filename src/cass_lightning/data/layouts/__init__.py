@@ -16,10 +16,12 @@ Shared rules:
   change the label space.
 - Hidden files and folders are ignored; extensions are matched case-insensitively.
 
-Layout of this package: ``_common`` (shared constants and helpers), ``isic`` (ISIC-2019),
-``folders`` (image folders, Brain MRI, Dermofit, synthetic), ``tables`` (your own CSV,
+Layout of this package: ``helpers`` (what every reader is built from: root and error helpers,
+the table reader, the index), ``scan`` (class folders to an index), ``isic`` (ISIC-2019),
+``folders`` (image folders, Brain MRI, Dermofit, synthetic), ``tables`` (your own CSV or TSV,
 autoimmune) and ``medmnist`` (MedMNIST ``.npz`` and :class:`NpzReader`); here, the
-``LAYOUTS`` registry and :func:`build_index`.
+``LAYOUTS`` registry and :func:`build_index`. A new layout is a reader built from ``helpers``
+(and ``scan``) plus one entry in ``LAYOUTS``; see docs/extending.md.
 """
 
 from __future__ import annotations
@@ -30,22 +32,15 @@ from pathlib import Path
 from typing import Any
 
 from cass_lightning.data.index import SampleIndex
-from cass_lightning.data.layouts._common import (
-    BAD_FILE_POLICIES,
-    ISIC_CLASSES,
-    ISIC_HEADER,
-    MAX_FOUND,
-    MAX_LISTED,
-    MEDMNIST_ARRAYS,
-)
 from cass_lightning.data.layouts.folders import (
     index_brain_mri,
     index_dermofit,
     index_image_folder,
     index_synthetic,
 )
-from cass_lightning.data.layouts.isic import index_isic2019
-from cass_lightning.data.layouts.medmnist import NpzReader, index_medmnist
+from cass_lightning.data.layouts.helpers import BAD_FILE_POLICIES, MAX_FOUND, MAX_LISTED
+from cass_lightning.data.layouts.isic import ISIC_CLASSES, ISIC_HEADER, index_isic2019
+from cass_lightning.data.layouts.medmnist import MEDMNIST_ARRAYS, NpzReader, index_medmnist
 from cass_lightning.data.layouts.tables import index_autoimmune, index_csv
 
 __all__ = [

@@ -2,40 +2,52 @@
 
 They share one scan (``scan.FolderScan``: links followed, loops cut, each real file once):
 walk the class folders (optionally under train/val/test), list the image files without
-decoding them, then check that no class folder is empty and that every split has the same
-classes, since a missing class would shift every later label index. Brain MRI and Dermofit
-know their classes: an extra class folder is refused by name unless ``allow_extra_classes``.
+decoding them, then (``scan.index_class_tree``) check that no class folder is empty and that
+every split has the same classes, since a missing class would shift every later label index.
+Brain MRI and Dermofit know their classes: an extra class folder is refused by name unless
+``allow_extra_classes``.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from cass_lightning.data.index import IMAGE_EXTENSIONS, SPLITS, SampleIndex
-from cass_lightning.data.layouts._common import (
-    MISSING_LABELS,
-    _BadFiles,
-    _check_policy,
-    _expected,
-    _finish,
-    _is_dir,
-    _mismatch,
-    _open_root,
-    _subdirs,
-    _visible_entries,
-    is_missing_label,
+from cass_lightning.data.layouts.helpers import (
+    BadFiles,
+    check_policy,
+    is_dir,
+    mismatch,
+    open_root,
+    subdirs,
+    visible_entries,
 )
-from cass_lightning.data.layouts.scan import ClassFolder, FolderScan, drop_duplicates
+from cass_lightning.data.layouts.scan import (
+    ClassFolder,
+    FolderScan,
+    check_known_classes,
+    index_class_tree,
+)
 from cass_lightning.data.synthetic import write_synthetic_dataset
 
 BRAIN_MRI_CLASSES: tuple[str, ...] = ("glioma", "meningioma", "notumor", "pituitary")
 DERMOFIT_CLASSES: tuple[str, ...] = (
     "AK", "BCC", "ML", "SCC", "SK", "IEC", "PYO", "VASC", "DF", "MEL",
 )  # fmt: skip
+
+# What each layout expects under its root; every message about a root that does not fit says it.
+BRAIN_MRI_EXPECTED = (
+    "Training/<class>/<image>.jpg and Testing/<class>/<image>.jpg "
+    "(classes " + ", ".join(BRAIN_MRI_CLASSES) + ")"
+)
+DERMOFIT_EXPECTED = "<class>/<lesion_id>/<lesion_id>.png (e.g. BCC/B123/B123.png)"
+#: ``{extensions}``: the accepted endings.
+IMAGE_FOLDER_EXPECTED = (
+    "<class>/<image> folders, or train/<class>/<image> (plus optional val/ and test/) "
+    "with images ending in {extensions}"
+)
+SYNTHETIC_EXPECTED = "a folder written by write_synthetic_dataset (train/<class>/*.png, val/...)"
 
 
 # --------------------------------------------------------------------------- folder scanning
@@ -56,79 +68,13 @@ def _normalise_extensions(extensions: Sequence[str]) -> tuple[str, ...]:
     return tuple(ext.lower() if ext.startswith(".") else f".{ext.lower()}" for ext in extensions)
 
 
-def _index_class_tree(
-    layout: str,
-    root: Path,
-    folders: list[ClassFolder],
-    bad: _BadFiles,
-    expected: str,
-    linked: set[str] | None,
-    ignored: dict[str, int] | None = None,
-) -> SampleIndex:
-    """Turn scanned class folders into an index.
-
-    Missing files are reported first (they may be why a class looks empty); then every class
-    folder must hold images and every split must have the same classes, since a missing class
-    would shift every later label index. A file reached under two keys counts once (see
-    ``scan.drop_duplicates``; ``linked`` names the keys reached through links, ``None``: any).
-    """
-    skipped = bad.resolve()
-    _refuse_blank_classes(layout, root, folders)
-    folders = drop_duplicates(layout, root, folders, linked)
-    empty = [
-        f"{prefix}/{name}/" if prefix else f"{name}/"
-        for _, prefix, by_class in folders
-        for name, keys in by_class.items()
-        if not keys
-    ]
-    if empty:
-        raise ValueError(
-            f"{layout}: class folder(s) {empty} under {root} hold no images; expected {expected}. "
-            "Remove the empty folders or add images."
-        )
-    reference = sorted(folders[0][2])
-    if any(sorted(by_class) != reference for _, _, by_class in folders):
-        described = "; ".join(
-            f"{prefix}/ has {sorted(by_class)}" for _, prefix, by_class in folders
-        )
-        raise ValueError(
-            f"{layout}: the split folders under {root} hold different class sets ({described}). "
-            "Every split needs the same class folders so labels mean the same everywhere."
-        )
-    keys: list[str] = []
-    labels: list[int] = []
-    splits: list[str] = []
-    for split, _, by_class in folders:
-        for label, name in enumerate(reference):
-            keys.extend(by_class[name])
-            labels.extend([label] * len(by_class[name]))
-            splits.extend([split or ""] * len(by_class[name]))
-    has_splits = folders[0][0] is not None
-    targets = np.asarray(labels, dtype=np.int64)
-    official = splits if has_splits else None
-    return _finish(layout, root, keys, targets, reference, official, skipped, bad.meta, ignored)
-
-
-def _refuse_blank_classes(layout: str, root: Path, folders: list[ClassFolder]) -> None:
-    """Class folders whose name is blank or reads as a missing value (``nan``, ``None``) are
-    refused by name: such a folder is usually a spreadsheet's empty cell turned into a path."""
-    blank = sorted({repr(f"{prefix}/{name}/" if prefix else f"{name}/")
-                    for _, prefix, by_class in folders for name in by_class
-                    if is_missing_label(name)})  # fmt: skip
-    if blank:
-        raise ValueError(
-            f"{layout}: class folder(s) {', '.join(blank)} under {root} have a blank or "
-            f"missing-value name ({', '.join(MISSING_LABELS)}); rename them to the class they hold"
-        )
-
-
 def _index_folders(
     layout: str, root: Path, extensions: tuple[str, ...], on_bad_file: str, expected: str
 ) -> SampleIndex:
     """``<root>/<class>/<image>`` or ``<root>/{train,val,test}/<class>/<image>``."""
-    bad = _BadFiles(layout, root, on_bad_file)
+    bad = BadFiles(layout, root, on_bad_file)
     scan = FolderScan(root, extensions, bad)
-    names = _subdirs(root)
+    names = subdirs(root)
     split_folders = [name for name in names if name in SPLITS]
     folders: list[ClassFolder] = []
     if split_folders:
@@ -144,7 +90,7 @@ def _index_folders(
                 f"{others}; expected either <class>/ folders or train/ val/ test/ folders"
             )
         folders = [
-            (split, split, scan.classes(root / split, _subdirs(root / split), split))
+            (split, split, scan.classes(root / split, subdirs(root / split), split))
             for split in SPLITS
             if split in split_folders
         ]
@@ -156,40 +102,15 @@ def _index_folders(
             )
     else:
         if not names:
-            raise _mismatch(layout, root, expected, "there are no class folders")
+            raise mismatch(layout, root, expected, "there are no class folders")
         folders = [(None, "", scan.classes(root, names))]
     if (
         not any(keys for _, _, by_class in folders for keys in by_class.values())
         and not bad.entries
     ):
         endings = describe_extensions(extensions)
-        raise _mismatch(layout, root, expected, f"no image files (ending in {endings})")
-    return _index_class_tree(layout, root, folders, bad, expected, scan.linked, scan.ignored)
-
-
-def _check_known_classes(
-    layout: str, root: Path, folders: list[ClassFolder], known: Sequence[str], allow_extra: bool
-) -> None:
-    """Refuse class folders outside ``known`` (naming them) unless ``allow_extra``; warn about
-    known classes that are absent, since the label space then differs from the paper's."""
-    found = sorted({name for _, _, by_class in folders for name in by_class})
-    extra = [name for name in found if name not in known]
-    if extra and not allow_extra:
-        places = sorted({f"{prefix}/{name}/" if prefix else f"{name}/"
-                         for _, prefix, by_class in folders for name in by_class
-                         if name in extra})  # fmt: skip
-        raise ValueError(
-            f"{layout}: class folder(s) {extra} under {root} are not {layout} classes "
-            f"({', '.join(known)}); found at {', '.join(places)}. Remove or move them, or set "
-            f"data.options.allow_extra_classes=true to train with them as extra classes."
-        )
-    missing = [name for name in known if name not in found]
-    if missing:
-        warnings.warn(
-            f"{layout}: no class folder for {missing} under {root}; training on "
-            f"{len(found)} classes ({', '.join(found)}) instead of the dataset's {len(known)}",
-            stacklevel=3,
-        )
+        raise mismatch(layout, root, expected, f"no image files (ending in {endings})")
+    return index_class_tree(layout, root, folders, bad, expected, scan.linked, scan.ignored)
 
 
 # --------------------------------------------------------------------------- folder layouts
@@ -203,35 +124,35 @@ def index_brain_mri(
     splits it would silently become a fifth class) is refused unless ``allow_extra_classes``.
     """
     layout = "brain_mri"
-    _check_policy(on_bad_file)
-    expected = _expected(layout)
-    resolved = _open_root(layout, root, expected)
+    check_policy(on_bad_file)
+    expected = BRAIN_MRI_EXPECTED
+    resolved = open_root(layout, root, expected)
     folders = {"train": "Training", "test": "Testing"}
     absent = [f"{name}/" for name in folders.values() if not (resolved / name).is_dir()]
     if absent:
-        raise _mismatch(
+        raise mismatch(
             layout,
             resolved,
             expected,
             f"{' and '.join(absent)} not found",
             probe=lambda p: all((p / name).is_dir() for name in folders.values()),
         )
-    bad = _BadFiles(layout, resolved, on_bad_file)
+    bad = BadFiles(layout, resolved, on_bad_file)
     scan = FolderScan(resolved, IMAGE_EXTENSIONS, bad)
     scanned: list[ClassFolder] = []
     for split, name in folders.items():
-        classes = _subdirs(resolved / name)
+        classes = subdirs(resolved / name)
         if not classes:
             raise ValueError(
                 f"{layout}: {resolved / name} holds no class folders; expected {expected}"
             )
         scanned.append((split, name, {c: [] for c in classes}))
-    _check_known_classes(layout, resolved, scanned, BRAIN_MRI_CLASSES, allow_extra_classes)
+    check_known_classes(layout, resolved, scanned, BRAIN_MRI_CLASSES, allow_extra_classes)
     scanned = [
         (split, name, scan.classes(resolved / name, list(by_class), split))
         for split, name, by_class in scanned
     ]
-    return _index_class_tree(layout, resolved, scanned, bad, expected, scan.linked, scan.ignored)
+    return index_class_tree(layout, resolved, scanned, bad, expected, scan.linked, scan.ignored)
 
 
 def index_dermofit(
@@ -244,19 +165,19 @@ def index_dermofit(
     folder is refused unless ``allow_extra_classes``.
     """
     layout = "dermofit"
-    _check_policy(on_bad_file)
-    expected = _expected(layout)
-    resolved = _open_root(layout, root, expected)
-    bad = _BadFiles(layout, resolved, on_bad_file)
+    check_policy(on_bad_file)
+    expected = DERMOFIT_EXPECTED
+    resolved = open_root(layout, root, expected)
+    bad = BadFiles(layout, resolved, on_bad_file)
     per_class: dict[str, list[str]] = {}
     lesions = 0
-    for name in _subdirs(resolved):
+    for name in subdirs(resolved):
         keys: list[str] = []
-        for lesion in _subdirs(resolved / name):
+        for lesion in subdirs(resolved / name):
             lesions += 1
             folder = resolved / name / lesion
             wanted = f"{lesion}.png"
-            files = [entry.name for entry in _visible_entries(folder) if not _is_dir(entry)]
+            files = [entry.name for entry in visible_entries(folder) if not is_dir(entry)]
             match = wanted if wanted in files else None
             if match is None:
                 match = next((f for f in files if f.lower() == wanted.lower()), None)
@@ -271,10 +192,10 @@ def index_dermofit(
             keys.append(f"{name}/{lesion}/{match}")
         per_class[name] = keys
     if lesions == 0:
-        raise _mismatch(layout, resolved, expected, "no <class>/<lesion_id>/ folders")
+        raise mismatch(layout, resolved, expected, "no <class>/<lesion_id>/ folders")
     scanned: list[ClassFolder] = [(None, "", per_class)]
-    _check_known_classes(layout, resolved, scanned, DERMOFIT_CLASSES, allow_extra_classes)
-    return _index_class_tree(layout, resolved, scanned, bad, expected, None)
+    check_known_classes(layout, resolved, scanned, DERMOFIT_CLASSES, allow_extra_classes)
+    return index_class_tree(layout, resolved, scanned, bad, expected, None)
 
 
 def index_image_folder(
@@ -285,10 +206,10 @@ def index_image_folder(
 ) -> SampleIndex:
     """``<root>/<class>/<image>`` (no official splits) or ``<root>/{train,val,test}/<class>/...``
     (official splits; ``train/`` required, same class folders in every split)."""
-    _check_policy(on_bad_file)
+    check_policy(on_bad_file)
     normalised = _normalise_extensions(extensions)
-    expected = _expected("image_folder", extensions=describe_extensions(normalised))
-    resolved = _open_root("image_folder", root, expected)
+    expected = IMAGE_FOLDER_EXPECTED.format(extensions=describe_extensions(normalised))
+    resolved = open_root("image_folder", root, expected)
     return _index_folders("image_folder", resolved, normalised, on_bad_file, expected)
 
 
@@ -303,7 +224,7 @@ def index_synthetic(
 ) -> SampleIndex:
     """The seeded synthetic set: written once under ``root`` (reused when present), then
     indexed like an image folder with its train/val splits. ``root`` is the synthetic folder."""
-    _check_policy(on_bad_file)
+    check_policy(on_bad_file)
     folder = write_synthetic_dataset(
         root,
         images_per_class=images_per_class,
@@ -311,5 +232,5 @@ def index_synthetic(
         image_size=image_size,
         seed=seed,
     ).resolve()
-    expected = _expected("synthetic")
+    expected = SYNTHETIC_EXPECTED
     return _index_folders("synthetic", folder, IMAGE_EXTENSIONS, on_bad_file, expected)

@@ -12,21 +12,26 @@ from pathlib import Path
 import numpy as np
 
 from cass_lightning.data.index import IMAGE_EXTENSIONS, SampleIndex
-from cass_lightning.data.layouts._common import (
-    ISIC_CLASSES,
-    ISIC_HEADER,
-    _BadFiles,
-    _check_image_dir,
-    _check_policy,
-    _expected,
-    _FileLookup,
-    _finish,
-    _key_for,
-    _mismatch,
-    _open_root,
-    _outside_root,
-    _raise_row_errors,
-    _read_csv,
+from cass_lightning.data.layouts.helpers import (
+    BadFiles,
+    FileLookup,
+    check_image_dir,
+    check_policy,
+    finish_index,
+    key_for,
+    mismatch,
+    open_root,
+    outside_root,
+    raise_row_errors,
+    read_table,
+)
+
+ISIC_CLASSES: tuple[str, ...] = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
+ISIC_HEADER: tuple[str, ...] = ("image", *ISIC_CLASSES, "UNK")
+#: What the layout expects under its root; ``{image_dir}`` and ``{csv_file}`` are its options.
+ISIC_EXPECTED = (
+    "{image_dir}/ (holding <image>.jpg) and {csv_file} "
+    "(header " + ",".join(ISIC_HEADER) + ", one-hot 1.0/0.0)"
 )
 
 
@@ -68,10 +73,10 @@ def index_isic2019(
     refused with its line unless ``allow_outside_root``.
     """
     layout = "isic2019"
-    _check_policy(on_bad_file)
-    expected = _expected(layout, image_dir=image_dir, csv_file=csv_file)
-    root = _open_root(layout, root, expected)
-    base = _check_image_dir(layout, root, image_dir, allow_outside_root)
+    check_policy(on_bad_file)
+    expected = ISIC_EXPECTED.format(image_dir=image_dir, csv_file=csv_file)
+    root = open_root(layout, root, expected)
+    base = check_image_dir(layout, root, image_dir, allow_outside_root)
     csv_path = root / csv_file
     absent = [
         name
@@ -82,20 +87,21 @@ def index_isic2019(
         if not present
     ]
     if absent:
-        raise _mismatch(
+        raise mismatch(
             layout,
             root,
             expected,
             f"{' and '.join(absent)} not found",
             probe=lambda p: (p / csv_file).is_file() and (p / image_dir).is_dir(),
         )
-    columns, rows = _read_csv(layout, csv_path, ["image", *ISIC_CLASSES], ",".join(ISIC_HEADER))
-    if not rows:
-        raise ValueError(f"{layout}: {csv_path} has a header but no rows")
+    required = ["image", *ISIC_CLASSES]
+    columns, rows = read_table(
+        layout, csv_path, required=required, expected_header=",".join(ISIC_HEADER)
+    )
     one_hot_columns = [*ISIC_CLASSES, *(["UNK"] if "UNK" in columns else [])]
 
-    bad = _BadFiles(layout, root, on_bad_file)
-    lookup = _FileLookup()
+    bad = BadFiles(layout, root, on_bad_file)
+    lookup = FileLookup()
     errors: list[str] = []
     first_line: dict[str, int] = {}
     keys: list[str] = []
@@ -126,9 +132,9 @@ def index_isic2019(
             continue
         first_line[image] = line
         filename = image if image.lower().endswith(IMAGE_EXTENSIONS) else f"{image}.jpg"
-        key, inside = _key_for(root, base, filename)
+        key, inside = key_for(root, base, filename)
         if not inside and not allow_outside_root:
-            errors.append(f"{where}: " + _outside_root("image", image, key, root))
+            errors.append(f"{where}: " + outside_root("image", image, key, root))
             continue
         why = lookup.why_missing(str(root / key))
         if why is not None:
@@ -136,7 +142,7 @@ def index_isic2019(
             continue
         keys.append(key)
         labels.append(ISIC_CLASSES.index(ones[0]))
-    _raise_row_errors(layout, csv_path, errors)
+    raise_row_errors(layout, csv_path, errors)
     skipped = bad.resolve()
     targets = np.asarray(labels, dtype=np.int64)
-    return _finish(layout, root, keys, targets, list(ISIC_CLASSES), None, skipped, bad.meta)
+    return finish_index(layout, root, keys, targets, list(ISIC_CLASSES), None, skipped, bad.meta)

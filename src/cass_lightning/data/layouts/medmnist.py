@@ -20,13 +20,13 @@ import numpy as np
 from PIL import Image
 
 from cass_lightning.data.index import SPLITS, SampleIndex
-from cass_lightning.data.layouts._common import (
-    MEDMNIST_ARRAYS,
-    _check_policy,
-    _expected,
-    _open_root,
-    _visible_entries,
+from cass_lightning.data.layouts.helpers import check_policy, open_root, visible_entries
+
+MEDMNIST_ARRAYS: tuple[str, ...] = tuple(
+    f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels")
 )
+#: What the layout expects under its root; ``{file}`` is the file name(s) asked for.
+MEDMNIST_EXPECTED = "{file} (a MedMNIST .npz with arrays " + ", ".join(MEDMNIST_ARRAYS) + ")"
 
 
 # --------------------------------------------------------------------------- MedMNIST
@@ -119,7 +119,7 @@ def _choose_npz(root: Path, name: str, candidates: list[str], expected: str) -> 
     path = next((root / c for c in candidates if (root / c).is_file()), None)
     if path is not None:
         return path
-    present = sorted(e.name for e in _visible_entries(root) if e.name.lower().endswith(".npz"))
+    present = sorted(e.name for e in visible_entries(root) if e.name.lower().endswith(".npz"))
     pattern = re.compile(rf"{re.escape(name)}(_\d+)?\.npz")
     same_set = [f for f in present if pattern.fullmatch(f) and (root / f).is_file()]
     if len(same_set) == 1:
@@ -181,7 +181,7 @@ def index_medmnist(
     Splits are the official train/val/test arrays. ``on_bad_file`` is accepted for a uniform
     interface; an array cannot point at a missing file.
     """
-    _check_policy(on_bad_file)
+    check_policy(on_bad_file)
     if not isinstance(name, str) or not name.strip() or "/" in name or os.sep in name:
         raise ValueError(f"medmnist: name must be a set name like 'dermamnist', got {name!r}")
     name = name.strip().removesuffix(".npz")
@@ -193,8 +193,8 @@ def index_medmnist(
         candidates = [f"{name}.npz", f"{name}_28.npz"]
     else:
         candidates = [f"{name}_{size}.npz"]
-    expected = _expected("medmnist", file=" or ".join(candidates))
-    resolved = _open_root("medmnist", root, expected)
+    expected = MEDMNIST_EXPECTED.format(file=" or ".join(candidates))
+    resolved = open_root("medmnist", root, expected)
     path = _choose_npz(resolved, name, candidates, expected)
     arrays = _load_npz(path)
 
