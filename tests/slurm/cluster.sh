@@ -20,7 +20,9 @@ DIR=${CASS_SLURM_DIR:-/tmp/cass-slurm}
 DB_PORT=${CASS_SLURM_DB_PORT:-3317}
 CTLD_PORT=${CASS_SLURM_PORT:-6917}
 NODE=$(hostname -s)
-CPUS=$(nproc)
+# The node declares twice the machine's cores: the test jobs mostly wait (a time limit, a
+# requeue, a signal), and a waiting job would otherwise hold a core the others could use.
+CPUS=$(($(nproc) * 2))
 # Leave the machine a quarter of its memory; the node is given the rest (MB).
 MEM_MB=$(awk '/MemTotal/ {printf "%d", $2 / 1024 * 0.75}' /proc/meminfo)
 
@@ -82,6 +84,8 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
+# the node's CPUs as declared here, not as slurmd counts them
+SlurmdParameters=config_overrides
 # A requeued job may run again (what preemption and scontrol requeue do).
 JobRequeue=1
 # Seconds between the SIGTERM and the SIGKILL at a time limit, scancel or requeue.

@@ -20,19 +20,24 @@ CPU_PARTITION = "debug"
 GPU_PARTITION = "gpu"
 
 
+#: The environment as the suite started: the scenarios run beside other tests, whose
+#: monkeypatched variables (a fake SLURM job, say) must not reach the real jobs.
+BASE_ENV = dict(os.environ)
+
+
 def job_env(cluster: dict[str, str], root: Path, **extra: str) -> dict[str, str]:
     """An app's environment for a job: the cluster, offline, one thread, folders under root."""
     bin_dir = str(Path(sys.executable).parent)
     return {
-        **os.environ, **cluster, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
+        **BASE_ENV, **cluster, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
         "CASS_DATA_ROOT": str(root / "data"), "CASS_OUTPUT_ROOT": str(root / "runs"),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", **extra,
+        "PATH": f"{bin_dir}{os.pathsep}{BASE_ENV.get('PATH', '')}", **extra,
     }  # fmt: skip
 
 
 def scheduler(cluster: dict[str, str], *args: str, check: bool = True) -> str:
     """Run a SLURM command (``squeue``, ``sacct``, ``scontrol``...) against the test cluster."""
-    done = subprocess.run(list(args), env={**os.environ, **cluster}, capture_output=True,
+    done = subprocess.run(list(args), env={**BASE_ENV, **cluster}, capture_output=True,
                           text=True, timeout=60, check=False)  # fmt: skip
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed: {done.stderr}")

@@ -204,16 +204,24 @@ SCENARIOS = {
 }  # fmt: skip
 
 
+#: The scenarios started when the suite was collected (conftest.py), if they were.
+_EARLY: dict[str, Future] = {}
+_POOL = ThreadPoolExecutor(max_workers=len(SCENARIOS), thread_name_prefix="slurm-scenario")
+
+
+def start_scenarios_early(cluster: dict[str, str], factory: pytest.TempPathFactory) -> None:
+    """Every scenario started at once, each in its own folder, in threads that drive its jobs."""
+    for name, run in SCENARIOS.items():
+        if name not in _EARLY:  # started once
+            _EARLY[name] = _POOL.submit(run, cluster, factory.mktemp(name))
+
+
 @pytest.fixture(scope="module")
 def scenarios(cluster: dict[str, str], tmp_path_factory: pytest.TempPathFactory):
-    """Every scenario started at once, each in its own folder; a test takes its result."""
-    pool = ThreadPoolExecutor(max_workers=len(SCENARIOS))
-    futures: dict[str, Future] = {
-        name: pool.submit(run, cluster, tmp_path_factory.mktemp(name))
-        for name, run in SCENARIOS.items()
-    }
-    yield futures
-    pool.shutdown(wait=True, cancel_futures=True)
+    """The scenarios' results to come (started now unless the collection started them)."""
+    start_scenarios_early(cluster, tmp_path_factory)
+    yield _EARLY
+    _POOL.shutdown(wait=True, cancel_futures=True)
 
 
 def _result(scenarios: dict[str, Future], name: str) -> dict[str, Any]:
