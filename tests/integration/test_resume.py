@@ -450,3 +450,30 @@ def test_a_run_killed_with_sigkill_resumes_in_its_folder_to_the_same_end(tmp_pat
     assert len(info["starts"]) == 2
     assert info["run_uuid"] == first_uuid and len(first_uuid) == 32  # drawn once, kept
     assert info["starts"][1]["resumed_from"] == str(run / "checkpoints" / "last.ckpt")
+
+
+def test_a_slurm_job_requeued_after_its_run_finished_hands_back_the_checked_summary(
+    tmp_path, monkeypatch
+):
+    import signal as signals
+
+    from cass_lightning.io import RecordError
+
+    kept = {s: signals.getsignal(s) for s in (signals.SIGUSR1, signals.SIGUSR2)}
+    jobs = {"SLURM_JOB_ID": "31", "ENVIRONMENT": "BATCH", "SLURM_PROCID": "0"}
+    try:
+        for key, value in {**jobs, "SLURM_RESTART_COUNT": "0"}.items():
+            monkeypatch.setenv(key, value)
+        first = pretrain(compose_app(tmp_path, TINY_RUN))
+        run = tmp_path / "run"
+        before = _digest(run)
+        monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # the scheduler started it again
+        again = pretrain(compose_app(tmp_path, TINY_RUN))
+        assert again["metrics"] == first["metrics"] and _digest(run) == before  # nothing rerun
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "metrics": [1, 2]}))
+        with pytest.raises(RecordError, match="metrics holds a list, not an object"):
+            pretrain(compose_app(tmp_path, TINY_RUN))
+    finally:
+        for signum, handler in kept.items():  # a run in a SLURM job leaves them ignored
+            signals.signal(signum, handler)

@@ -7,6 +7,7 @@ skipped with the script's reason. Every test keeps its jobs tiny (one or two cor
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 
@@ -14,8 +15,10 @@ import pytest
 from cluster_helpers import SCRIPT, SLURM_CONF
 
 
+@functools.cache
 def start_cluster() -> tuple[str, str]:
-    """Start the test cluster: ``("up", "")``, or ``("skip" | "fail", why)``."""
+    """Start the test cluster once per session: ``("up", "")``, or ``("skip" | "fail", why)``
+    (asked by the collection hook and again by the fixture)."""
     # Installing Debian packages and starting daemons as SlurmUser=root needs root; a developer
     # without it (and without a cluster already started by root) cannot run these jobs at all.
     # CI runs as root and starts the cluster first (.ci/run), so there they always run.
@@ -37,6 +40,9 @@ def cluster() -> dict[str, str]:
     """The environment that reaches the test cluster (``SLURM_CONF``), the cluster started."""
     state, why = start_cluster()
     if state == "skip":
+        # Reason: no root to install or start SLURM here (or its packages cannot be installed):
+        # there is no scheduler to submit to. CI runs as root and starts the cluster before the
+        # suite (.ci/run), so there these tests always run.
         pytest.skip(why)
     if state == "fail":
         pytest.fail(why)

@@ -71,6 +71,7 @@ from cass_lightning.modules.arm_source import ArmSource, parse_weights, read_arm
 from cass_lightning.modules.classifier import ClassifierModule
 from cass_lightning.records import plain_floats, plain_int
 from cass_lightning.report.identity import settings_digest, weights_hashes
+from cass_lightning.report.validate import check_result
 from cass_lightning.runtime import apply_speed_settings, resolve_precision
 
 RESULTS_FILE = "results.json"
@@ -160,7 +161,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     folder = run_dir(cfg)
     if finished_before_requeue(folder, RESULTS_FILE):
         print(f"Requeued SLURM job: {folder} had already finished; nothing to do.")
-        return read_json(folder / RESULTS_FILE, "fine-tuning results")
+        done = folder / RESULTS_FILE  # read back: checked as the report checks it
+        return check_result(read_json(done, "fine-tuning results"), str(done))
     set_aside_requeued_attempt(folder, (*KEPT, "csv"))  # a requeued SLURM job starts again
     refuse_to_overwrite(folder, KEPT)
     check_run_settings(cfg)

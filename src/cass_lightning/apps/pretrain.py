@@ -71,8 +71,8 @@ from cass_lightning.callbacks import (
 from cass_lightning.callbacks.best import choose_best
 from cass_lightning.callbacks.progress import progress_bar
 from cass_lightning.export import weights_init
-from cass_lightning.io import read_json
 from cass_lightning.machine import trainer_machine
+from cass_lightning.records import read_record
 from cass_lightning.runtime import (
     apply_speed_settings,
     strategy_for_idle_parameters,
@@ -138,7 +138,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     folder = run_dir(cfg)
     if cfg.get("resume") is None and requeued_after_finish(folder):
         print(f"Requeued SLURM job: {folder} had already finished; nothing to do.")
-        return read_json(folder / SUMMARY_FILE, "run summary")
+        return read_record(folder / SUMMARY_FILE, "summary")  # read back: checked
     run = plan_start(cfg, folder)  # resume=<run folder>: checked; its last.ckpt is run.ckpt_path
     hint = f"; to continue the run in that folder: {resume_command(folder)}"
     if not run.resuming:
