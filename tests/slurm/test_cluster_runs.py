@@ -181,6 +181,38 @@ def late_warnings(cluster: dict[str, str], root: Path) -> dict[str, Any]:
             "exit": exit_code.strip()}  # fmt: skip
 
 
+def finetune_requeued(cluster: dict[str, str], root: Path) -> dict[str, Any]:
+    """A plain ``sbatch`` job whose fine-tuning has written its results is requeued
+    (``scontrol requeue``, as preemption does) while the script still runs: the next start
+    finds the finished run and leaves it as it is."""
+    root.mkdir(parents=True, exist_ok=True)
+    run = root / "ft"
+    script = root / "finetune.sbatch"
+    script.write_text(textwrap.dedent(f"""\
+        #!/bin/bash
+        #SBATCH --job-name=cass-ft --ntasks=1 --cpus-per-task=1 --mem=4G
+        #SBATCH --requeue --open-mode=append --output={root}/%j.log
+        srun cass-finetune debug=tiny arm=cnn weights=random hydra.run.dir={run}
+        touch {root}/finished-${{SLURM_RESTART_COUNT:-0}}
+        [ -n "$SLURM_RESTART_COUNT" ] || sleep 300
+        """))  # fmt: skip
+    env = job_env(cluster, root)
+    job = subprocess.run(["sbatch", "--parsable", str(script)], env=env, cwd=root, text=True,
+                         capture_output=True, check=True).stdout.strip()  # fmt: skip
+    until(lambda: (root / "finished-0").is_file(), 300, "the first start's results")
+    written = (run / "results.json").read_bytes()
+    scheduler(cluster, "scontrol", "requeue", job)
+    wait_job(cluster, job, 300)
+    return {
+        "job": job,
+        "run": run,
+        "written": written,
+        "log": (root / f"{job}.log").read_text(),
+        "states": sacct_states(cluster, job),
+        "again": (root / "finished-1").is_file(),
+    }
+
+
 def study_elsewhere(cluster: dict[str, str], root: Path) -> dict[str, Any]:
     """The documented ``cass-study ... hydra/launcher=slurm``, its cass-study on another host
     (a login node: its own hostname, in a UTS namespace) than the jobs."""
@@ -200,7 +232,8 @@ def study_elsewhere(cluster: dict[str, str], root: Path) -> dict[str, Any]:
 
 SCENARIOS = {
     "sweep": sweep, "failing": failing, "ddp": ddp, "time_limit": time_limit,
-    "plain_sbatch": plain_sbatch, "late": late_warnings, "study": study_elsewhere,
+    "plain_sbatch": plain_sbatch, "late": late_warnings, "finetune": finetune_requeued,
+    "study": study_elsewhere,
 }  # fmt: skip
 
 
@@ -305,6 +338,14 @@ def test_a_warning_signal_after_training_neither_requeues_nor_fails_the_job(scen
     summary = read(r["run"] / "summary.json")
     assert [a["outcome"] for a in summary["attempts"]] == ["finished"]
     assert (r["run"] / "export" / "meta.json").is_file()
+
+
+def test_a_finetune_job_requeued_after_its_results_leaves_them_as_they_are(scenarios):
+    r = _result(scenarios, "finetune")
+    assert r["again"] and r["states"][-1] == "COMPLETED" and "REQUEUED" in r["states"], r["log"]
+    assert f"Requeued SLURM job: {r['run']} had already finished; nothing to do." in r["log"]
+    assert (r["run"] / "results.json").read_bytes() == r["written"]
+    assert not (r["run"] / "attempts").exists()
 
 
 def test_a_plain_sbatch_job_requeued_twice_continues_its_own_folder(scenarios):
